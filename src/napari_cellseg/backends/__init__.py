@@ -1,0 +1,95 @@
+"""Backend registry. Each backend is one module, imported only when used.
+
+A backend module provides ``probe(path) -> bool`` (cheap: no heavy imports, no
+unpickling) and ``load(path, device) -> SegmentationBackend``.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+from .base import InferenceSettings, ModelInfo, ModelLoadError, SegmentationBackend
+
+# name -> module; probed in this order when a file is given
+BACKENDS: dict[str, str] = {
+    "yolo": "napari_cellseg.backends.yolo",
+    "classical": "napari_cellseg.backends.classical",
+}
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+# Named models shipped inside the package.
+NAMED_MODELS: dict[str, str] = {"nuclei": "nuclei_yolo11n_seg.pt"}
+# Named models that need no file.
+BUILTIN_MODELS: dict[str, str] = {"otsu-watershed": "classical"}
+
+__all__ = [
+    "BACKENDS", "InferenceSettings", "ModelInfo", "ModelLoadError", "SegmentationBackend",
+    "load_model", "resolve_model", "available_models",
+]
+
+
+def available_models() -> list[str]:
+    """Names usable instead of a path (shipped files that exist, and built-ins)."""
+    shipped = [name for name, file in NAMED_MODELS.items() if (MODELS_DIR / file).is_file()]
+    return shipped + list(BUILTIN_MODELS)
+
+
+def resolve_model(model: str | os.PathLike) -> tuple[str | None, Path | None]:
+    """(backend name or None, path or None) for a model name or file path."""
+    text = str(model)
+    if text in BUILTIN_MODELS:
+        return BUILTIN_MODELS[text], None
+    if text in NAMED_MODELS:
+        path = MODELS_DIR / NAMED_MODELS[text]
+        if not path.is_file():
+            raise ModelLoadError(f"the shipped model '{text}' is missing from the installation ({path})")
+        return None, path
+    path = Path(text).expanduser()
+    if not path.exists():
+        known = ", ".join(available_models())
+        raise ModelLoadError(f"{text}: no such model file, and not a known model name ({known})")
+    if path.is_dir():
+        raise ModelLoadError(f"{text}: is a folder; give a checkpoint file (e.g. weights/best.pt)")
+    return None, path
+
+
+def _module(name: str):
+    return importlib.import_module(BACKENDS[name])
+
+
+def load_model(model: str | os.PathLike, device: str = "auto", backend: str | None = None) -> SegmentationBackend:
+    """Load a model by shipped name or path; the backend is detected from the file."""
+    builtin_backend, path = resolve_model(model)
+    backend = backend or builtin_backend
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise ModelLoadError(f"unknown backend '{backend}'; known: {', '.join(BACKENDS)}")
+        return _module(backend).load(path, device)
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"{path}: the file is empty")
+    for name in BACKENDS:
+        module = _module(name)
+        if module.probe(path):
+            return module.load(path, device)
+    raise ModelLoadError(f"{path}: {describe_file(path)}; no backend of napari-cellseg can load it")
+
+
+def describe_file(path: Path) -> str:
+    """A short description of what a file that no backend accepts looks like."""
+    import zipfile
+
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile:
+            return "a corrupted or truncated PyTorch checkpoint"
+        if any(n.endswith("data.pkl") for n in names):
+            return "a PyTorch checkpoint of an unknown kind (not ultralytics)"
+        return "a zip archive, not a checkpoint"
+    if head[:1] == b"\x80":
+        return "a legacy pickle file, not an ultralytics checkpoint"
+    return f"not a model checkpoint (starts with {head!r})"

@@ -1,0 +1,77 @@
+"""The one protocol every segmentation backend implements."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from ..core.tiling import TileDetections
+
+
+class ModelLoadError(ValueError):
+    """A model file or name cannot be loaded; the message says what was found."""
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """Parameters every backend understands (backends ignore what does not apply)."""
+
+    zoom: float = 1.0  # network pixels per image pixel (the core derives it from imgsz and tile size)
+    conf: float = 0.25
+    iou: float = 0.7
+    max_det: int = 3000
+
+
+@dataclass
+class ModelInfo:
+    """What the model is, for layer metadata and provenance files."""
+
+    backend: str
+    path: str
+    sha256: str | None
+    task: str
+    class_names: dict[int, str]
+    train_imgsz: int | None = None
+    zoom: float = 1.0  # network pixels per image pixel the model was trained at
+    extra: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class SegmentationBackend(Protocol):
+    """A loaded model that turns one RGB uint8 tile into instances.
+
+    The core handles normalisation, channels, tiling, stitching and stacks;
+    a backend only predicts on a tile it is handed, at the tile's own size.
+    """
+
+    info: ModelInfo
+    device: str
+
+    def predict_tile(self, tile: np.ndarray, settings: InferenceSettings) -> TileDetections:
+        """``tile``: (h, w, 3) uint8 RGB. Returns instances in tile pixel coordinates."""
+        ...
+
+    # Optional: ``begin_frame(frame)`` is called with each whole normalised frame
+    # before its tiles, for backends that need frame-level statistics.
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' picks cuda, then mps, then cpu. An unavailable device is an error, not a silent fallback."""
+    import torch
+
+    device = (device or "auto").lower()
+    cuda_ok = torch.cuda.is_available()
+    mps_ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if device == "auto":
+        return "cuda" if cuda_ok else "mps" if mps_ok else "cpu"
+    if device.startswith("cuda") and not cuda_ok:
+        raise ModelLoadError("device 'cuda' was asked for but no CUDA GPU is available; use 'auto' or 'cpu'")
+    if device == "mps" and not mps_ok:
+        raise ModelLoadError("device 'mps' was asked for but Apple MPS is not available; use 'auto' or 'cpu'")
+    if device != "cpu" and not device.startswith(("cuda", "mps")):
+        raise ModelLoadError(f"unknown device '{device}'; use one of {', '.join(DEVICES)}")
+    return device

@@ -1,0 +1,128 @@
+"""``napari-cellseg`` command line: headless runs of the same core the widgets use."""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def _expand_inputs(patterns: list[str]) -> list[Path]:
+    from .core.io import IMAGE_SUFFIXES
+
+    paths: list[Path] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif any(ch in pattern for ch in "*?["):
+            paths.extend(sorted(Path(p) for p in glob.glob(pattern, recursive=True)))
+        else:
+            paths.append(path)
+    if not paths:
+        raise CliError("no input images found")
+    return paths
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot create output folder {out}: {exc.strerror or exc}") from exc
+    if not os.access(out, os.W_OK):
+        raise CliError(f"output folder {out} is not writable")
+
+
+def cmd_segment(args) -> int:
+    from tqdm import tqdm
+
+    from .backends import load_model
+    from .core.io import read_image
+    from .core.pipeline import run, segment_iter
+
+    inputs = _expand_inputs(args.images)
+    out = Path(args.out)
+    _check_writable(out)
+    model = load_model(args.model, device=args.device)
+    for path in inputs:
+        image = read_image(path)
+        bar = tqdm(total=1, desc=path.name, unit="tile", disable=args.quiet, leave=False, file=sys.stderr)
+
+        def on_progress(progress, bar=bar):
+            bar.total = progress.total
+            bar.n = progress.done
+            bar.refresh()
+
+        result = run(
+            segment_iter(
+                image, model, imgsz=args.imgsz, tile=args.tile, overlap=args.overlap, conf=args.conf,
+                iou=args.iou, max_det=args.max_det, channel_axis=args.channel_axis, channel=args.channel,
+                rgb=args.rgb,
+            ),
+            on_progress,
+        )
+        bar.close()
+        result.metadata["input"]["path"] = str(path.resolve())
+        paths = result.save(out, path.stem)
+        for warning in result.warnings:
+            print(f"warning: {path.name}: {warning}", file=sys.stderr)
+        if not args.quiet:
+            print(f"{path.name}: {result.n_objects} objects -> {paths['labels']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="napari-cellseg", description="Cell segmentation for napari, headless.")
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    seg = sub.add_parser("segment", help="segment images; writes <stem>_labels.tif, _objects.csv, _provenance.json")
+    seg.add_argument("images", nargs="+", help="image files (TIFF, PNG, JPEG), folders or glob patterns")
+    seg.add_argument("--model", default="nuclei", help="checkpoint path or shipped name (default: nuclei)")
+    seg.add_argument("--out", default=".", help="output folder (default: current folder)")
+    seg.add_argument("--imgsz", type=int, default=None, help="network input size (default: the model's training size)")
+    seg.add_argument("--tile", type=int, default=None, help="tile size in image pixels (default: full resolution)")
+    seg.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default: tile/4, at most 128)")
+    seg.add_argument("--conf", type=float, default=0.25, help="confidence threshold (default 0.25)")
+    seg.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold (default 0.7)")
+    seg.add_argument("--max-det", type=int, default=3000, help="maximum detections per tile (default 3000)")
+    seg.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
+    seg.add_argument("--channel-axis", type=int, default=None, help="axis holding channels of a multi-channel image")
+    seg.add_argument("--channel", type=int, default=None, help="which channel to segment (with --channel-axis)")
+    rgb = seg.add_mutually_exclusive_group()
+    rgb.add_argument("--rgb", dest="rgb", action="store_true", default=None, help="last axis is RGB(A) colour")
+    rgb.add_argument("--no-rgb", dest="rgb", action="store_false", help="last axis is not colour")
+    seg.add_argument("-q", "--quiet", action="store_true")
+    seg.set_defaults(func=cmd_segment)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .backends.base import ModelLoadError
+    from .core.io import ImageReadError
+    from .core.normalize import ImageInputError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (CliError, ModelLoadError, ImageReadError, ImageInputError, ValueError, OSError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"napari-cellseg: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("napari-cellseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pure compute core: no Qt and no napari imports allowed here."""

@@ -1,0 +1,128 @@
+"""Image normalisation and channel handling shared by every backend.
+
+Microscopy images come as uint8, uint16, float, with or without channels. Models
+are trained on 8-bit-like input, so every image is mapped through per-channel
+percentiles (not a naive cast, which crushes 12/16-bit data to black).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_PERCENTILES = (1.0, 99.8)
+# Percentiles of very large frames are estimated on a strided subsample.
+_MAX_PIXELS_FOR_PERCENTILE = 4_000_000
+
+
+class ImageInputError(ValueError):
+    """The image cannot be segmented as given (shape, values or channels)."""
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """How an array maps to (stack..., Y, X[, C])."""
+
+    stack_shape: tuple[int, ...]
+    height: int
+    width: int
+    channels: int  # channels after selection: 1 (grey) or 3 (RGB)
+
+
+def percentile_range(channel: np.ndarray, percentiles=DEFAULT_PERCENTILES) -> tuple[float, float]:
+    """Low/high intensity of one 2-D channel, ignoring NaN and inf."""
+    step = max(1, int(np.ceil(np.sqrt(channel.size / _MAX_PIXELS_FOR_PERCENTILE))))
+    sample = np.asarray(channel[::step, ::step], dtype=np.float32)
+    finite = sample[np.isfinite(sample)]
+    if finite.size == 0:
+        raise ImageInputError("the image contains no finite values (all NaN or inf)")
+    lo, hi = np.percentile(finite, percentiles)
+    if hi <= lo:  # flat image or extreme sparsity: fall back to the full range
+        lo, hi = float(finite.min()), float(finite.max())
+    return float(lo), float(hi)
+
+
+def normalize_to_uint8(frame: np.ndarray, percentiles=DEFAULT_PERCENTILES) -> np.ndarray:
+    """Map a (Y, X) or (Y, X, C) frame to uint8 by per-channel percentiles.
+
+    NaN/inf become the low value. A constant channel maps to 0.
+    """
+    frame = np.asarray(frame)
+    squeeze = frame.ndim == 2
+    if squeeze:
+        frame = frame[..., None]
+    out = np.empty(frame.shape, dtype=np.uint8)
+    for c in range(frame.shape[-1]):
+        channel = frame[..., c]
+        lo, hi = percentile_range(channel, percentiles)
+        if hi <= lo:
+            out[..., c] = 0
+            continue
+        scaled = (np.asarray(channel, dtype=np.float32) - lo) * (255.0 / (hi - lo))
+        scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
+        out[..., c] = np.clip(scaled, 0, 255).astype(np.uint8)
+    return out[..., 0] if squeeze else out
+
+
+def to_stack_of_frames(
+    image: np.ndarray,
+    *,
+    rgb: bool | None = None,
+    channel_axis: int | None = None,
+    channel: int | None = None,
+) -> tuple[np.ndarray, ImageLayout]:
+    """Bring an image to shape (stack..., Y, X, C) with C in {1, 3}.
+
+    - ``rgb``: the last axis holds RGB(A) colour. ``None`` guesses as napari does
+      (last axis of length 3 or 4 on an array of 3+ dimensions).
+    - ``channel_axis``/``channel``: a multi-channel (fluorescence) image; the
+      chosen channel is segmented as a grey image. Without ``channel`` a
+      multi-channel image is rejected, because guessing a channel silently
+      segments the wrong thing.
+    Arrays are not copied where a view suffices (dask/zarr stay lazy per frame).
+    """
+    if not hasattr(image, "shape") or not hasattr(image, "dtype"):
+        image = np.asarray(image)
+    if image.dtype == bool or not (np.issubdtype(image.dtype, np.number)):
+        raise ImageInputError(f"unsupported pixel type {image.dtype}; expected integers or floats")
+    if np.issubdtype(image.dtype, np.complexfloating):
+        raise ImageInputError("complex-valued images are not supported")
+    if image.ndim < 2:
+        raise ImageInputError(f"expected a 2-D image or a stack, got an array of shape {image.shape}")
+
+    if channel_axis is not None:
+        axis = channel_axis % image.ndim
+        n_channels = image.shape[axis]
+        if channel is None:
+            if n_channels != 1:
+                raise ImageInputError(
+                    f"the image has {n_channels} channels on axis {axis}; choose one with channel=0..{n_channels - 1}"
+                )
+            channel = 0
+        if not 0 <= channel < n_channels:
+            raise ImageInputError(f"channel {channel} does not exist; the image has {n_channels} channels")
+        image = np.take(image, channel, axis=axis) if isinstance(image, np.ndarray) else image.take(channel, axis=axis)
+        rgb = False
+
+    if rgb is None:
+        rgb = image.ndim >= 3 and image.shape[-1] in (3, 4)
+    if rgb:
+        if image.shape[-1] not in (3, 4):
+            raise ImageInputError(f"an RGB image needs 3 or 4 values on its last axis, got shape {image.shape}")
+        image = image[..., :3]  # alpha carries no signal
+        spatial = image.shape[:-1]
+    else:
+        spatial = image.shape
+        image = image[..., None]
+    if len(spatial) < 2:
+        raise ImageInputError(f"expected a 2-D image or a stack, got an array of shape {image.shape}")
+    if len(spatial) > 4:
+        raise ImageInputError(
+            f"the image has {len(spatial)} spatial/stack dimensions (shape {spatial}); at most two stack axes "
+            "(e.g. time and z) before Y and X are supported — pick a channel with channel_axis/channel"
+        )
+    height, width = spatial[-2:]
+    if height < 2 or width < 2:
+        raise ImageInputError(f"the image is too small to segment ({height}x{width} pixels)")
+    layout = ImageLayout(stack_shape=tuple(spatial[:-2]), height=height, width=width, channels=image.shape[-1])
+    return image, layout

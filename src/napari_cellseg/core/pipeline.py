@@ -1,0 +1,157 @@
+"""Segmentation as a generator: it yields progress per tile and returns the result.
+
+The same generator runs in a napari thread worker (cancel = stop iterating),
+in the CLI and directly in tests; ``run`` drives it to completion.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Generator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..backends import InferenceSettings, SegmentationBackend, load_model
+from .normalize import normalize_to_uint8, to_stack_of_frames
+from .result import SegmentationResult, concat_tables, object_table
+from .tiling import InstanceStitcher, tile_grid
+
+DEFAULT_IMGSZ = 640
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int  # tiles finished over the whole run
+    total: int
+    frame: int
+    n_frames: int
+    message: str = ""
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 1.0
+
+
+@dataclass(frozen=True)
+class TilingPlan:
+    imgsz: int  # network input size of a full tile
+    tile: int  # tile side in image pixels
+    overlap: int
+    zoom: float  # network pixels per image pixel
+
+
+def plan_tiling(model: SegmentationBackend, imgsz: int | None = None, tile: int | None = None,
+                overlap: int | None = None) -> TilingPlan:
+    """Defaults: the training imgsz, and tiles that keep the training scale (full resolution)."""
+    imgsz = int(imgsz or model.info.train_imgsz or DEFAULT_IMGSZ)
+    if imgsz < 32:
+        raise ValueError(f"imgsz {imgsz} is too small (minimum 32)")
+    tile = int(tile or round(imgsz / model.info.zoom))
+    overlap = int(min(128, tile // 4) if overlap is None else overlap)
+    return TilingPlan(imgsz=imgsz, tile=tile, overlap=overlap, zoom=imgsz / tile)
+
+
+def segment_iter(
+    image,
+    model: SegmentationBackend,
+    *,
+    imgsz: int | None = None,
+    tile: int | None = None,
+    overlap: int | None = None,
+    conf: float = 0.25,
+    iou: float = 0.7,
+    max_det: int = 3000,
+    match_iou: float = 0.5,
+    rgb: bool | None = None,
+    channel_axis: int | None = None,
+    channel: int | None = None,
+) -> Generator[Progress, None, SegmentationResult]:
+    """Segment a 2-D image or a stack frame by frame, tile by tile."""
+    from .. import __version__
+
+    if not 0 <= conf <= 1 or not 0 <= iou <= 1:
+        raise ValueError(f"conf and iou must lie in [0, 1] (got conf={conf}, iou={iou})")
+    frames, layout = to_stack_of_frames(image, rgb=rgb, channel_axis=channel_axis, channel=channel)
+    plan = plan_tiling(model, imgsz, tile, overlap)
+    settings = InferenceSettings(zoom=plan.zoom, conf=conf, iou=iou, max_det=max_det)
+    tiles = tile_grid(layout.height, layout.width, plan.tile, plan.overlap)
+    n_frames = int(np.prod(layout.stack_shape)) if layout.stack_shape else 1
+    flat = frames.reshape((n_frames, layout.height, layout.width, layout.channels))
+    total = n_frames * len(tiles)
+    labels = np.zeros((n_frames, layout.height, layout.width), np.int32)
+    tables, warnings = [], []
+    started = time.perf_counter()
+    done = 0
+    yield Progress(0, total, 0, n_frames, "starting")
+    offset = 0
+    for f in range(n_frames):
+        frame = normalize_to_uint8(np.asarray(flat[f]))
+        if frame.shape[-1] == 1:
+            frame = np.repeat(frame, 3, axis=-1)
+        if hasattr(model, "begin_frame"):
+            model.begin_frame(frame)  # optional hook: per-frame statistics
+        stitcher = InstanceStitcher(layout.height, layout.width, match_iou=match_iou)
+        for t in tiles:
+            detections = model.predict_tile(frame[t.slices], settings)
+            if len(detections) >= max_det:
+                warnings.append(f"frame {f}: a tile reached max_det={max_det} detections; raise max_det")
+            stitcher.add(t, detections)
+            done += 1
+            yield Progress(done, total, f, n_frames, f"frame {f + 1}/{n_frames}, tile {done}/{total}")
+        frame_labels, scores, classes = stitcher.finish()
+        table = object_table(frame_labels, scores, classes, model.info.class_names, frame=f)
+        frame_labels[frame_labels > 0] += offset  # ids unique over the whole stack
+        table["label"] = table["label"] + offset
+        offset += len(table["label"])
+        labels[f] = frame_labels
+        tables.append(table)
+    metadata = {
+        "model": {k: v for k, v in asdict(model.info).items()},
+        "parameters": {
+            "imgsz": plan.imgsz, "tile": plan.tile, "overlap": plan.overlap, "zoom": plan.zoom,
+            "conf": conf, "iou": iou, "max_det": max_det, "match_iou": match_iou,
+            "device": model.device, "rgb": rgb, "channel_axis": channel_axis, "channel": channel,
+        },
+        "input": {"shape": list(np.shape(image)), "dtype": str(image.dtype)},
+        "napari_cellseg_version": __version__,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    return SegmentationResult(
+        labels=labels.reshape(layout.stack_shape + (layout.height, layout.width)),
+        objects=concat_tables(tables),
+        metadata=metadata,
+        warnings=sorted(set(warnings)),
+    )
+
+
+def run(generator: Generator, on_progress: Callable[[Progress], None] | None = None):
+    """Drive a compute generator to its end and return its result."""
+    while True:
+        try:
+            progress = next(generator)
+        except StopIteration as stop:
+            return stop.value
+        if on_progress is not None:
+            on_progress(progress)
+
+
+def segment(
+    image,
+    model: str | os.PathLike | SegmentationBackend = "nuclei",
+    *,
+    device: str = "auto",
+    on_progress: Callable[[Progress], None] | None = None,
+    **kwargs,
+) -> SegmentationResult:
+    """Segment an image (array or file path) with a model (name, path or loaded backend).
+
+    Keyword arguments are those of :func:`segment_iter`.
+    """
+    from .io import read_image
+
+    if isinstance(image, (str, os.PathLike)):
+        image = read_image(image)
+    if not isinstance(model, SegmentationBackend):
+        model = load_model(model, device=device)
+    return run(segment_iter(image, model, **kwargs), on_progress)

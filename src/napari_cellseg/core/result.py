@@ -1,0 +1,106 @@
+"""The result of a segmentation run and its per-object table."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+OBJECT_COLUMNS = (
+    "label", "frame", "centroid_y", "centroid_x", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1",
+    "area", "score", "class_id", "class_name",
+)
+
+
+@dataclass
+class SegmentationResult:
+    """Instance labels (0 = background, 1..N unique over the whole stack) and their table.
+
+    ``labels`` has the input's stack and spatial shape (no channel axis).
+    ``objects`` maps each column of ``OBJECT_COLUMNS`` to an array, one row per object;
+    ``frame`` is the flat index of the object's frame in the stack (0 for a 2-D image).
+    """
+
+    labels: np.ndarray
+    objects: dict[str, np.ndarray]
+    metadata: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_objects(self) -> int:
+        return len(self.objects["label"])
+
+    @property
+    def stack_shape(self) -> tuple[int, ...]:
+        return self.labels.shape[:-2]
+
+    def counts_per_frame(self) -> np.ndarray:
+        """Number of objects in each frame of the stack (one value for a 2-D image)."""
+        n_frames = int(np.prod(self.stack_shape)) if self.stack_shape else 1
+        return np.bincount(self.objects["frame"].astype(np.int64), minlength=n_frames)
+
+    def centroid_coordinates(self) -> np.ndarray:
+        """(N, ndim) centroids in layer coordinates: stack indices, then y, x."""
+        yx = np.stack([self.objects["centroid_y"], self.objects["centroid_x"]], axis=1)
+        if not self.stack_shape:
+            return yx
+        index = np.stack(np.unravel_index(self.objects["frame"].astype(np.int64), self.stack_shape), axis=1)
+        return np.concatenate([index.astype(float), yx], axis=1)
+
+    def save(self, out_dir: str | os.PathLike, stem: str) -> dict[str, Path]:
+        """Write ``<stem>_labels.tif``, ``<stem>_objects.csv`` and ``<stem>_provenance.json`` atomically."""
+        from .io import write_csv, write_json, write_labels
+
+        out = Path(out_dir)
+        paths = {
+            "labels": out / f"{stem}_labels.tif",
+            "objects": out / f"{stem}_objects.csv",
+            "provenance": out / f"{stem}_provenance.json",
+        }
+        write_labels(paths["labels"], self.labels)
+        write_csv(paths["objects"], self.objects)
+        provenance = dict(self.metadata)
+        provenance["n_objects"] = self.n_objects
+        provenance["counts_per_frame"] = self.counts_per_frame().tolist()
+        provenance["warnings"] = list(self.warnings)
+        write_json(paths["provenance"], provenance)
+        return paths
+
+
+def object_table(
+    labels: np.ndarray,
+    scores: dict[int, float] | None = None,
+    class_ids: dict[int, int] | None = None,
+    class_names: dict[int, str] | None = None,
+    frame: int = 0,
+) -> dict[str, np.ndarray]:
+    """Per-object rows for one 2-D label frame."""
+    from skimage.measure import regionprops_table
+
+    props = regionprops_table(labels, properties=("label", "centroid", "bbox", "area"))
+    ids = props["label"].astype(np.int64)
+    scores = scores or {}
+    class_ids = class_ids or {}
+    class_names = class_names or {}
+    cls = np.array([class_ids.get(int(i), 0) for i in ids], np.int64)
+    return {
+        "label": ids,
+        "frame": np.full(len(ids), frame, np.int64),
+        "centroid_y": props["centroid-0"],
+        "centroid_x": props["centroid-1"],
+        "bbox_y0": props["bbox-0"].astype(np.int64),
+        "bbox_x0": props["bbox-1"].astype(np.int64),
+        "bbox_y1": props["bbox-2"].astype(np.int64),
+        "bbox_x1": props["bbox-3"].astype(np.int64),
+        "area": props["area"].astype(np.int64),
+        "score": np.array([scores.get(int(i), np.nan) for i in ids], np.float32),
+        "class_id": cls,
+        "class_name": np.array([class_names.get(int(c), str(c)) for c in cls], dtype=object),
+    }
+
+
+def concat_tables(tables: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if not tables:
+        return object_table(np.zeros((1, 1), np.int32))
+    return {name: np.concatenate([t[name] for t in tables]) for name in OBJECT_COLUMNS}

@@ -1,0 +1,1 @@
+"""Thin napari widgets: they map layers to core calls and results back to layers."""

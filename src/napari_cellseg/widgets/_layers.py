@@ -1,0 +1,108 @@
+"""Writing results into the viewer without ever losing a user's edits.
+
+Our output layers carry ``metadata["napari_cellseg"]`` with the role, the source
+image layer's unique id and a hash of the data as written. A re-run replaces
+its own earlier output for that image only while the hash still matches; once
+the user has edited the layer, a new layer is added instead.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+META_KEY = "napari_cellseg"
+CLASS_COLORS = ["#ff7f0e", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+
+
+def data_hash(data) -> str:
+    array = np.ascontiguousarray(np.asarray(data))
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(str((array.shape, array.dtype.str)).encode())
+    digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
+
+
+def is_own_output(layer, source, role: str, kind: str) -> bool:
+    meta = layer.metadata.get(META_KEY)
+    return (
+        isinstance(meta, dict)
+        and meta.get("role") == role
+        and meta.get("kind") == kind
+        and meta.get("source_layer_id") == source.unique_id
+    )
+
+
+def is_edited(layer) -> bool:
+    meta = layer.metadata.get(META_KEY, {})
+    return meta.get("data_hash") != data_hash(layer.data)
+
+
+def find_replaceable(viewer, source, role: str, kind: str):
+    """Our latest unedited output of this role for this image, or None."""
+    for layer in reversed(list(viewer.layers)):
+        if is_own_output(layer, source, role, kind) and not is_edited(layer):
+            return layer
+    return None
+
+
+def spatial_transform(source, result_ndim: int) -> dict:
+    """Scale and translate of the source's non-channel axes, for outputs of ``result_ndim`` axes."""
+    scale = list(source.scale)[-result_ndim:]
+    translate = list(source.translate)[-result_ndim:]
+    return {"scale": scale, "translate": translate}
+
+
+def _provenance(result, source, role: str, kind: str, data) -> dict:
+    meta = result.metadata
+    return {
+        "role": role,
+        "kind": kind,
+        "source_layer_id": source.unique_id,
+        "source_layer_name": source.name,
+        "model": meta.get("model", {}).get("path"),
+        "model_sha256": meta.get("model", {}).get("sha256"),
+        "backend": meta.get("model", {}).get("backend"),
+        "parameters": meta.get("parameters", {}),
+        "napari_cellseg_version": meta.get("napari_cellseg_version"),
+        "warnings": list(result.warnings),
+        "data_hash": data_hash(data),
+    }
+
+
+def features_of(result):
+    import pandas as pd
+
+    return pd.DataFrame({k: np.asarray(v) for k, v in result.objects.items()})
+
+
+def write_result_layers(viewer, source, result, *, kind: str = "segment", name_suffix: str = ""):
+    """Add or replace the Labels and Points layers of one result. Returns (labels, points)."""
+    transform = spatial_transform(source, result.labels.ndim)
+    features = features_of(result)
+    suffix = name_suffix or ""
+
+    labels_layer = find_replaceable(viewer, source, "labels", kind)
+    labels_meta = _provenance(result, source, "labels", kind, result.labels)
+    if labels_layer is None:
+        labels_layer = viewer.add_labels(
+            result.labels, name=f"{source.name} labels{suffix}", features=features,
+            metadata={META_KEY: labels_meta}, **transform,
+        )
+    else:
+        labels_layer.data = result.labels
+        labels_layer.features = features
+        labels_layer.metadata = {**labels_layer.metadata, META_KEY: labels_meta}
+
+    coords = result.centroid_coordinates()
+    points_layer = find_replaceable(viewer, source, "points", kind)
+    classes = sorted(set(features["class_name"])) or ["object"]
+    color_cycle = [CLASS_COLORS[i % len(CLASS_COLORS)] for i in range(len(classes))]
+    if points_layer is not None:
+        viewer.layers.remove(points_layer)  # points carry per-row styling: rebuild, same place
+    points_layer = viewer.add_points(
+        coords, name=f"{source.name} centroids{suffix}", features=features, size=6,
+        face_color="class_name", face_color_cycle=color_cycle, border_width=0,
+        metadata={META_KEY: _provenance(result, source, "points", kind, coords)}, **transform,
+    )
+    return labels_layer, points_layer

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_config(tmp_path, monkeypatch):
+    """Recent-model lists and ultralytics settings go to a temporary folder."""
+    monkeypatch.setenv("NAPARI_CELLSEG_CONFIG_DIR", str(tmp_path / "config"))
+
+
+@pytest.fixture(scope="session")
+def tiny_yolo(tmp_path_factory) -> Path:
+    """A YOLO11n-seg trained for a few epochs on generated disc images, once per session."""
+    from tiny_yolo import train_tiny_yolo
+
+    return train_tiny_yolo(tmp_path_factory.mktemp("tiny_yolo"), epochs=30)
+
+
+@pytest.fixture(scope="session")
+def tiny_yolo_model(tiny_yolo):
+    from napari_cellseg import load_model
+
+    return load_model(tiny_yolo, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
+
+
+def pytest_configure(config):
+    os.environ.setdefault("YOLO_VERBOSE", "False")

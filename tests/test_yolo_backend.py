@@ -1,0 +1,133 @@
+import numpy as np
+import pytest
+
+from napari_cellseg import load_model, segment, segment_iter
+from napari_cellseg.backends import ModelLoadError
+from napari_cellseg.core.pipeline import plan_tiling
+
+from synthetic import disc_image
+
+
+def test_tiny_model_loads_with_its_training_size(tiny_yolo_model):
+    info = tiny_yolo_model.info
+    assert info.backend == "yolo" and info.task == "segment"
+    assert info.train_imgsz == 128  # read from the checkpoint's train_args
+    assert info.class_names == {0: "nucleus"}
+    assert len(info.sha256) == 64
+    plan = plan_tiling(tiny_yolo_model)
+    assert (plan.imgsz, plan.tile, plan.zoom) == (128, 128, 1.0)
+    plan = plan_tiling(tiny_yolo_model, imgsz=256)
+    assert plan.tile == 256  # user override keeps full resolution
+
+
+def test_full_path_on_a_16bit_image_larger_than_a_tile(tiny_yolo_model):
+    image, truth = disc_image((200, 300), n=20, radius=(7, 12), seed=3, dtype=np.uint16)
+    assert image.max() > 255  # would be crushed by a plain 8-bit cast
+    result = segment(image, tiny_yolo_model, conf=0.01)
+    assert result.labels.shape == image.shape and result.labels.dtype == np.int32
+    assert result.n_objects > 0
+    ids = np.unique(result.labels)
+    assert np.array_equal(ids[ids > 0], np.arange(1, result.n_objects + 1))  # 1..N, no gaps
+    table = result.objects
+    assert np.array_equal(table["label"], np.arange(1, result.n_objects + 1))
+    assert np.all((table["score"] >= 0.01) & (table["score"] <= 1))
+    assert set(table["class_name"]) == {"nucleus"}
+    assert result.metadata["parameters"]["tile"] == 128
+    assert result.metadata["model"]["sha256"] == tiny_yolo_model.info.sha256
+
+
+def test_max_det_cap_is_reported_not_silent(tiny_yolo_model):
+    image, _ = disc_image((128, 128), n=8, seed=4)
+    result = segment(image, tiny_yolo_model, conf=0.0001, max_det=1)
+    assert any("max_det" in w for w in result.warnings)
+
+
+def test_stack_keeps_its_shape_with_progress_per_tile(tiny_yolo_model):
+    frames = [disc_image((150, 150), n=6, seed=s)[0] for s in range(3)]
+    stack = np.stack(frames)
+    gen = segment_iter(stack, tiny_yolo_model, conf=0.01)
+    progress = []
+    while True:
+        try:
+            progress.append(next(gen))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    n_tiles = 4  # 150 px with 128 px tiles: 2 x 2 per frame
+    assert [p.done for p in progress] == list(range(3 * n_tiles + 1))
+    assert result.labels.shape == stack.shape
+    assert len(result.counts_per_frame()) == 3
+    assert sum(result.counts_per_frame()) == result.n_objects
+    # labels are unique over the stack; each object sits in its own frame
+    for label, frame in zip(result.objects["label"], result.objects["frame"]):
+        assert np.any(result.labels[frame] == label)
+
+
+def test_cancel_stops_within_one_tile(tiny_yolo_model):
+    calls = []
+    original = tiny_yolo_model.predict_tile
+
+    def counting(tile, settings):
+        calls.append(1)
+        return original(tile, settings)
+
+    tiny_yolo_model.predict_tile = counting
+    try:
+        gen = segment_iter(np.zeros((3, 300, 300), np.uint16), tiny_yolo_model)
+        next(gen)  # started
+        next(gen)  # one tile done
+        gen.close()  # what a napari worker does on cancel
+    finally:
+        del tiny_yolo_model.predict_tile
+    assert len(calls) == 1
+
+
+def test_detect_checkpoint_is_refused_with_what_was_found(tmp_path):
+    from ultralytics import YOLO
+
+    path = tmp_path / "detector.pt"
+    YOLO("yolo11n.yaml").save(str(path))
+    with pytest.raises(ModelLoadError, match="'detect' checkpoint.*segmentation"):
+        load_model(path)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"not a model at all", "not a model checkpoint"),
+        (b"", "empty"),
+    ],
+)
+def test_non_checkpoint_files_are_refused(tmp_path, content, message):
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    with pytest.raises(ModelLoadError, match=message):
+        load_model(path)
+
+
+def test_truncated_and_foreign_checkpoints_are_refused(tmp_path, tiny_yolo):
+    import torch
+
+    data = tiny_yolo.read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match="corrupted or truncated"):
+        load_model(truncated)
+    foreign = tmp_path / "state_dict.pt"
+    torch.save({"conv1.weight": torch.zeros(3, 3)}, foreign)
+    with pytest.raises(ModelLoadError, match="unknown kind"):
+        load_model(foreign)
+
+
+def test_unknown_model_name_lists_known_ones():
+    with pytest.raises(ModelLoadError, match="not a known model name.*otsu-watershed"):
+        load_model("no-such-model")
+
+
+def test_unavailable_device_is_an_error(tiny_yolo):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ModelLoadError, match="no CUDA GPU"):
+        load_model(tiny_yolo, device="cuda")
