@@ -69,3 +69,58 @@ def notify_error(exc: BaseException) -> None:
     from napari.utils.notifications import show_error
 
     show_error(f"napari-cellseg: {exc}")
+
+
+class WorkerWidget(widgets.Container):
+    """A dock widget that runs one compute generator at a time with progress and cancel."""
+
+    def __init__(self, viewer, controls: list, run_text: str):
+        self._viewer = viewer
+        self.worker = None
+        self.run_button = widgets.PushButton(text=run_text)
+        self.cancel_button = widgets.PushButton(text="Cancel", enabled=False)
+        self.progress = widgets.ProgressBar(label="progress", value=0, min=0, max=1)
+        self.status = widgets.Label(value="")
+        super().__init__(widgets=[*controls, self.run_button, self.cancel_button, self.progress, self.status])
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+
+    def run(self):  # subclasses validate their inputs and call _start
+        raise NotImplementedError
+
+    def _start(self, job, *args, on_done) -> None:
+        from napari.qt.threading import create_worker
+
+        if self.worker is not None:
+            return  # one run at a time
+        # errors are reported through our handler; nothing is re-raised in the event loop
+        self.worker = create_worker(job, *args, _ignore_errors=True)
+        self.worker.yielded.connect(self._on_progress)
+        self.worker.returned.connect(on_done)
+        self.worker.errored.connect(self._on_error)
+        self.worker.aborted.connect(self._on_aborted)
+        self.worker.finished.connect(self._on_finished)
+        self.run_button.enabled, self.cancel_button.enabled = False, True
+        self.progress.value = 0
+        self.status.value = "running"
+        self.worker.start()
+
+    def cancel(self):
+        if self.worker is not None:
+            self.worker.quit()  # takes effect at the next yield: within one tile
+
+    def _on_progress(self, progress):
+        self.progress.max = max(1, progress.total)
+        self.progress.value = progress.done
+        self.status.value = progress.message
+
+    def _on_error(self, exc):
+        self.status.value = f"failed: {exc}"
+        notify_error(exc)
+
+    def _on_aborted(self):
+        self.status.value = "cancelled: nothing was added"
+
+    def _on_finished(self):
+        self.worker = None
+        self.run_button.enabled, self.cancel_button.enabled = True, False

@@ -3,16 +3,14 @@ from __future__ import annotations
 
 from magicgui import widgets
 
-from ._common import ModelCache, ModelChooser, device_choice, notify_error
+from ._common import ModelCache, ModelChooser, WorkerWidget, device_choice, notify_error
 
 
-class CompareWidget(widgets.Container):
+class CompareWidget(WorkerWidget):
     def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
         import napari
 
-        self._viewer = viewer
         self._cache = ModelCache()
-        self.worker = None
         self.last_agreement = None
         self.image = widgets.create_widget(annotation=napari.layers.Image, label="image")
         self.model_a = ModelChooser(label="model A")
@@ -21,16 +19,8 @@ class CompareWidget(widgets.Container):
         self.match_iou = widgets.FloatSpinBox(label="match IoU", value=0.5, min=0.05, max=0.95, step=0.05)
         self.device = device_choice()
         self.side_by_side = widgets.CheckBox(label="side by side (grid view)", value=True)
-        self.run_button = widgets.PushButton(text="Compare")
-        self.cancel_button = widgets.PushButton(text="Cancel", enabled=False)
-        self.progress = widgets.ProgressBar(label="progress", value=0, min=0, max=1)
-        self.status = widgets.Label(value="")
-        super().__init__(widgets=[
-            self.image, self.model_a, self.model_b, self.conf, self.match_iou, self.device,
-            self.side_by_side, self.run_button, self.cancel_button, self.progress, self.status,
-        ])
-        self.run_button.changed.connect(self.run)
-        self.cancel_button.changed.connect(self.cancel)
+        super().__init__(viewer, [self.image, self.model_a, self.model_b, self.conf, self.match_iou, self.device,
+                                  self.side_by_side], "Compare")
         viewer.layers.events.inserted.connect(self.image.reset_choices)
         viewer.layers.events.removed.connect(self.image.reset_choices)
 
@@ -46,32 +36,13 @@ class CompareWidget(widgets.Container):
         return results, agreement(results[0].labels, results[1].labels, match_iou)
 
     def run(self):
-        from napari.qt.threading import create_worker
-
         layer = self.image.value
         models = [self.model_a.value, self.model_b.value]
         if layer is None or not all(models):
             notify_error(ValueError("choose an image and two models"))
             return
-        if self.worker is not None:
-            return
-        self.worker = create_worker(self._job, layer, models, self.device.value, self.conf.value,
-                                    self.match_iou.value)
-        self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(lambda out: self._on_done(layer, *out))
-        self.worker.errored.connect(notify_error)
-        self.worker.finished.connect(self._on_finished)
-        self.run_button.enabled, self.cancel_button.enabled = False, True
-        self.worker.start()
-
-    def cancel(self):
-        if self.worker is not None:
-            self.worker.quit()
-
-    def _on_progress(self, progress):
-        self.progress.max = max(1, progress.total)
-        self.progress.value = progress.done
-        self.status.value = progress.message
+        self._start(self._job, layer, models, self.device.value, self.conf.value, self.match_iou.value,
+                    on_done=lambda out: self._on_done(layer, *out))
 
     def _on_done(self, layer, results, agreement):
         from pathlib import Path
@@ -91,6 +62,3 @@ class CompareWidget(widgets.Container):
             f"{agreement['threshold']:.2f}: {agreement['matched']}, F1 = {agreement['f1']:.3f}"
         )
 
-    def _on_finished(self):
-        self.worker = None
-        self.run_button.enabled, self.cancel_button.enabled = True, False

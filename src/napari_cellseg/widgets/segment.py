@@ -3,18 +3,16 @@ from __future__ import annotations
 
 from magicgui import widgets
 
-from ._common import ModelCache, ModelChooser, device_choice, notify_error
+from ._common import ModelCache, ModelChooser, WorkerWidget, device_choice, notify_error
 
 
-class SegmentWidget(widgets.Container):
+class SegmentWidget(WorkerWidget):
     """Pick an image and a model, run in a thread worker, get Labels + Points."""
 
     def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
         import napari
 
-        self._viewer = viewer
         self._cache = ModelCache()
-        self.worker = None
         self.last_result = None
         self.image = widgets.create_widget(annotation=napari.layers.Image, label="image")
         self.model = ModelChooser()
@@ -23,16 +21,9 @@ class SegmentWidget(widgets.Container):
         self.conf = widgets.FloatSpinBox(label="confidence", value=0.25, min=0.0, max=1.0, step=0.05)
         self.iou = widgets.FloatSpinBox(label="NMS IoU", value=0.7, min=0.0, max=1.0, step=0.05)
         self.device = device_choice()
-        self.run_button = widgets.PushButton(text="Segment")
-        self.cancel_button = widgets.PushButton(text="Cancel", enabled=False)
-        self.progress = widgets.ProgressBar(label="progress", value=0, min=0, max=1)
-        self.status = widgets.Label(value="")
-        super().__init__(widgets=[
-            self.image, self.model, self.imgsz, self.tile, self.conf, self.iou, self.device,
-            self.run_button, self.cancel_button, self.progress, self.status,
-        ])
-        self.run_button.changed.connect(self.run)
-        self.cancel_button.changed.connect(self.cancel)
+        super().__init__(
+            viewer, [self.image, self.model, self.imgsz, self.tile, self.conf, self.iou, self.device], "Segment"
+        )
         viewer.layers.events.inserted.connect(self.image.reset_choices)
         viewer.layers.events.removed.connect(self.image.reset_choices)
 
@@ -53,35 +44,14 @@ class SegmentWidget(widgets.Container):
         return result
 
     def run(self):
-        from napari.qt.threading import create_worker
-
         layer = self.image.value
         if layer is None:
             notify_error(ValueError("open an image first"))
-            return
-        if not self.model.value:
+        elif not self.model.value:
             notify_error(ValueError("choose a model file"))
-            return
-        if self.worker is not None:
-            return  # one run at a time
-        self.worker = create_worker(self._job, layer, self.model.value, self.device.value, self.parameters())
-        self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(lambda result: self._on_done(layer, result))
-        self.worker.errored.connect(notify_error)
-        self.worker.aborted.connect(self._on_aborted)
-        self.worker.finished.connect(self._on_finished)
-        self.run_button.enabled, self.cancel_button.enabled = False, True
-        self.status.value = "running"
-        self.worker.start()
-
-    def cancel(self):
-        if self.worker is not None:
-            self.worker.quit()  # stops at the next yield: within one tile
-
-    def _on_progress(self, progress):
-        self.progress.max = max(1, progress.total)
-        self.progress.value = progress.done
-        self.status.value = progress.message
+        else:
+            self._start(self._job, layer, self.model.value, self.device.value, self.parameters(),
+                        on_done=lambda result: self._on_done(layer, result))
 
     def _on_done(self, layer, result):
         from ._layers import write_result_layers
@@ -94,10 +64,3 @@ class SegmentWidget(widgets.Container):
         counts = result.counts_per_frame()
         text = f"{result.n_objects} objects" + (f" in {len(counts)} frames" if result.stack_shape else "")
         self.status.value = text + ("; " + "; ".join(result.warnings) if result.warnings else "")
-
-    def _on_aborted(self):
-        self.status.value = "cancelled: nothing was added"
-
-    def _on_finished(self):
-        self.worker = None
-        self.run_button.enabled, self.cancel_button.enabled = True, False

@@ -1,0 +1,64 @@
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from napari_cellseg.cli import main
+
+from synthetic import disc_image
+
+
+def test_segment_writes_labels_table_and_provenance(tmp_path, tiny_yolo, capsys):
+    image, _ = disc_image((160, 200), n=10, seed=7)
+    tifffile.imwrite(tmp_path / "cells.tif", image)
+    png = (image / image.max() * 255).astype(np.uint8)
+    Image.fromarray(png).save(tmp_path / "cells2.png")
+    out = tmp_path / "out"
+    code = main(["segment", str(tmp_path / "cells.tif"), str(tmp_path / "cells2.png"), "--model", str(tiny_yolo),
+                 "--out", str(out), "--conf", "0.01", "--device", "cpu", "-q"])
+    assert code == 0
+    for stem in ("cells", "cells2"):
+        labels = tifffile.imread(out / f"{stem}_labels.tif")
+        assert labels.shape == image.shape
+        with open(out / f"{stem}_objects.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        assert len(rows) == len(np.unique(labels)) - (0 in labels)
+        assert set(rows[0]) >= {"label", "centroid_y", "centroid_x", "bbox_y0", "area", "score", "class_id", "class_name"}
+        provenance = json.loads((out / f"{stem}_provenance.json").read_text())
+        assert provenance["model"]["sha256"] == __import__("hashlib").sha256(tiny_yolo.read_bytes()).hexdigest()
+        assert provenance["parameters"]["conf"] == 0.01
+        assert provenance["napari_cellseg_version"]
+    assert not [p for p in os.listdir(out) if ".part" in p]  # atomic writes leave no temporaries
+
+
+def test_stack_output_keeps_the_stack_shape(tmp_path, tiny_yolo):
+    stack = np.stack([disc_image((96, 96), n=4, seed=s)[0] for s in range(3)])
+    tifffile.imwrite(tmp_path / "movie.tif", stack)
+    assert main(["segment", str(tmp_path / "movie.tif"), "--model", str(tiny_yolo), "--out", str(tmp_path),
+                 "--conf", "0.01", "-q"]) == 0
+    assert tifffile.imread(tmp_path / "movie_labels.tif").shape == stack.shape
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda d, m: [str(d / "missing.tif"), "--model", m], "no such file"),
+        (lambda d, m: [str(d / "notes.txt"), "--model", m], "unsupported file type"),
+        (lambda d, m: [str(d / "ok.tif"), "--model", str(d / "nope.pt")], "no such model file"),
+        (lambda d, m: [str(d / "ok.tif"), "--model", str(d / "notes.txt")], "not a model checkpoint"),
+        (lambda d, m: [str(d / "tiny.tif"), "--model", m], "too small"),
+        (lambda d, m: [str(d / "ok.tif"), "--model", m, "--conf", "3"], "conf and iou"),
+    ],
+)
+def test_bad_input_exits_non_zero_with_one_line(tmp_path, tiny_yolo, capsys, make_args, message):
+    (tmp_path / "notes.txt").write_text("hello")
+    tifffile.imwrite(tmp_path / "ok.tif", disc_image((64, 64), n=2)[0])
+    tifffile.imwrite(tmp_path / "tiny.tif", np.zeros((1, 1), np.uint8))
+    code = main(["segment", *make_args(tmp_path, str(tiny_yolo)), "--out", str(tmp_path / "o"), "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("napari-cellseg: error:") and message in err[0]

@@ -1,0 +1,122 @@
+import numpy as np
+import pytest
+
+from napari_cellseg.widgets._layers import META_KEY
+from napari_cellseg.widgets.compare import CompareWidget
+from napari_cellseg.widgets.segment import SegmentWidget
+
+from synthetic import disc_image
+
+pytestmark = pytest.mark.gui
+
+
+def _run(qtbot, widget, timeout=60_000):
+    widget.run()
+    assert widget.worker is not None
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=timeout)
+
+
+def _own(viewer, role):
+    return [layer for layer in viewer.layers if layer.metadata.get(META_KEY, {}).get("role") == role]
+
+
+@pytest.fixture
+def viewer_with_image(make_napari_viewer):
+    viewer = make_napari_viewer()
+    image, truth = disc_image((200, 240), n=12, seed=11)
+    layer = viewer.add_image(image, name="nuclei", scale=(0.5, 0.5))
+    return viewer, layer, truth
+
+
+def test_segment_widget_adds_labels_and_points_with_provenance(qtbot, viewer_with_image):
+    viewer, image_layer, truth = viewer_with_image
+    widget = SegmentWidget(viewer)
+    widget.model.combo.value = "otsu-watershed"
+    _run(qtbot, widget)
+    (labels,), (points,) = _own(viewer, "labels"), _own(viewer, "points")
+    assert labels.data.shape == image_layer.data.shape
+    assert labels.data.max() == truth.max()
+    assert len(points.data) == truth.max()
+    assert tuple(labels.scale) == (0.5, 0.5) and tuple(points.scale) == (0.5, 0.5)
+    assert list(points.features["label"]) == list(range(1, truth.max() + 1))
+    meta = labels.metadata[META_KEY]
+    assert meta["source_layer_id"] == image_layer.unique_id
+    assert meta["parameters"]["conf"] == 0.25 and meta["model"] == "otsu-watershed"
+    assert "objects" in widget.status.value
+
+
+def test_rerun_replaces_own_output_but_never_an_edited_layer(qtbot, viewer_with_image):
+    viewer, image_layer, truth = viewer_with_image
+    widget = SegmentWidget(viewer)
+    widget.model.combo.value = "otsu-watershed"
+    _run(qtbot, widget)
+    first = _own(viewer, "labels")[0]
+    first.data = first.data  # unchanged data: still replaceable
+    _run(qtbot, widget)
+    assert _own(viewer, "labels") == [first] and len(_own(viewer, "points")) == 1
+
+    edited = first.data.copy()
+    edited[0:10, 0:10] = 99  # the user paints a cell
+    first.data = edited
+    _run(qtbot, widget)
+    labels_layers = _own(viewer, "labels")
+    assert len(labels_layers) == 2
+    assert labels_layers[0] is first and np.array_equal(first.data, edited)  # nothing the user drew is lost
+
+
+def test_cancel_adds_no_layer(qtbot, viewer_with_image, tiny_yolo):
+    viewer, image_layer, _ = viewer_with_image
+    image_layer.data = np.tile(image_layer.data, (4, 4))  # many tiles
+    widget = SegmentWidget(viewer)
+    widget.model.value = str(tiny_yolo)
+    widget.device.value = "cpu"
+    n_layers = len(viewer.layers)
+    widget.run()
+    qtbot.waitUntil(lambda: widget.progress.value >= 1, timeout=60_000)
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=30_000)
+    assert len(viewer.layers) == n_layers
+    assert widget.progress.value < widget.progress.max
+    assert "cancelled" in widget.status.value
+
+
+def test_bad_input_is_notified_and_the_viewer_lives(qtbot, make_napari_viewer, tmp_path, monkeypatch):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((1, 1), np.uint8), name="dot")
+    widget = SegmentWidget(viewer)
+    widget.model.combo.value = "otsu-watershed"
+    errors = []
+    monkeypatch.setattr("napari_cellseg.widgets._common.notify_error", lambda exc: errors.append(str(exc)))
+    _run(qtbot, widget)
+    assert errors and "too small" in errors[0]
+    assert "failed" in widget.status.value and widget.run_button.enabled
+    assert len(viewer.layers) == 1 and not _own(viewer, "labels")
+
+
+def test_recent_models_are_offered(qtbot, make_napari_viewer, tiny_yolo):
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    widget.model.value = str(tiny_yolo)
+    assert widget.model.value == str(tiny_yolo.resolve())
+    again = SegmentWidget(viewer)
+    assert str(tiny_yolo.resolve()) in again.model.combo.choices
+
+
+def test_compare_models_shows_agreement(qtbot, viewer_with_image, tiny_yolo):
+    viewer, image_layer, truth = viewer_with_image
+    widget = CompareWidget(viewer)
+    widget.model_a.combo.value = "otsu-watershed"
+    widget.model_b.value = str(tiny_yolo)
+    widget.conf.value = 0.01
+    _run(qtbot, widget)
+    agreement = widget.last_agreement
+    kinds = {layer.metadata[META_KEY]["kind"] for layer in _own(viewer, "labels")}
+    assert kinds == {"compare-A", "compare-B"}
+    a = next(l for l in _own(viewer, "labels") if l.metadata[META_KEY]["kind"] == "compare-A")
+    b = next(l for l in _own(viewer, "labels") if l.metadata[META_KEY]["kind"] == "compare-B")
+    from napari_cellseg.core.metrics import agreement as agree
+
+    assert agreement == agree(a.data, b.data, 0.5)
+    assert agreement["matched"] + agreement["only_a"] == a.data.max()
+    assert f"F1 = {agreement['f1']:.3f}" in widget.status.value
+    assert viewer.grid.enabled
