@@ -50,6 +50,21 @@ def samples(data: Path, crop: int, max_crops: int, rng: np.random.Generator):
             yield f"{image_id[:16]}_{k}", image[tile.slices], labels[tile.slices], is_validation(image_id)
 
 
+def package_model(weights: Path, out: Path, zoom: float, notes: dict) -> str:
+    """Strip the optimizer, record the zoom the model was trained at, write atomically; returns sha256."""
+    import torch
+    from ultralytics.utils.torch_utils import strip_optimizer
+
+    from napari_cellseg.core.io import atomic_path, sha256_of
+
+    with atomic_path(out) as tmp:
+        ckpt = torch.load(weights, map_location="cpu", weights_only=False)
+        ckpt["napari_cellseg"] = {"zoom": zoom, **notes}
+        torch.save(ckpt, tmp)
+        strip_optimizer(str(tmp))
+    return sha256_of(out)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data/dsb2018"))
@@ -61,7 +76,15 @@ def main(argv=None):
     parser.add_argument("--time", type=float, default=None, help="hours; stops training early")
     parser.add_argument("--model", default="yolo11n-seg.yaml")
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--package-only", type=Path, default=None, help="only package these weights")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1]
+                        / "src/napari_cellseg/models/nuclei_yolo11n_seg.pt")
     args = parser.parse_args(argv)
+    notes = {"training_data": "DSB2018 stage1_train (BBBC038, corrected), CC0", "crop": args.crop,
+             "split": "validation: sha1(image id)[0] < 38"}
+    if args.package_only:
+        print("sha256:", package_model(args.package_only, args.out, args.zoom, notes))
+        return
 
     rng = np.random.default_rng(0)
     val_names = []
@@ -83,7 +106,8 @@ def main(argv=None):
         pretrained=False, amp=False, patience=1000, close_mosaic=5, degrees=90, flipud=0.5, fliplr=0.5,
         scale=0.3, hsv_h=0.0, hsv_s=0.3, hsv_v=0.3, max_det=1000, overlap_mask=True,
     )
-    print("best weights:", args.work / "run" / "weights" / "best.pt")
+    best = args.work / "run" / "weights" / "best.pt"
+    print("best weights:", best, "sha256 of the packaged model:", package_model(best, args.out, args.zoom, notes))
 
 
 if __name__ == "__main__":

@@ -113,3 +113,84 @@ def agreement(labels_a: np.ndarray, labels_b: np.ndarray, threshold: float = 0.5
         "only_b": stats.fn,
         "f1": stats.f1,
     }
+
+
+def dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Dice of the foreground masks (semantic agreement, ignores instance ids)."""
+    p, g = np.asarray(pred) > 0, np.asarray(gt) > 0
+    total = p.sum() + g.sum()
+    return float(2 * np.logical_and(p, g).sum() / total) if total else 1.0
+
+
+def coco_mask_map(pred: np.ndarray, gt: np.ndarray, scores: dict[int, float] | None = None) -> dict:
+    """COCO mask AP (pycocotools): mAP over IoU 0.50:0.95, AP50 and AP75.
+
+    A stack is treated as one COCO image per frame. Without scores every
+    prediction counts as equally confident.
+    """
+    import contextlib
+    import io
+
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    pred = np.asarray(pred).reshape((-1,) + np.shape(pred)[-2:])
+    gt = np.asarray(gt).reshape((-1,) + np.shape(gt)[-2:])
+    scores = scores or {}
+    images, annotations, detections = [], [], []
+    for index, (p, g) in enumerate(zip(pred, gt)):
+        images.append({"id": index, "height": g.shape[0], "width": g.shape[1]})
+        for label in np.unique(g[g > 0]):
+            rle = mask_utils.encode(np.asfortranarray((g == label).astype(np.uint8)))
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": index, "category_id": 1, "iscrowd": 0,
+                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+                "area": float(mask_utils.area(rle)), "bbox": list(mask_utils.toBbox(rle)),
+            })
+        for label in np.unique(p[p > 0]):
+            rle = mask_utils.encode(np.asfortranarray((p == label).astype(np.uint8)))
+            detections.append({
+                "image_id": index, "category_id": 1, "score": float(scores.get(int(label), 1.0)),
+                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+            })
+    if not annotations or not detections:
+        return {"map": 0.0 if annotations or detections else 1.0, "ap50": float("nan"), "ap75": float("nan")}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its summary
+        coco_gt = COCO()
+        coco_gt.dataset = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "object"}]}
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes(detections)
+        evaluator = COCOeval(coco_gt, coco_dt, iouType="segm")
+        evaluator.params.maxDets = [1, 100, max(1000, len(detections))]  # dense images: no 100-object cap
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {"map": float(evaluator.stats[0]), "ap50": float(evaluator.stats[1]), "ap75": float(evaluator.stats[2])}
+
+
+def evaluate(pred: np.ndarray, gt: np.ndarray, scores: dict[int, float] | None = None,
+             with_coco: bool = True) -> dict:
+    """Every metric for one prediction against its ground truth."""
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from ground truth shape {gt.shape}")
+    stats = matching_stats(pred, gt)
+    at50 = stats[0]
+    n_pred, n_gt = at50.tp + at50.fp, at50.tp + at50.fn
+    row = {
+        "n_pred": n_pred,
+        "n_gt": n_gt,
+        "precision_50": at50.precision,
+        "recall_50": at50.recall,
+        "f1_50": at50.f1,
+        "dsb_score": dsb_score(stats),
+        "dice": dice(pred, gt),
+        "count_error": n_pred - n_gt,
+        "relative_count_error": (n_pred - n_gt) / n_gt if n_gt else float("nan"),
+    }
+    if with_coco:
+        coco = coco_mask_map(pred, gt, scores)
+        row.update({"coco_map": coco["map"], "coco_ap50": coco["ap50"], "coco_ap75": coco["ap75"]})
+    row["per_threshold"] = [s.as_dict() for s in stats]
+    return row

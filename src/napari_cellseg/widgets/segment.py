@@ -24,6 +24,10 @@ class SegmentWidget(WorkerWidget):
         super().__init__(
             viewer, [self.image, self.model, self.imgsz, self.tile, self.conf, self.iou, self.device], "Segment"
         )
+        from ._plot import LinePlot
+
+        self.counts_plot = LinePlot(height_px=140)  # objects per frame: the counting view
+        self.native.layout().addWidget(self.counts_plot.canvas)
         viewer.layers.events.inserted.connect(self.image.reset_choices)
         viewer.layers.events.removed.connect(self.image.reset_choices)
 
@@ -62,5 +66,7 @@ class SegmentWidget(WorkerWidget):
         self.last_result = result
         write_result_layers(self._viewer, layer, result)
         counts = result.counts_per_frame()
+        self.counts_plot.show(range(len(counts)), counts, xlabel="frame", ylabel="objects",
+                              title=f"{layer.name}: {result.n_objects} objects")
         text = f"{result.n_objects} objects" + (f" in {len(counts)} frames" if result.stack_shape else "")
         self.status.value = text + ("; " + "; ".join(result.warnings) if result.warnings else "")

@@ -1,0 +1,67 @@
+"""Validation figures of a nuclei model on the fixed DSB2018 validation split.
+
+    python scripts/validate_nuclei_model.py --model nuclei --data ../shared/data/dsb2018 [--conf 0.25]
+
+Runs the plugin's own ``segment`` (full-resolution tiling) on every validation
+image (see train_nuclei_model.is_validation), and prints the DSB score over all
+modalities, F1 at IoU 0.5 on the fluorescence images, and the same for the
+classical Otsu + watershed baseline.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from train_nuclei_model import is_validation  # noqa: E402
+
+from napari_cellseg import load_model, segment  # noqa: E402
+from napari_cellseg.core.io import read_image  # noqa: E402
+from napari_cellseg.core.metrics import evaluate  # noqa: E402
+
+
+def validate(model, data: Path, conf: float, limit: int | None = None) -> dict:
+    modality = {r["id"]: r["modality_guess"] for r in csv.DictReader(open(data / "metadata.csv"))}
+    ids = sorted(p.stem for p in (data / "images").glob("*.png") if is_validation(p.stem))[:limit]
+    rows = []
+    for image_id in ids:
+        image = read_image(data / "images" / f"{image_id}.png")
+        truth = read_image(data / "labels" / f"{image_id}.png")
+        result = segment(image, model, conf=conf)
+        row = evaluate(result.labels, truth, with_coco=False)
+        rows.append({"id": image_id, "modality": modality.get(image_id, "?"), **row})
+    fluo = [r for r in rows if r["modality"] == "fluorescence"]
+    return {
+        "n_images": len(rows),
+        "n_fluorescence": len(fluo),
+        "dsb_score_all": float(np.mean([r["dsb_score"] for r in rows])),
+        "f1_50_all": float(np.mean([r["f1_50"] for r in rows])),
+        "dsb_score_fluorescence": float(np.mean([r["dsb_score"] for r in fluo])),
+        "f1_50_fluorescence": float(np.mean([r["f1_50"] for r in fluo])),
+        "mean_abs_relative_count_error": float(np.nanmean([abs(r["relative_count_error"]) for r in rows])),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="nuclei")
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/dsb2018"))
+    parser.add_argument("--conf", type=float, default=0.25)
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--baseline", action="store_true", help="also score Otsu + watershed")
+    args = parser.parse_args(argv)
+    figures = {"model": validate(load_model(args.model, device="cpu"), args.data, args.conf, args.limit)}
+    if args.baseline:
+        figures["otsu-watershed"] = validate(load_model("otsu-watershed"), args.data, args.conf, args.limit)
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
