@@ -120,3 +120,14 @@ def test_compare_models_shows_agreement(qtbot, viewer_with_image, tiny_yolo):
     assert agreement["matched"] + agreement["only_a"] == a.data.max()
     assert f"F1 = {agreement['f1']:.3f}" in widget.status.value
     assert viewer.grid.enabled
+
+
+def test_an_image_without_cells_gives_empty_layers(qtbot, make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((64, 64), np.uint16), name="blank")
+    widget = SegmentWidget(viewer)
+    widget.model.combo.value = "otsu-watershed"
+    _run(qtbot, widget)
+    (labels,), (points,) = _own(viewer, "labels"), _own(viewer, "points")
+    assert labels.data.max() == 0 and len(points.data) == 0
+    assert widget.status.value.startswith("0 objects")

@@ -19,7 +19,8 @@ def data_hash(data) -> str:
     array = np.ascontiguousarray(np.asarray(data))
     digest = hashlib.blake2b(digest_size=16)
     digest.update(str((array.shape, array.dtype.str)).encode())
-    digest.update(memoryview(array).cast("B"))
+    if array.size:
+        digest.update(memoryview(array).cast("B"))
     return digest.hexdigest()
 
 
@@ -100,9 +101,11 @@ def write_result_layers(viewer, source, result, *, kind: str = "segment", name_s
     color_cycle = [CLASS_COLORS[i % len(CLASS_COLORS)] for i in range(len(classes))]
     if points_layer is not None:
         viewer.layers.remove(points_layer)  # points carry per-row styling: rebuild, same place
+    # colour by class; an empty table has no class column values to map
+    colouring = {"face_color": "class_name", "face_color_cycle": color_cycle} if len(coords) else {}
     points_layer = viewer.add_points(
-        coords, name=f"{source.name} centroids{suffix}", features=features, size=6,
-        face_color="class_name", face_color_cycle=color_cycle, border_width=0,
-        metadata={META_KEY: _provenance(result, source, "points", kind, coords)}, **transform,
+        coords, ndim=result.labels.ndim, name=f"{source.name} centroids{suffix}", features=features, size=6,
+        border_width=0, metadata={META_KEY: _provenance(result, source, "points", kind, coords)},
+        **colouring, **transform,
     )
     return labels_layer, points_layer

@@ -1,0 +1,151 @@
+"""Speed and responsiveness of napari-cellseg's YOLO path, measured in one run.
+
+    python benchmarks/bench_segment.py [--model nuclei] [--repeats 3] [--no-gui]
+
+Prints, with ratios against the raw library doing the same work:
+1. plugin overhead: ``segment`` on single-tile images vs ultralytics ``predict`` on the same
+   normalised tiles with the same settings (goal: <= 1.05x);
+2. tiled full-resolution inference on a 2048x2048 image: seconds per megapixel;
+3. the longest stall of the Qt event loop while the Segment widget runs in a viewer (goal: < 100 ms);
+4. peak memory of a large image run above the loaded model.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+def _images(n: int, size: int):
+    from synthetic import disc_image
+
+    return [disc_image((size, size), n=40, radius=(5, 10), seed=s)[0] for s in range(n)]
+
+
+def bench_overhead(model, repeats: int, size: int) -> dict:
+    from napari_cellseg import segment
+    from napari_cellseg.core.normalize import normalize_to_uint8
+
+    images = _images(4, size)
+    tiles = [np.repeat(normalize_to_uint8(im)[..., None], 3, axis=-1)[..., ::-1].copy() for im in images]
+    raw_model = model._model
+    kwargs = dict(imgsz=[size, size], conf=0.25, iou=0.7, max_det=3000, device="cpu", retina_masks=True,
+                  verbose=False)
+    for tile in tiles[:1]:  # warm-up both paths
+        raw_model.predict(tile, **kwargs)
+        segment(images[0], model, tile=size)
+    raw, plugin = [], []
+    for _ in range(repeats):
+        for image, tile in zip(images, tiles):
+            t = time.perf_counter()
+            result = raw_model.predict(tile, **kwargs)[0]
+            if result.masks is not None:
+                result.masks.data.cpu().numpy()  # the raw path also has to fetch the masks
+            raw.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            segment(image, model, tile=size)
+            plugin.append(time.perf_counter() - t)
+    return {"tile": size, "raw_ultralytics_s": float(np.median(raw)), "plugin_s": float(np.median(plugin)),
+            "ratio": float(np.median(plugin) / np.median(raw))}
+
+
+def bench_large(model, side: int) -> dict:
+    import psutil
+
+    from napari_cellseg import segment
+    from synthetic import disc_image
+
+    image = np.tile(disc_image((512, 512), n=60, radius=(5, 10), seed=1)[0], (side // 512, side // 512))
+    import threading
+
+    process = psutil.Process()
+    gc.collect()
+    baseline = process.memory_info().rss
+    peak = [baseline]
+    running = threading.Event()
+    running.set()
+
+    def sample():  # poll RSS: allocations between progress yields count too
+        while running.is_set():
+            peak.append(process.memory_info().rss)
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    t = time.perf_counter()
+    result = segment(image, model)
+    seconds = time.perf_counter() - t
+    running.clear()
+    sampler.join()
+    return {"image": f"{side}x{side} uint16", "objects": result.n_objects, "seconds": round(seconds, 2),
+            "seconds_per_megapixel": round(seconds / (side * side / 1e6), 3),
+            "peak_rss_above_start_mb": round((max(peak) - baseline) / 2**20, 1)}
+
+
+def bench_event_loop(model_name: str) -> dict:
+    import napari
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_cellseg.widgets.segment import SegmentWidget
+
+    viewer = napari.Viewer(show=False)
+    viewer.add_image(_images(1, 1024)[0], name="cells")
+    widget = SegmentWidget(viewer)
+    widget.model.value = model_name if Path(model_name).is_file() else None
+    if widget.model.value is None:
+        widget.model.combo.value = model_name
+    widget.device.value = "cpu"
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(5)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    widget.run()
+    app = QApplication.instance()
+    while widget.worker is not None:
+        app.processEvents()
+        time.sleep(0.001)
+    timer.stop()
+    gaps = np.diff(ticks) * 1000 if len(ticks) > 1 else np.array([0.0])
+    viewer.close()
+    return {"max_stall_ms": round(float(gaps.max()), 1), "p99_stall_ms": round(float(np.percentile(gaps, 99)), 1),
+            "objects": widget.last_result.n_objects if widget.last_result else None}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="nuclei")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--large", type=int, default=4096, help="side of the large-image run (8192 for the goal)")
+    parser.add_argument("--no-gui", action="store_true")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from napari_cellseg import load_model
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    model = load_model(args.model, device="cpu")
+    figures = {"model": model.info.path, "torch_threads": torch.get_num_threads()}
+    size = int(round(model.info.train_imgsz / model.info.zoom)) if model.info.train_imgsz else 512
+    figures["overhead"] = bench_overhead(model, args.repeats, size)
+    print(json.dumps(figures["overhead"]), flush=True)
+    figures["large_image"] = bench_large(model, args.large)
+    print(json.dumps(figures["large_image"]), flush=True)
+    if not args.no_gui:
+        figures["event_loop"] = bench_event_loop(args.model)
+        print(json.dumps(figures["event_loop"]), flush=True)
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
