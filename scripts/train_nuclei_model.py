@@ -74,7 +74,11 @@ def main(argv=None):
     parser.add_argument("--zoom", type=float, default=1.5)
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--time", type=float, default=None, help="hours; stops training early")
-    parser.add_argument("--model", default="yolo11n-seg.yaml")
+    parser.add_argument("--model", default="yolo11n-seg.yaml", help="architecture YAML, or weights to continue from")
+    parser.add_argument("--optimizer", default="auto")
+    parser.add_argument("--lr0", type=float, default=0.01)
+    parser.add_argument("--warmup-epochs", type=float, default=3.0)
+    parser.add_argument("--name", default="run")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--package-only", type=Path, default=None, help="only package these weights")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1]
@@ -86,6 +90,10 @@ def main(argv=None):
         print("sha256:", package_model(args.package_only, args.out, args.zoom, notes))
         return
 
+    data_yaml = args.work / "dataset" / "data.yaml"
+    if data_yaml.is_file():  # continuing: same crops, same split
+        train(args, data_yaml, notes)
+        return
     rng = np.random.default_rng(0)
     val_names = []
     rows = []
@@ -95,18 +103,22 @@ def main(argv=None):
             val_names.append(name)
     data_yaml = write_yolo_dataset(rows, args.work / "dataset", val_names=val_names, class_names=["nucleus"])
     print(f"{len(rows)} crops, {len(val_names)} for validation -> {data_yaml}", flush=True)
+    train(args, data_yaml, notes)
 
+
+def train(args, data_yaml: Path, notes: dict) -> None:
     from ultralytics import YOLO
 
     imgsz = int(round(args.crop * args.zoom / 32) * 32)
     model = YOLO(args.model)
     model.train(
         data=str(data_yaml), imgsz=imgsz, epochs=args.epochs, time=args.time, batch=args.batch,
-        device="cpu", workers=2, plots=False, project=str(args.work), name="run", exist_ok=True,
-        pretrained=False, amp=False, patience=1000, close_mosaic=5, degrees=90, flipud=0.5, fliplr=0.5,
+        device="cpu", workers=2, plots=False, project=str(args.work), name=args.name, exist_ok=True,
+        pretrained=False, optimizer=args.optimizer, lr0=args.lr0, warmup_epochs=args.warmup_epochs, amp=False,
+        patience=1000, close_mosaic=5, degrees=90, flipud=0.5, fliplr=0.5,
         scale=0.3, hsv_h=0.0, hsv_s=0.3, hsv_v=0.3, max_det=1000, overlap_mask=True,
     )
-    best = args.work / "run" / "weights" / "best.pt"
+    best = args.work / args.name / "weights" / "best.pt"
     print("best weights:", best, "sha256 of the packaged model:", package_model(best, args.out, args.zoom, notes))
 
 

@@ -42,25 +42,38 @@ def percentile_range(channel: np.ndarray, percentiles=DEFAULT_PERCENTILES) -> tu
     return float(lo), float(hi)
 
 
+def channel_ranges(frame, percentiles=DEFAULT_PERCENTILES) -> list[tuple[float, float]]:
+    """Per-channel (low, high) of a (Y, X, C) frame; works on lazy (dask/zarr) arrays too."""
+    return [percentile_range(frame[..., c], percentiles) for c in range(frame.shape[-1])]
+
+
+def apply_ranges(block: np.ndarray, ranges: list[tuple[float, float]]) -> np.ndarray:
+    """Map a (y, x, C) block to uint8 with given per-channel ranges (NaN/-inf -> 0, +inf -> 255).
+
+    Tiles of one frame share the frame's ranges, so tile seams do not show.
+    """
+    block = np.asarray(block)
+    out = np.empty(block.shape, dtype=np.uint8)
+    for c, (lo, hi) in enumerate(ranges):
+        if hi <= lo:
+            out[..., c] = 0
+            continue
+        scaled = (block[..., c].astype(np.float32) - lo) * (255.0 / (hi - lo))
+        scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
+        out[..., c] = np.clip(scaled, 0, 255).astype(np.uint8)
+    return out
+
+
 def normalize_to_uint8(frame: np.ndarray, percentiles=DEFAULT_PERCENTILES) -> np.ndarray:
     """Map a (Y, X) or (Y, X, C) frame to uint8 by per-channel percentiles.
 
-    NaN/inf become the low value. A constant channel maps to 0.
+    NaN/inf are ignored for the percentiles. A constant channel maps to 0.
     """
     frame = np.asarray(frame)
     squeeze = frame.ndim == 2
     if squeeze:
         frame = frame[..., None]
-    out = np.empty(frame.shape, dtype=np.uint8)
-    for c in range(frame.shape[-1]):
-        channel = frame[..., c]
-        lo, hi = percentile_range(channel, percentiles)
-        if hi <= lo:
-            out[..., c] = 0
-            continue
-        scaled = (np.asarray(channel, dtype=np.float32) - lo) * (255.0 / (hi - lo))
-        scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
-        out[..., c] = np.clip(scaled, 0, 255).astype(np.uint8)
+    out = apply_ranges(frame, channel_ranges(frame, percentiles))
     return out[..., 0] if squeeze else out
 
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..backends import InferenceSettings, SegmentationBackend, load_model
-from .normalize import normalize_to_uint8, to_stack_of_frames
+from .normalize import apply_ranges, channel_ranges, to_stack_of_frames
 from .result import SegmentationResult, concat_tables, object_table
 from .tiling import InstanceStitcher, tile_grid
 
@@ -77,7 +77,6 @@ def segment_iter(
     settings = InferenceSettings(zoom=plan.zoom, conf=conf, iou=iou, max_det=max_det)
     tiles = tile_grid(layout.height, layout.width, plan.tile, plan.overlap)
     n_frames = int(np.prod(layout.stack_shape)) if layout.stack_shape else 1
-    flat = frames.reshape((n_frames, layout.height, layout.width, layout.channels))
     total = n_frames * len(tiles)
     labels = np.zeros((n_frames, layout.height, layout.width), np.int32)
     tables, warnings = [], []
@@ -85,15 +84,14 @@ def segment_iter(
     done = 0
     yield Progress(0, total, 0, n_frames, "starting")
     offset = 0
-    for f in range(n_frames):
-        frame = normalize_to_uint8(np.asarray(flat[f]))
-        if frame.shape[-1] == 1:
-            frame = np.repeat(frame, 3, axis=-1)
-        if hasattr(model, "begin_frame"):
-            model.begin_frame(frame)  # optional hook: per-frame statistics
+    for f, index in enumerate(np.ndindex(*layout.stack_shape)):
+        frame = frames[index]  # stays lazy for dask/zarr input: only tiles are read
+        ranges = channel_ranges(frame)
+        if hasattr(model, "begin_frame"):  # optional hook: per-frame statistics
+            model.begin_frame(_as_rgb(apply_ranges(frame, ranges)))
         stitcher = InstanceStitcher(layout.height, layout.width, match_iou=match_iou)
         for t in tiles:
-            detections = model.predict_tile(frame[t.slices], settings)
+            detections = model.predict_tile(_as_rgb(apply_ranges(frame[t.slices], ranges)), settings)
             if len(detections) >= max_det:
                 warnings.append(f"frame {f}: a tile reached max_det={max_det} detections; raise max_det")
             stitcher.add(t, detections)
@@ -123,6 +121,10 @@ def segment_iter(
         metadata=metadata,
         warnings=sorted(set(warnings)),
     )
+
+
+def _as_rgb(block: np.ndarray) -> np.ndarray:
+    return np.repeat(block, 3, axis=-1) if block.shape[-1] == 1 else block
 
 
 def run(generator: Generator, on_progress: Callable[[Progress], None] | None = None):
