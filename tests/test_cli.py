@@ -40,7 +40,12 @@ def test_stack_output_keeps_the_stack_shape(tmp_path, tiny_yolo):
     tifffile.imwrite(tmp_path / "movie.tif", stack)
     assert main(["segment", str(tmp_path / "movie.tif"), "--model", str(tiny_yolo), "--out", str(tmp_path),
                  "--conf", "0.01", "-q"]) == 0
-    assert tifffile.imread(tmp_path / "movie_labels.tif").shape == stack.shape
+    labels = tifffile.imread(tmp_path / "movie_labels.tif")
+    assert labels.shape == stack.shape
+    with open(tmp_path / "movie_counts.csv") as fh:
+        counts = list(csv.DictReader(fh))
+    assert [int(r["frame"]) for r in counts] == [0, 1, 2]
+    assert [int(r["count"]) for r in counts] == [len(set(np.unique(f)) - {0}) for f in labels]
 
 
 @pytest.mark.parametrize(
@@ -62,3 +67,17 @@ def test_bad_input_exits_non_zero_with_one_line(tmp_path, tiny_yolo, capsys, mak
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("napari-cellseg: error:") and message in err[0]
+
+
+def test_rerun_skips_finished_outputs_unless_overwrite(tmp_path, capsys):
+    image, _ = disc_image((64, 64), n=3)
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    args = ["segment", str(tmp_path / "*.tif"), "--model", "otsu-watershed", "--out", str(tmp_path / "o")]
+    assert main(args) == 0
+    labels = tmp_path / "o" / "a_labels.tif"
+    stamp = labels.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "skipped" in capsys.readouterr().out and labels.stat().st_mtime_ns == stamp
+    assert main(args + ["--overwrite"]) == 0
+    assert labels.stat().st_mtime_ns != stamp

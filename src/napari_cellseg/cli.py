@@ -52,6 +52,11 @@ def cmd_segment(args) -> int:
     _check_writable(out)
     model = load_model(args.model, device=args.device)
     for path in inputs:
+        done = [out / f"{path.stem}_{kind}" for kind in ("labels.tif", "objects.csv", "provenance.json")]
+        if not args.overwrite and all(p.is_file() for p in done):
+            if not args.quiet:
+                print(f"{path.name}: already done, skipped (use --overwrite to redo)")
+            continue
         image = read_image(path)
         bar = tqdm(total=1, desc=path.name, unit="tile", disable=args.quiet, leave=False, file=sys.stderr)
 
@@ -147,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     rgb = seg.add_mutually_exclusive_group()
     rgb.add_argument("--rgb", dest="rgb", action="store_true", default=None, help="last axis is RGB(A) colour")
     rgb.add_argument("--no-rgb", dest="rgb", action="store_false", help="last axis is not colour")
+    seg.add_argument("--overwrite", action="store_true", help="redo inputs whose outputs already exist")
     seg.add_argument("-q", "--quiet", action="store_true")
     seg.set_defaults(func=cmd_segment)
 

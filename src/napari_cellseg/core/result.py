@@ -49,17 +49,20 @@ class SegmentationResult:
         return np.concatenate([index.astype(float), yx], axis=1)
 
     def save(self, out_dir: str | os.PathLike, stem: str) -> dict[str, Path]:
-        """Write ``<stem>_labels.tif``, ``<stem>_objects.csv`` and ``<stem>_provenance.json`` atomically."""
+        """Write ``<stem>_labels.tif``, ``_objects.csv``, ``_counts.csv`` and ``_provenance.json`` atomically."""
         from .io import write_csv, write_json, write_labels
 
         out = Path(out_dir)
         paths = {
             "labels": out / f"{stem}_labels.tif",
             "objects": out / f"{stem}_objects.csv",
+            "counts": out / f"{stem}_counts.csv",
             "provenance": out / f"{stem}_provenance.json",
         }
         write_labels(paths["labels"], self.labels)
         write_csv(paths["objects"], self.objects)
+        counts = self.counts_per_frame()
+        write_csv(paths["counts"], {"frame": np.arange(len(counts)), "count": counts})
         provenance = dict(self.metadata)
         provenance["n_objects"] = self.n_objects
         provenance["counts_per_frame"] = self.counts_per_frame().tolist()

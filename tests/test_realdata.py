@@ -1,0 +1,61 @@
+"""Real-data checks on ../shared/data (skipped when the folder is absent)."""
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_cellseg import load_model, segment
+from napari_cellseg.backends import MODELS_DIR, NAMED_MODELS
+from napari_cellseg.core.io import read_image, sha256_of
+from napari_cellseg.core.metrics import evaluate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+SHIPPED = MODELS_DIR / NAMED_MODELS["nuclei"]
+
+
+def test_shipped_nuclei_model_loads_with_its_card():
+    model = load_model("nuclei", device="cpu")
+    assert model.info.task == "segment" and model.info.class_names == {0: "nucleus"}
+    assert model.info.zoom == 1.5 and model.info.train_imgsz == 384  # tiles of 256 image pixels
+    card = (MODELS_DIR / "MODEL_CARD.md").read_text()
+    assert sha256_of(SHIPPED) in card
+
+
+def _validation_fluorescence(data: Path, n: int):
+    from train_nuclei_model import is_validation
+
+    rows = csv.DictReader(open(data / "metadata.csv"))
+    ids = sorted(r["id"] for r in rows if r["modality_guess"] == "fluorescence" and is_validation(r["id"]))
+    return ids[:n]
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_nuclei_model_beats_the_classical_baseline_on_validation_images(shared_data):
+    data = shared_data / "dsb2018"
+    model, baseline = load_model("nuclei", device="cpu"), load_model("otsu-watershed")
+    f1_model, f1_baseline, dsb_model = [], [], []
+    for image_id in _validation_fluorescence(data, 12):
+        image = read_image(data / "images" / f"{image_id}.png")
+        truth = read_image(data / "labels" / f"{image_id}.png")
+        row = evaluate(segment(image, model).labels, truth, with_coco=False)
+        f1_model.append(row["f1_50"])
+        dsb_model.append(row["dsb_score"])
+        f1_baseline.append(evaluate(segment(image, baseline).labels, truth, with_coco=False)["f1_50"])
+    assert np.mean(f1_model) > np.mean(f1_baseline)
+    assert np.mean(f1_model) >= 0.85
+    assert np.mean(dsb_model) >= 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_usiigaci_16bit_phase_contrast_runs_tiled_at_full_resolution(shared_data):
+    path = next((shared_data / "usiigaci" / "images").glob("*.tif"))
+    image = read_image(path)
+    assert image.dtype == np.uint16 and image.shape == (1022, 1024)
+    result = segment(image, "nuclei", device="cpu")
+    assert result.labels.shape == image.shape
+    assert result.metadata["parameters"]["tile"] == 256  # full resolution, never shrunk to imgsz
