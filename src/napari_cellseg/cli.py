@@ -69,7 +69,7 @@ def cmd_segment(args) -> int:
             segment_iter(
                 image, model, imgsz=args.imgsz, tile=args.tile, overlap=args.overlap, conf=args.conf,
                 iou=args.iou, max_det=args.max_det, channel_axis=args.channel_axis, channel=args.channel,
-                rgb=args.rgb,
+                rgb=args.rgb, tta=args.tta,
             ),
             on_progress,
         )
@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     rgb = seg.add_mutually_exclusive_group()
     rgb.add_argument("--rgb", dest="rgb", action="store_true", default=None, help="last axis is RGB(A) colour")
     rgb.add_argument("--no-rgb", dest="rgb", action="store_false", help="last axis is not colour")
+    seg.add_argument("--tta", action="store_true", help="test-time augmentation: fuse 4 flips (4x slower)")
     seg.add_argument("--overwrite", action="store_true", help="redo inputs whose outputs already exist")
     seg.add_argument("-q", "--quiet", action="store_true")
     seg.set_defaults(func=cmd_segment)

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..backends import InferenceSettings, SegmentationBackend, load_model
+from .fusion import fuse_detections, predict_with_flips
 from .normalize import apply_ranges, channel_ranges, to_stack_of_frames
 from .result import SegmentationResult, concat_tables, object_table
 from .tiling import InstanceStitcher, tile_grid
@@ -66,8 +67,13 @@ def segment_iter(
     rgb: bool | None = None,
     channel_axis: int | None = None,
     channel: int | None = None,
+    tta: bool = False,
 ) -> Generator[Progress, None, SegmentationResult]:
-    """Segment a 2-D image or a stack frame by frame, tile by tile."""
+    """Segment a 2-D image or a stack frame by frame, tile by tile.
+
+    ``tta``: also predict on horizontally, vertically and doubly flipped tiles and
+    fuse the four instance sets (see :mod:`napari_cellseg.core.fusion`); 4x slower.
+    """
     from .. import __version__
 
     if not 0 <= conf <= 1 or not 0 <= iou <= 1:
@@ -91,7 +97,11 @@ def segment_iter(
             model.begin_frame(_as_rgb(apply_ranges(frame, ranges)))
         stitcher = InstanceStitcher(layout.height, layout.width, match_iou=match_iou)
         for t in tiles:
-            detections = model.predict_tile(_as_rgb(apply_ranges(frame[t.slices], ranges)), settings)
+            block = _as_rgb(apply_ranges(frame[t.slices], ranges))
+            if tta:
+                detections = fuse_detections(predict_with_flips(model.predict_tile, block, settings))
+            else:
+                detections = model.predict_tile(block, settings)
             if len(detections) >= max_det:
                 warnings.append(f"frame {f}: a tile reached max_det={max_det} detections; raise max_det")
             stitcher.add(t, detections)
@@ -108,7 +118,7 @@ def segment_iter(
         "model": {k: v for k, v in asdict(model.info).items()},
         "parameters": {
             "imgsz": plan.imgsz, "tile": plan.tile, "overlap": plan.overlap, "zoom": plan.zoom,
-            "conf": conf, "iou": iou, "max_det": max_det, "match_iou": match_iou,
+            "conf": conf, "iou": iou, "max_det": max_det, "match_iou": match_iou, "tta": tta,
             "device": model.device, "rgb": rgb, "channel_axis": channel_axis, "channel": channel,
         },
         "input": {"shape": list(np.shape(image)), "dtype": str(image.dtype)},

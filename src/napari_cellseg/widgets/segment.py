@@ -20,9 +20,11 @@ class SegmentWidget(WorkerWidget):
         self.tile = widgets.SpinBox(label="tile px (0 = auto)", value=0, min=0, max=8192, step=32)
         self.conf = widgets.FloatSpinBox(label="confidence", value=0.25, min=0.0, max=1.0, step=0.05)
         self.iou = widgets.FloatSpinBox(label="NMS IoU", value=0.7, min=0.0, max=1.0, step=0.05)
+        self.tta = widgets.CheckBox(label="test-time augmentation (4x slower)", value=False)
         self.device = device_choice()
         super().__init__(
-            viewer, [self.image, self.model, self.imgsz, self.tile, self.conf, self.iou, self.device], "Segment"
+            viewer, [self.image, self.model, self.imgsz, self.tile, self.conf, self.iou, self.tta, self.device],
+            "Segment",
         )
         from ._plot import LinePlot
 
@@ -37,6 +39,7 @@ class SegmentWidget(WorkerWidget):
             "tile": self.tile.value or None,
             "conf": self.conf.value,
             "iou": self.iou.value,
+            "tta": self.tta.value,
         }
 
     def _job(self, layer, model_name: str, device: str, parameters: dict):
