@@ -114,7 +114,7 @@ def train(args, data_yaml: Path, notes: dict) -> None:
     model.train(
         data=str(data_yaml), imgsz=imgsz, epochs=args.epochs, time=args.time, batch=args.batch,
         device="cpu", workers=2, plots=False, project=str(args.work), name=args.name, exist_ok=True,
-        pretrained=False, optimizer=args.optimizer, lr0=args.lr0, warmup_epochs=args.warmup_epochs, amp=False,
+        pretrained=str(args.model).endswith(".pt"), optimizer=args.optimizer, lr0=args.lr0, warmup_epochs=args.warmup_epochs, amp=False,
         patience=1000, close_mosaic=5, degrees=90, flipud=0.5, fliplr=0.5,
         scale=0.3, hsv_h=0.0, hsv_s=0.3, hsv_v=0.3, max_det=1000, overlap_mask=True,
     )

@@ -190,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("napari-cellseg: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # an unexpected failure: still one line, traceback on request
+        if os.environ.get("NAPARI_CELLSEG_DEBUG"):
+            raise
+        print(f"napari-cellseg: internal error: {type(exc).__name__}: {exc} "
+              "(set NAPARI_CELLSEG_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

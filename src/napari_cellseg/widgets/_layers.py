@@ -24,6 +24,14 @@ def data_hash(data) -> str:
     return digest.hexdigest()
 
 
+def precompute_hashes(result) -> None:
+    """Hash the result's layer data in the worker thread; ``write_result_layers`` reuses it."""
+    result.metadata["_layer_hashes"] = {
+        "labels": data_hash(result.labels),
+        "points": data_hash(result.centroid_coordinates()),
+    }
+
+
 def is_own_output(layer, source, role: str, kind: str) -> bool:
     meta = layer.metadata.get(META_KEY)
     return (
@@ -56,6 +64,7 @@ def spatial_transform(source, result_ndim: int) -> dict:
 
 def _provenance(result, source, role: str, kind: str, data) -> dict:
     meta = result.metadata
+    known = meta.get("_layer_hashes", {}).get(role)
     return {
         "role": role,
         "kind": kind,
@@ -67,7 +76,7 @@ def _provenance(result, source, role: str, kind: str, data) -> dict:
         "parameters": meta.get("parameters", {}),
         "napari_cellseg_version": meta.get("napari_cellseg_version"),
         "warnings": list(result.warnings),
-        "data_hash": data_hash(data),
+        "data_hash": known or data_hash(data),
     }
 
 

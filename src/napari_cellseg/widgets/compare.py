@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from magicgui import widgets
 
+from ._layers import precompute_hashes
 from ._common import ModelCache, ModelChooser, WorkerWidget, device_choice, notify_error
 
 
@@ -33,6 +34,7 @@ class CompareWidget(WorkerWidget):
             yield Progress(0, 1, 0, 1, f"loading model {'AB'[i]}")
             model = self._cache.get(name, device)
             results.append((yield from segment_iter(layer.data, model, rgb=layer.rgb, conf=conf)))
+            precompute_hashes(results[-1])
         return results, agreement(results[0].labels, results[1].labels, match_iou)
 
     def run(self):
