@@ -27,14 +27,14 @@ from napari_cellseg.core.io import read_image  # noqa: E402
 from napari_cellseg.core.metrics import evaluate  # noqa: E402
 
 
-def validate(model, data: Path, conf: float, limit: int | None = None) -> dict:
+def validate(model, data: Path, conf: float, limit: int | None = None, **options) -> dict:
     modality = {r["id"]: r["modality_guess"] for r in csv.DictReader(open(data / "metadata.csv"))}
     ids = sorted(p.stem for p in (data / "images").glob("*.png") if is_validation(p.stem))[:limit]
     rows = []
     for image_id in ids:
         image = read_image(data / "images" / f"{image_id}.png")
         truth = read_image(data / "labels" / f"{image_id}.png")
-        result = segment(image, model, conf=conf)
+        result = segment(image, model, conf=conf, **options)
         row = evaluate(result.labels, truth, with_coco=False)
         rows.append({"id": image_id, "modality": modality.get(image_id, "?"), **row})
     fluo = [r for r in rows if r["modality"] == "fluorescence"]
@@ -56,8 +56,13 @@ def main(argv=None):
     parser.add_argument("--conf", type=float, default=0.25)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--baseline", action="store_true", help="also score Otsu + watershed")
+    parser.add_argument("--tile", type=int, default=None)
+    parser.add_argument("--imgsz", type=int, default=None)
+    parser.add_argument("--tta", action="store_true")
     args = parser.parse_args(argv)
-    figures = {"model": validate(load_model(args.model, device="cpu"), args.data, args.conf, args.limit)}
+    options = {"tile": args.tile, "imgsz": args.imgsz, "tta": args.tta}
+    figures = {"settings": {"conf": args.conf, **options},
+               "model": validate(load_model(args.model, device="cpu"), args.data, args.conf, args.limit, **options)}
     if args.baseline:
         figures["otsu-watershed"] = validate(load_model("otsu-watershed"), args.data, args.conf, args.limit)
     print(json.dumps(figures, indent=2))
