@@ -96,6 +96,7 @@ class WorkerWidget(widgets.Container):
         # errors are reported through our handler; nothing is re-raised in the event loop
         self.worker = create_worker(job, *args, _ignore_errors=True)
         self.worker.yielded.connect(self._on_progress)
+        self.worker.returned.connect(self._on_returned)
         self.worker.returned.connect(on_done)
         self.worker.errored.connect(self._on_error)
         self.worker.aborted.connect(self._on_aborted)
@@ -113,6 +114,9 @@ class WorkerWidget(widgets.Container):
         self.progress.max = max(1, progress.total)
         self.progress.value = progress.done
         self.status.value = progress.message
+
+    def _on_returned(self, _result):
+        self.progress.value = self.progress.max
 
     def _on_error(self, exc):
         self.status.value = f"failed: {exc}"

@@ -29,8 +29,9 @@ class SegmentWidget(WorkerWidget):
         )
         from ._plot import LinePlot
 
-        self.counts_plot = LinePlot(height_px=140)  # objects per frame: the counting view
+        self.counts_plot = LinePlot(height_px=140)  # objects per frame of a stack: the counting view
         self.native.layout().addWidget(self.counts_plot.canvas)
+        self.counts_plot.canvas.setVisible(False)
         viewer.layers.events.inserted.connect(self.image.reset_choices)
         viewer.layers.events.removed.connect(self.image.reset_choices)
 
@@ -73,5 +74,6 @@ class SegmentWidget(WorkerWidget):
         counts = result.counts_per_frame()
         self.counts_plot.show(range(len(counts)), counts, xlabel="frame", ylabel="objects",
                               title=f"{layer.name}: {result.n_objects} objects")
+        self.counts_plot.canvas.setVisible(bool(result.stack_shape))
         text = f"{result.n_objects} objects" + (f" in {len(counts)} frames" if result.stack_shape else "")
         self.status.value = text + ("; " + "; ".join(result.warnings) if result.warnings else "")
