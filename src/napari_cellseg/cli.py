@@ -41,46 +41,57 @@ def _check_writable(out: Path) -> None:
 
 
 def cmd_segment(args) -> int:
-    from tqdm import tqdm
-
     from .backends import load_model
-    from .core.io import read_image
-    from .core.pipeline import run, segment_iter
+    from .core.batch import segment_files_on_cluster
 
     inputs = _expand_inputs(args.images)
     out = Path(args.out)
     _check_writable(out)
-    model = load_model(args.model, device=args.device)
-    for path in inputs:
-        done = [out / f"{path.stem}_{kind}" for kind in ("labels.tif", "objects.csv", "provenance.json")]
-        if not args.overwrite and all(p.is_file() for p in done):
+    parameters = dict(
+        imgsz=args.imgsz, tile=args.tile, overlap=args.overlap, conf=args.conf, iou=args.iou,
+        max_det=args.max_det, channel_axis=args.channel_axis, channel=args.channel, rgb=args.rgb, tta=args.tta,
+    )
+    model = load_model(args.model, device=args.device)  # fails fast on a bad model, before any work
+    if args.scheduler or args.workers:
+        del model  # each Dask worker loads its own copy once
+        outcomes = segment_files_on_cluster(
+            inputs, args.model, out, parameters, scheduler=args.scheduler, n_workers=args.workers or 2,
+            device=args.device, overwrite=args.overwrite,
+        )
+    else:
+        outcomes = (_segment_locally(path, model, out, parameters, args) for path in inputs)
+    failed = 0
+    for outcome in outcomes:
+        name = Path(outcome.path).name
+        if outcome.status == "failed":
+            failed += 1
+            message = outcome.message if outcome.message.startswith(outcome.path) else f"{name}: {outcome.message}"
+            print(f"napari-cellseg: error: {message}", file=sys.stderr)
+        elif outcome.status == "skipped":
             if not args.quiet:
-                print(f"{path.name}: already done, skipped (use --overwrite to redo)")
-            continue
-        image = read_image(path)
-        bar = tqdm(total=1, desc=path.name, unit="tile", disable=args.quiet, leave=False, file=sys.stderr)
+                print(f"{name}: already done, skipped (use --overwrite to redo)")
+        else:
+            if outcome.message:
+                print(f"warning: {name}: {outcome.message}", file=sys.stderr)
+            if not args.quiet:
+                print(f"{name}: {outcome.n_objects} objects -> {out / (Path(outcome.path).stem + '_labels.tif')}")
+    return EXIT_BAD_INPUT if failed else 0
 
-        def on_progress(progress, bar=bar):
+
+def _segment_locally(path: Path, model, out: Path, parameters: dict, args):
+    from tqdm import tqdm
+
+    from .core.batch import FileOutcome, is_done, segment_file
+
+    if not args.overwrite and is_done(path, out):
+        return FileOutcome(str(path), "skipped")
+    with tqdm(total=1, desc=path.name, unit="tile", disable=args.quiet, leave=False, file=sys.stderr) as bar:
+        def on_progress(progress):
             bar.total = progress.total
             bar.n = progress.done
             bar.refresh()
 
-        result = run(
-            segment_iter(
-                image, model, imgsz=args.imgsz, tile=args.tile, overlap=args.overlap, conf=args.conf,
-                iou=args.iou, max_det=args.max_det, channel_axis=args.channel_axis, channel=args.channel,
-                rgb=args.rgb, tta=args.tta,
-            ),
-            on_progress,
-        )
-        bar.close()
-        result.metadata["input"]["path"] = str(path.resolve())
-        paths = result.save(out, path.stem)
-        for warning in result.warnings:
-            print(f"warning: {path.name}: {warning}", file=sys.stderr)
-        if not args.quiet:
-            print(f"{path.name}: {result.n_objects} objects -> {paths['labels']}")
-    return 0
+        return segment_file(path, model, out, parameters, on_progress)
 
 
 def cmd_evaluate(args) -> int:
@@ -153,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     rgb.add_argument("--rgb", dest="rgb", action="store_true", default=None, help="last axis is RGB(A) colour")
     rgb.add_argument("--no-rgb", dest="rgb", action="store_false", help="last axis is not colour")
     seg.add_argument("--tta", action="store_true", help="test-time augmentation: fuse 4 flips (4x slower)")
+    seg.add_argument("--scheduler", default=None, help="address of a Dask scheduler: one task per image")
+    seg.add_argument("--workers", type=int, default=0, help="run on a local Dask cluster of N worker processes")
     seg.add_argument("--overwrite", action="store_true", help="redo inputs whose outputs already exist")
     seg.add_argument("-q", "--quiet", action="store_true")
     seg.set_defaults(func=cmd_segment)

@@ -21,8 +21,16 @@ class ImageReadError(ValueError):
     """An input file is missing, unreadable or not an image."""
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read a TIFF (tifffile) or PNG/JPEG image into an array, unchanged in type."""
+# TIFFs whose pixels exceed this are opened lazily (dask over tifffile's zarr store)
+LAZY_BYTES = 1 << 30
+
+
+def read_image(path: str | os.PathLike, lazy: bool | None = None):
+    """Read a TIFF (tifffile) or PNG/JPEG image, unchanged in type.
+
+    ``lazy``: return a dask array that reads only the tiles asked for (TIFF only);
+    ``None`` decides by size (more than ``LAZY_BYTES`` of pixels). Inputs are only read.
+    """
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
@@ -31,6 +39,15 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         if suffix in TIFF_SUFFIXES:
             import tifffile
 
+            if lazy is None:
+                with tifffile.TiffFile(path) as tif:
+                    series = tif.series[0]
+                    lazy = int(np.prod(series.shape)) * np.dtype(series.dtype).itemsize > LAZY_BYTES
+            if lazy:
+                import dask.array as da
+                import zarr
+
+                return da.from_zarr(zarr.open(tifffile.imread(path, aszarr=True), mode="r"))
             return tifffile.imread(path)
         if suffix in PLAIN_SUFFIXES:
             from PIL import Image

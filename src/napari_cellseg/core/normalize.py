@@ -114,7 +114,7 @@ def to_stack_of_frames(
             channel = 0
         if not 0 <= channel < n_channels:
             raise ImageInputError(f"channel {channel} does not exist; the image has {n_channels} channels")
-        image = np.take(image, channel, axis=axis) if isinstance(image, np.ndarray) else image.take(channel, axis=axis)
+        image = image[(slice(None),) * axis + (channel,)]  # plain indexing keeps dask arrays lazy
         rgb = False
 
     if rgb is None:
