@@ -81,3 +81,43 @@ def test_rerun_skips_finished_outputs_unless_overwrite(tmp_path, capsys):
     assert "skipped" in capsys.readouterr().out and labels.stat().st_mtime_ns == stamp
     assert main(args + ["--overwrite"]) == 0
     assert labels.stat().st_mtime_ns != stamp
+
+
+def test_full_disk_leaves_no_partial_output_and_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    image, _ = disc_image((64, 64), n=3)
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    out = tmp_path / "out"
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tifffile, "imwrite", no_space)
+    code = main(["segment", str(tmp_path / "a.tif"), "--model", "otsu-watershed", "--out", str(out), "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "No space left" in err[0]
+    assert list(out.iterdir()) == []  # the temporary file was removed
+
+
+def test_output_folder_that_cannot_be_created(tmp_path, capsys):
+    image, _ = disc_image((64, 64), n=3)
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = main(["segment", str(tmp_path / "a.tif"), "--model", "otsu-watershed", "--out", str(blocker / "sub")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "cannot create output folder" in err[0]
+
+
+def test_unexpected_failures_are_one_line_too(tmp_path, capsys, monkeypatch):
+    image, _ = disc_image((64, 64), n=3)
+    tifffile.imwrite(tmp_path / "a.tif", image)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr("napari_cellseg.core.batch.segment_file", boom)
+    code = main(["segment", str(tmp_path / "a.tif"), "--model", "otsu-watershed", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "internal error: RuntimeError: kernel exploded" in err[0]

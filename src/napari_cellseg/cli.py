@@ -85,7 +85,9 @@ def _segment_locally(path: Path, model, out: Path, parameters: dict, args):
 
     if not args.overwrite and is_done(path, out):
         return FileOutcome(str(path), "skipped")
-    with tqdm(total=1, desc=path.name, unit="tile", disable=args.quiet, leave=False, file=sys.stderr) as bar:
+    # disable=None: a bar on a terminal, none in logs and pipes
+    with tqdm(total=1, desc=path.name, unit="tile", disable=True if args.quiet else None, leave=False,
+              file=sys.stderr) as bar:
         def on_progress(progress):
             bar.total = progress.total
             bar.n = progress.done
