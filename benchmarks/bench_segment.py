@@ -100,8 +100,9 @@ def bench_event_loop(model_name: str) -> dict:
     viewer = napari.Viewer(show=False)
     viewer.add_image(_images(1, 1024)[0], name="cells")
     widget = SegmentWidget(viewer)
-    widget.model.value = model_name if Path(model_name).is_file() else None
-    if widget.model.value is None:
+    if Path(model_name).is_file():
+        widget.model.value = model_name
+    else:
         widget.model.combo.value = model_name
     widget.device.value = "cpu"
     ticks = []

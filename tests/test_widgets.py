@@ -131,3 +131,21 @@ def test_an_image_without_cells_gives_empty_layers(qtbot, make_napari_viewer):
     (labels,), (points,) = _own(viewer, "labels"), _own(viewer, "points")
     assert labels.data.max() == 0 and len(points.data) == 0
     assert widget.status.value.startswith("0 objects")
+
+
+@pytest.mark.slow
+def test_soak_segment_and_cancel_cycles_do_not_grow_memory():
+    """100 cycles in a separate process, so pytest's own bookkeeping is not measured."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "soak.py"
+    done = subprocess.run([sys.executable, str(script), "--cycles", "100"], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["cancelled"] >= 40  # cancels took effect midway
+    assert figures["output_layers"] == 2  # runs replaced their own Labels and Points
+    assert figures["memory_growth_mb"] < 50
