@@ -149,3 +149,14 @@ def test_soak_segment_and_cancel_cycles_do_not_grow_memory():
     assert figures["cancelled"] >= 40  # cancels took effect midway
     assert figures["output_layers"] == 2  # runs replaced their own Labels and Points
     assert figures["memory_growth_mb"] < 50
+
+
+def test_multiscale_image_is_segmented_at_full_resolution(qtbot, make_napari_viewer):
+    viewer = make_napari_viewer()
+    image, truth = disc_image((256, 256), n=10, seed=12)
+    viewer.add_image([image, image[::2, ::2]], name="pyramid", multiscale=True)
+    widget = SegmentWidget(viewer)
+    widget.model.combo.value = "otsu-watershed"
+    _run(qtbot, widget)
+    (labels,) = _own(viewer, "labels")
+    assert labels.data.shape == image.shape and labels.data.max() == truth.max()

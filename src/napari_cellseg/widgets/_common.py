@@ -61,6 +61,11 @@ class ModelCache:
         return self._models[key]
 
 
+def full_resolution(layer):
+    """The layer's pixels at full resolution (level 0 of a multiscale pyramid), still lazy if lazy."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
 def device_choice() -> widgets.ComboBox:
     return widgets.ComboBox(label="device", choices=list(DEVICES), value="auto")
 

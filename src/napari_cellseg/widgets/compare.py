@@ -4,7 +4,7 @@ from __future__ import annotations
 from magicgui import widgets
 
 from ._layers import precompute_hashes
-from ._common import ModelCache, ModelChooser, WorkerWidget, device_choice, notify_error
+from ._common import ModelCache, ModelChooser, WorkerWidget, device_choice, full_resolution, notify_error
 
 
 class CompareWidget(WorkerWidget):
@@ -33,7 +33,8 @@ class CompareWidget(WorkerWidget):
         for i, name in enumerate(models):
             yield Progress(0, 1, 0, 1, f"loading model {'AB'[i]}")
             model = self._cache.get(name, device)
-            results.append((yield from segment_iter(layer.data, model, rgb=layer.rgb, conf=conf)))
+            result = yield from segment_iter(full_resolution(layer), model, rgb=layer.rgb, conf=conf)
+            results.append(result)
             precompute_hashes(results[-1])
         return results, agreement(results[0].labels, results[1].labels, match_iou)
 

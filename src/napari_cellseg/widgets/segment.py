@@ -4,7 +4,7 @@ from __future__ import annotations
 from magicgui import widgets
 
 from ._layers import precompute_hashes
-from ._common import ModelCache, ModelChooser, WorkerWidget, device_choice, notify_error
+from ._common import ModelCache, ModelChooser, WorkerWidget, device_choice, full_resolution, notify_error
 
 
 class SegmentWidget(WorkerWidget):
@@ -49,7 +49,7 @@ class SegmentWidget(WorkerWidget):
 
         yield Progress(0, 1, 0, 1, "loading model")
         model = self._cache.get(model_name, device)  # in the worker thread, cached for re-runs
-        result = yield from segment_iter(layer.data, model, rgb=layer.rgb, **parameters)
+        result = yield from segment_iter(full_resolution(layer), model, rgb=layer.rgb, **parameters)
         precompute_hashes(result)  # hashing a large result here keeps it off the GUI thread
         return result
 
