@@ -118,6 +118,20 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .core.datasets import export_dataset
+    from .core.io import read_image
+
+    images = _expand_inputs(args.images)
+    labels = _expand_inputs(args.labels)
+    if len(images) != len(labels):
+        raise CliError(f"{len(images)} images but {len(labels)} label images; give one label image per image")
+    samples = ((img.stem, read_image(img, lazy=False), read_image(lab, lazy=False)) for img, lab in zip(images, labels))
+    target = export_dataset(samples, args.out, args.format, args.val_fraction, class_names=args.class_names)
+    print(f"{args.format} dataset written: {target}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     """Segment a sample image with the default model and score it against its ground truth."""
     from ._sample_data import SAMPLES, load_sample
@@ -178,6 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--csv", default="evaluation.csv", help="CSV to write (default evaluation.csv; '' for none)")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.set_defaults(func=cmd_evaluate)
+
+    ex = sub.add_parser("export", help="images + corrected labels -> a YOLO or COCO training set")
+    ex.add_argument("images", nargs="+", help="image files (2-D or stacks: each frame becomes a sample)")
+    ex.add_argument("--labels", nargs="+", required=True, help="label images, in the same order as the images")
+    ex.add_argument("--format", choices=["yolo", "coco"], default="yolo")
+    ex.add_argument("--out", required=True, help="dataset folder")
+    ex.add_argument("--val-fraction", type=float, default=0.2, help="share of samples for validation (default 0.2)")
+    ex.add_argument("--class-names", nargs="+", default=["cell"])
+    ex.set_defaults(func=cmd_export)
 
     demo = sub.add_parser("demo", help="open napari on a sample image, segment it and score it")
     demo.add_argument("--sample", default="dense", choices=["dense", "small", "large"])

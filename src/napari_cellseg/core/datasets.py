@@ -1,4 +1,9 @@
-"""Instance labels to training datasets (ultralytics YOLO segmentation format)."""
+"""Training sets from images and instance labels, and back: ultralytics YOLO and COCO.
+
+YOLO stores one polygon per object (normalised x, y); COCO stores exact
+run-length encoded masks (pycocotools). Both are read back into label images.
+Polygon coordinates are in pixel-edge units (a pixel i spans [i, i+1)).
+"""
 from __future__ import annotations
 
 import os
@@ -13,9 +18,10 @@ from .io import write_image
 def label_polygons(labels: np.ndarray, min_area: int = 3) -> list[tuple[int, np.ndarray]]:
     """One outline polygon per instance, as (label, (N, 2) array of x, y pixel coordinates).
 
-    The contour runs along pixel edges' midpoints (marching squares at 0.5) and is
-    padded so objects touching the image border close properly. Objects split in
-    several pieces keep their largest piece (YOLO stores one polygon per object).
+    The outline follows the pixel edges: contours of the mask up-sampled 2x lie on
+    the original pixel boundaries (corners cut by a quarter pixel), so rasterising
+    the polygon gives back the object. Objects in several pieces keep their
+    largest piece (YOLO stores one polygon per object).
     """
     from skimage.measure import find_contours, regionprops
 
@@ -23,21 +29,24 @@ def label_polygons(labels: np.ndarray, min_area: int = 3) -> list[tuple[int, np.
     for region in regionprops(np.asarray(labels)):
         if region.area < min_area:
             continue
-        y0, x0, y1, x1 = region.bbox
-        mask = np.pad(region.image, 1).astype(np.float32)
-        contours = find_contours(mask, 0.5)
+        y0, x0, _, _ = region.bbox
+        fine = np.kron(np.pad(region.image, 1), np.ones((2, 2))).astype(np.float32)
+        contours = find_contours(fine, 0.5)
         if not contours:
             continue
         contour = max(contours, key=len)
-        yx = contour - 1 + np.array([y0, x0])
-        # marching squares passes through pixel-edge midpoints; widen by half a
-        # pixel outward so rasterising the polygon gives back the same pixels
-        centre = yx.mean(axis=0)
-        direction = yx - centre
-        norm = np.linalg.norm(direction, axis=1, keepdims=True)
-        yx = yx + 0.5 * direction / np.maximum(norm, 1e-6) + 0.5
+        # fine-grid centre j -> original pixel-centre coordinate (j - 0.5) / 2; then pixel-edge units (+0.5)
+        yx = (contour - 0.5) / 2 - 1 + np.array([y0, x0]) + 0.5
+        yx = _simplify(yx)
         polygons.append((int(region.label), yx[:, ::-1].astype(np.float32)))
     return polygons
+
+
+def _simplify(yx: np.ndarray) -> np.ndarray:
+    """Drop collinear points (straight runs along pixel edges) without moving the outline."""
+    from skimage.measure import approximate_polygon
+
+    return approximate_polygon(yx, tolerance=0.01)
 
 
 def yolo_label_lines(labels: np.ndarray, class_of: dict[int, int] | None = None) -> list[str]:
@@ -51,6 +60,157 @@ def yolo_label_lines(labels: np.ndarray, class_of: dict[int, int] | None = None)
         coords = " ".join(f"{x:.6f} {y:.6f}" for x, y in zip(xs, ys))
         lines.append(f"{cls} {coords}")
     return lines
+
+
+def split_names(names: Sequence[str], val_fraction: float, seed: int = 0) -> list[str]:
+    """A reproducible validation subset: round(n * fraction) names, at least one when n > 1."""
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val fraction must lie in [0, 1), got {val_fraction}")
+    names = sorted(names)
+    n_val = int(round(len(names) * val_fraction))
+    if val_fraction > 0 and len(names) > 1:
+        n_val = max(1, n_val)
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(names, n_val, replace=False).tolist()) if n_val else []
+
+
+def frames_of(name: str, image: np.ndarray, labels: np.ndarray, rgb: bool | None = None):
+    """(name, image frame, label frame) for a 2-D image or each frame of a stack."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        yield name, np.asarray(image), labels
+        return
+    if np.shape(image)[: labels.ndim] != labels.shape:
+        raise ValueError(f"{name}: labels of shape {labels.shape} do not match the image of shape {np.shape(image)}")
+    for index in np.ndindex(*labels.shape[:-2]):
+        suffix = "_".join(f"{i:03d}" for i in index)
+        yield f"{name}_t{suffix}", np.asarray(image[index]), labels[index]
+
+
+def export_dataset(
+    samples, out_dir: str | os.PathLike, fmt: str = "yolo", val_fraction: float = 0.2,
+    class_names: Sequence[str] = ("cell",), seed: int = 0,
+) -> Path:
+    """Write (name, image, labels) samples (2-D or stacks) as a YOLO or COCO dataset.
+
+    Images are normalised to 8 bits exactly as at inference. Returns ``data.yaml``
+    (YOLO) or the folder holding ``train.json``/``val.json`` (COCO).
+    """
+    from .normalize import normalize_to_uint8, to_stack_of_frames
+
+    frames = []
+    for name, image, labels in samples:
+        image = np.asarray(image)
+        if image.shape[: np.ndim(labels)] != np.shape(labels):
+            raise ValueError(f"{name}: labels of shape {np.shape(labels)} do not match the image of shape {image.shape}")
+        for frame_name, frame, frame_labels in frames_of(name, image, labels):
+            stacked, _ = to_stack_of_frames(frame)
+            rgb = normalize_to_uint8(np.asarray(stacked))
+            rgb = np.repeat(rgb, 3, axis=-1) if rgb.shape[-1] == 1 else rgb
+            frames.append((frame_name, rgb, np.asarray(frame_labels)))
+    if not frames:
+        raise ValueError("nothing to export")
+    val_names = split_names([f[0] for f in frames], val_fraction, seed)
+    if fmt == "yolo":
+        return write_yolo_dataset(frames, out_dir, val_names=val_names, class_names=class_names)
+    if fmt == "coco":
+        return write_coco_dataset(frames, out_dir, val_names=val_names, class_names=class_names)
+    raise ValueError(f"unknown format '{fmt}'; use yolo or coco")
+
+
+def write_coco_dataset(frames, out_dir, *, val_names=(), class_names=("cell",)) -> Path:
+    """images/{train,val}/*.png plus train.json and val.json with RLE masks (pycocotools)."""
+    from pycocotools import mask as mask_utils
+
+    from .io import write_json
+
+    out = Path(out_dir)
+    val_names = set(val_names)
+    splits = {s: {"images": [], "annotations": [], "categories": [
+        {"id": i + 1, "name": n} for i, n in enumerate(class_names)]} for s in ("train", "val")}
+    next_id = 1
+    for image_id, (name, image, labels) in enumerate(frames, start=1):
+        split = "val" if name in val_names else "train"
+        file_name = f"images/{split}/{name}.png"
+        write_image(out / file_name, image)
+        coco = splits[split]
+        coco["images"].append({"id": image_id, "file_name": file_name, "height": labels.shape[0],
+                               "width": labels.shape[1]})
+        for label in np.unique(labels[labels > 0]):
+            rle = mask_utils.encode(np.asfortranarray((labels == label).astype(np.uint8)))
+            coco["annotations"].append({
+                "id": next_id, "image_id": image_id, "category_id": 1, "iscrowd": 0,
+                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+                "area": float(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+            })
+            next_id += 1
+    for split, coco in splits.items():
+        write_json(out / f"{split}.json", coco)
+    return out
+
+
+def read_coco_dataset(json_path: str | os.PathLike):
+    """Yield (name, image, labels) from a COCO file with RLE or polygon masks."""
+    import json
+
+    from pycocotools import mask as mask_utils
+
+    from .io import read_image
+
+    json_path = Path(json_path)
+    coco = json.loads(json_path.read_text())
+    by_image: dict = {}
+    for ann in coco.get("annotations", []):
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    for info in coco["images"]:
+        h, w = info["height"], info["width"]
+        labels = np.zeros((h, w), np.int32)
+        for k, ann in enumerate(by_image.get(info["id"], []), start=1):
+            segmentation = ann["segmentation"]
+            if isinstance(segmentation, list):  # polygons
+                rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, h, w))
+            elif isinstance(segmentation.get("counts"), list):  # uncompressed RLE
+                rle = mask_utils.frPyObjects(segmentation, h, w)
+            else:
+                rle = segmentation
+            labels[(mask_utils.decode(rle) > 0) & (labels == 0)] = k
+        yield Path(info["file_name"]).stem, read_image(json_path.parent / info["file_name"]), labels
+
+
+def read_yolo_dataset(data_yaml: str | os.PathLike):
+    """Yield (name, image, labels) from an ultralytics segmentation dataset (polygons rasterised)."""
+    import yaml
+    from skimage.draw import polygon as fill_polygon
+
+    from .io import IMAGE_SUFFIXES, read_image
+
+    data_yaml = Path(data_yaml)
+    config = yaml.safe_load(data_yaml.read_text())
+    root = Path(config.get("path") or data_yaml.parent)
+    if not root.is_absolute():
+        root = data_yaml.parent / root
+    seen = set()
+    for split in ("train", "val", "test"):
+        if not config.get(split):
+            continue
+        image_dir = root / config[split]
+        if image_dir in seen or not image_dir.is_dir():
+            continue
+        seen.add(image_dir)
+        label_dir = Path(str(image_dir).replace(f"{os.sep}images", f"{os.sep}labels", 1))
+        for image_path in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            image = read_image(image_path)
+            h, w = image.shape[:2]
+            labels = np.zeros((h, w), np.int32)
+            label_file = label_dir / f"{image_path.stem}.txt"
+            lines = label_file.read_text().split("\n") if label_file.is_file() else []
+            for k, line in enumerate((ln for ln in lines if ln.strip()), start=1):
+                values = np.array(line.split()[1:], float).reshape(-1, 2)
+                # pixel-edge coordinates -> pixel centres for rasterising
+                rr, cc = fill_polygon(values[:, 1] * h - 0.5, values[:, 0] * w - 0.5, shape=(h, w))
+                free = labels[rr, cc] == 0
+                labels[rr[free], cc[free]] = k
+            yield image_path.stem, image, labels
 
 
 def write_yolo_dataset(
