@@ -132,6 +132,31 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    from tqdm import tqdm
+
+    from .core.finetune import finetune_iter
+    from .core.pipeline import run
+
+    data = Path(args.data)
+    data_yaml = data / "data.yaml" if data.is_dir() else data
+    if not data_yaml.is_file():
+        raise CliError(f"{args.data}: no data.yaml (export a dataset with 'napari-cellseg export')")
+    with tqdm(total=1, unit="batch", disable=True if args.quiet else None, file=sys.stderr) as bar:
+        def on_progress(progress):
+            bar.total, bar.n = progress.total, progress.done
+            bar.set_description(progress.message)
+            if progress.metrics and not args.quiet:
+                tqdm.write(f"epoch {progress.epoch}: {progress.losses} {progress.metrics}", file=sys.stderr)
+
+        result = run(finetune_iter(args.model, data_yaml, args.out, epochs=args.epochs, batch=args.batch,
+                                   imgsz=args.imgsz, device=args.device), on_progress)
+    if result.path is None:
+        raise CliError("training produced no weights")
+    print(f"fine-tuned model written: {result.path} ({result.epochs_done} epochs)")
+    return 0
+
+
 def cmd_demo(args) -> int:
     """Segment a sample image with the default model and score it against its ground truth."""
     from ._sample_data import SAMPLES, load_sample
@@ -201,6 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--val-fraction", type=float, default=0.2, help="share of samples for validation (default 0.2)")
     ex.add_argument("--class-names", nargs="+", default=["cell"])
     ex.set_defaults(func=cmd_export)
+
+    ft = sub.add_parser("finetune", help="fine-tune a YOLO segmentation model on an exported dataset")
+    ft.add_argument("--model", default="nuclei", help="model to start from (default: the shipped nuclei model)")
+    ft.add_argument("--data", required=True, help="dataset folder (with data.yaml) or the data.yaml itself")
+    ft.add_argument("--out", required=True, help="where to write the fine-tuned model (.pt)")
+    ft.add_argument("--epochs", type=int, default=10)
+    ft.add_argument("--batch", type=int, default=8)
+    ft.add_argument("--imgsz", type=int, default=None, help="default: the model's training size")
+    ft.add_argument("--device", default="cpu")
+    ft.add_argument("-q", "--quiet", action="store_true")
+    ft.set_defaults(func=cmd_finetune)
 
     demo = sub.add_parser("demo", help="open napari on a sample image, segment it and score it")
     demo.add_argument("--sample", default="dense", choices=["dense", "small", "large"])

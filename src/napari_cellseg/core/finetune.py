@@ -1,0 +1,171 @@
+"""Fine-tuning a YOLO segmentation model on a corrected dataset, as a generator.
+
+Ultralytics' trainer runs in a helper thread; its callbacks feed a queue that the
+generator turns into progress (per batch, with losses and validation metrics per
+epoch). Closing the generator (Cancel) stops training at the next batch; the best
+weights saved so far are kept. The result carries the base model's zoom, so it is
+run at the scale it was trained at.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class TrainingCancelled(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    done: int  # batches over the whole run
+    total: int
+    epoch: int
+    epochs: int
+    message: str = ""
+    losses: dict | None = None  # at epoch ends
+    metrics: dict | None = None
+
+
+@dataclass
+class FinetuneResult:
+    path: Path | None
+    epochs_done: int
+    cancelled: bool
+    history: list[dict] = field(default_factory=list)
+
+
+def tile_dataset(data_yaml: Path, tile: int, out_dir: Path) -> Path:
+    """Cut every image of a YOLO dataset into tiles of ``tile`` pixels (keeps the train/val split).
+
+    Training then sees objects at the scale the tiled inference uses.
+    """
+    import yaml
+
+    from .datasets import read_yolo_dataset, write_yolo_dataset
+    from .tiling import tile_grid
+
+    config = yaml.safe_load(Path(data_yaml).read_text())
+    names = config.get("names", {0: "cell"})
+    class_names = [names[k] for k in sorted(names)] if isinstance(names, dict) else list(names)
+    val_dir = str(config.get("val", ""))
+    samples, val_names = [], []
+    root = Path(config.get("path") or Path(data_yaml).parent)
+    val_stems = {p.stem for p in (root / val_dir).glob("*")} if val_dir and val_dir != config.get("train") else set()
+    for name, image, labels in read_yolo_dataset(data_yaml):
+        for k, t in enumerate(tile_grid(*labels.shape, tile, tile // 8)):
+            tile_name = f"{name}_{k:03d}"
+            samples.append((tile_name, image[t.slices], labels[t.slices]))
+            if name in val_stems:
+                val_names.append(tile_name)
+    return write_yolo_dataset(samples, out_dir, val_names=val_names, class_names=class_names)
+
+
+def finetune_iter(
+    model: str | Path, data_yaml: str | Path, out: str | Path, *, epochs: int = 10, batch: int = 8,
+    imgsz: int | None = None, device: str = "cpu", workdir: str | Path | None = None, **train_args,
+) -> Generator[TrainProgress, None, FinetuneResult]:
+    import tempfile
+
+    from ultralytics import YOLO
+
+    from ..backends import load_model, resolve_model
+
+    base = load_model(model, device="cpu")  # checks it is a segmentation checkpoint; gives imgsz and zoom
+    _, base_path = resolve_model(model)
+    imgsz = int(imgsz or base.info.train_imgsz or 640)
+    tile = int(round(imgsz / base.info.zoom))
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="napari-cellseg-finetune-"))
+    data = tile_dataset(Path(data_yaml), tile, workdir / "tiles")
+
+    events: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    trainer_box: dict = {}
+    yolo = YOLO(str(base_path))
+
+    def on_batch_end(trainer):
+        trainer_box["trainer"] = trainer
+        if stop.is_set():
+            raise TrainingCancelled()
+        events.put(("batch", trainer.epoch, trainer.epochs, len(trainer.train_loader)))
+
+    def on_epoch_end(trainer):
+        losses = {k: round(float(v), 4) for k, v in trainer.label_loss_items(trainer.tloss, prefix="train").items()}
+        metrics = {k: round(float(v), 4) for k, v in (trainer.metrics or {}).items()}
+        events.put(("epoch", trainer.epoch + 1, trainer.epochs, losses, metrics))
+
+    yolo.add_callback("on_train_batch_end", on_batch_end)
+    yolo.add_callback("on_fit_epoch_end", on_epoch_end)
+
+    def train():
+        try:
+            yolo.train(data=str(data), epochs=epochs, batch=batch, imgsz=imgsz, device=device, workers=0,
+                       plots=False, project=str(workdir), name="run", exist_ok=True, verbose=False,
+                       amp=False, **train_args)
+            events.put(("finished",))
+        except TrainingCancelled:
+            events.put(("cancelled",))
+        except Exception as exc:  # handed to the consumer, raised there
+            events.put(("error", exc))
+
+    thread = threading.Thread(target=train, name="napari-cellseg-finetune", daemon=True)
+    history: list[dict] = []
+    done, n_batches, cancelled = 0, 1, False
+    thread.start()
+    try:
+        yield TrainProgress(0, epochs, 0, epochs, "preparing")
+        while True:
+            event = events.get()
+            if event[0] == "batch":
+                _, epoch, total_epochs, n_batches = event
+                done += 1
+                yield TrainProgress(done, total_epochs * n_batches, epoch, total_epochs,
+                                    f"epoch {epoch + 1}/{total_epochs}")
+            elif event[0] == "epoch":
+                _, epoch, total_epochs, losses, metrics = event
+                history.append({"epoch": epoch, **losses, **metrics})
+                yield TrainProgress(done, total_epochs * n_batches, epoch, total_epochs,
+                                    f"epoch {epoch}/{total_epochs} done", losses, metrics)
+            elif event[0] == "error":
+                raise event[1]
+            else:
+                cancelled = event[0] == "cancelled"
+                break
+    except GeneratorExit:  # cancelled by the consumer: stop at the next batch, keep the best so far
+        stop.set()
+        thread.join()
+        _keep_best(workdir, Path(out), base.info, history)
+        raise
+    finally:
+        stop.set()
+        thread.join()
+    result_path = _keep_best(workdir, Path(out), base.info, history)
+    return FinetuneResult(result_path, len(history), cancelled, history)
+
+
+def _keep_best(workdir: Path, out: Path, base_info, history: list[dict]) -> Path | None:
+    """Package the best weights saved so far (last.pt before the first validation) to ``out``."""
+    weights_dir = workdir / "run" / "weights"
+    best = next((p for p in (weights_dir / "best.pt", weights_dir / "last.pt") if p.is_file()), None)
+    if best is None:
+        return None
+    _package(best, out, base_info, history)
+    return out
+
+
+def _package(weights: Path, out: Path, base_info, history: list[dict]) -> None:
+    """Strip the optimizer, carry the base model's zoom and note the lineage; written atomically."""
+    import torch
+    from ultralytics.utils.torch_utils import strip_optimizer
+
+    from .io import atomic_path
+
+    with atomic_path(out) as tmp:
+        ckpt = torch.load(weights, map_location="cpu", weights_only=False)
+        ckpt["napari_cellseg"] = {"zoom": base_info.zoom, "fine_tuned_from": base_info.path,
+                                  "fine_tuned_from_sha256": base_info.sha256, "history": history}
+        torch.save(ckpt, tmp)
+        strip_optimizer(str(tmp))

@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+
+from napari_cellseg import load_model
+from napari_cellseg.cli import main
+from napari_cellseg.core.datasets import export_dataset
+from napari_cellseg.core.finetune import finetune_iter, tile_dataset
+
+from synthetic import disc_image
+
+
+@pytest.fixture(scope="module")
+def disc_dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ds")
+    samples = [(f"im{i}", *disc_image((200, 200), n=10, seed=50 + i)) for i in range(4)]
+    return export_dataset(samples, out / "yolo", "yolo", val_fraction=0.25)
+
+
+def test_dataset_is_tiled_to_the_model_scale(tmp_path, disc_dataset):
+    data = tile_dataset(disc_dataset, 128, tmp_path / "tiles")
+    train = list((tmp_path / "tiles" / "images" / "train").glob("*.png"))
+    val = list((tmp_path / "tiles" / "images" / "val").glob("*.png"))
+    assert len(train) == 3 * 4 and len(val) == 4  # 200 px -> 2 x 2 tiles of 128
+    assert "val: images/val" in data.read_text()
+
+
+def test_finetune_cli_writes_a_loadable_model_with_lineage(tmp_path, tiny_yolo, tiny_yolo_model, disc_dataset, capsys):
+    out = tmp_path / "tuned.pt"
+    assert main(["finetune", "--model", str(tiny_yolo), "--data", str(disc_dataset.parent), "--out", str(out),
+                 "--epochs", "1", "-q"]) == 0
+    tuned = load_model(out, device="cpu")
+    assert tuned.info.train_imgsz == 128 and tuned.info.zoom == tiny_yolo_model.info.zoom
+    assert tuned.info.extra["fine_tuned_from_sha256"] == tiny_yolo_model.info.sha256
+    assert tuned.info.sha256 != tiny_yolo_model.info.sha256
+
+
+def test_cancel_stops_at_the_next_batch_and_keeps_weights(tmp_path, tiny_yolo, disc_dataset):
+    out = tmp_path / "cancelled.pt"
+    gen = finetune_iter(tiny_yolo, disc_dataset, out, epochs=50, batch=2, workdir=tmp_path / "w")
+    progress = [next(gen) for _ in range(12)]  # past the first epoch (6 batches of 2)
+    gen.close()
+    assert progress[-1].epoch < 50
+    assert any(p.metrics is not None for p in progress)  # an epoch finished and reported its losses
+    assert out.is_file() and load_model(out, device="cpu").info.task == "segment"
+
+
+def test_finetune_refuses_a_missing_dataset(tmp_path, capsys):
+    assert main(["finetune", "--model", "otsu-watershed", "--data", str(tmp_path), "--out", "x.pt"]) == 2
+    assert "no data.yaml" in capsys.readouterr().err
