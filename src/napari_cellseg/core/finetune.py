@@ -95,7 +95,8 @@ def finetune_iter(
     def on_epoch_end(trainer):
         losses = {k: round(float(v), 4) for k, v in trainer.label_loss_items(trainer.tloss, prefix="train").items()}
         metrics = {k: round(float(v), 4) for k, v in (trainer.metrics or {}).items()}
-        events.put(("epoch", trainer.epoch + 1, trainer.epochs, losses, metrics))
+        # the final re-validation of the best weights arrives with epoch == epochs (+1 in some versions)
+        events.put(("epoch", min(trainer.epoch + 1, trainer.epochs), trainer.epochs, losses, metrics))
 
     yolo.add_callback("on_train_batch_end", on_batch_end)
     yolo.add_callback("on_fit_epoch_end", on_epoch_end)
@@ -126,6 +127,8 @@ def finetune_iter(
                                     f"epoch {epoch + 1}/{total_epochs}")
             elif event[0] == "epoch":
                 _, epoch, total_epochs, losses, metrics = event
+                if history and history[-1]["epoch"] == epoch:
+                    history.pop()  # ultralytics re-validates the best weights at the end: keep the latest
                 history.append({"epoch": epoch, **losses, **metrics})
                 yield TrainProgress(done, total_epochs * n_batches, epoch, total_epochs,
                                     f"epoch {epoch}/{total_epochs} done", losses, metrics)

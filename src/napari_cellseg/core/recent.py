@@ -3,9 +3,25 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 from pathlib import Path
 
 MAX_RECENT = 10
+# bound methods told when the list changes (weak: a closed widget is forgotten)
+_listeners: list[weakref.WeakMethod] = []
+
+
+def on_change(method) -> None:
+    _listeners.append(weakref.WeakMethod(method))
+
+
+def _notify() -> None:
+    for ref in list(_listeners):
+        method = ref()
+        if method is None:
+            _listeners.remove(ref)
+        else:
+            method()
 
 
 def config_dir() -> Path:
@@ -39,4 +55,5 @@ def remember_model(path: str | os.PathLike) -> list[str]:
         _file().write_text(json.dumps(items, indent=1))
     except OSError:
         pass  # a read-only home must not break segmentation
+    _notify()
     return items

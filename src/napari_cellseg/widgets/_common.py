@@ -8,7 +8,7 @@ from magicgui import widgets
 
 from ..backends import available_models
 from ..backends.base import DEVICES
-from ..core.recent import recent_models, remember_model
+from ..core.recent import on_change, recent_models, remember_model
 
 
 class ModelChooser(widgets.Container):
@@ -19,6 +19,13 @@ class ModelChooser(widgets.Container):
         self.file = widgets.FileEdit(label="model file", mode="r", filter="*.pt *.pth *.pkl")
         super().__init__(widgets=[self.combo, self.file], labels=True, **kwargs)
         self.file.changed.connect(self._on_file)
+        on_change(self._refresh)  # e.g. a model fine-tuned in another widget
+
+    def _refresh(self):
+        current = self.combo.value
+        self.combo.choices = self._choices()
+        if current in self.combo.choices:
+            self.combo.value = current
 
     @staticmethod
     def _choices() -> list[str]:
@@ -29,7 +36,6 @@ class ModelChooser(widgets.Container):
         if not path.is_file():
             return
         remember_model(path)
-        self.combo.choices = self._choices()
         self.combo.value = str(path.resolve())
 
     @property
@@ -76,6 +82,10 @@ def notify_error(exc: BaseException) -> None:
     show_error(f"napari-cellseg: {exc}")
 
 
+def _delegate(generator):
+    return (yield from generator)
+
+
 class WorkerWidget(widgets.Container):
     """A dock widget that runs one compute generator at a time with progress and cancel."""
 
@@ -95,11 +105,16 @@ class WorkerWidget(widgets.Container):
 
     def _start(self, job, *args, on_done) -> None:
         from napari.qt.threading import create_worker
+        from qtpy.QtCore import Qt
 
         if self.worker is not None:
             return  # one run at a time
+        generator = job(*args)
         # errors are reported through our handler; nothing is re-raised in the event loop
-        self.worker = create_worker(job, *args, _ignore_errors=True)
+        self.worker = create_worker(_delegate, generator, _ignore_errors=True)
+        # on Cancel the worker just stops iterating; closing the generator right there, in the
+        # worker thread, runs its clean-up at once (a training thread stops, best weights are kept)
+        self.worker.aborted.connect(generator.close, Qt.ConnectionType.DirectConnection)
         self.worker.yielded.connect(self._on_progress)
         self.worker.returned.connect(self._on_returned)
         self.worker.returned.connect(on_done)

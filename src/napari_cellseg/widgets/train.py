@@ -1,0 +1,98 @@
+"""The "Fine-tune" widget: retrain a YOLO model on corrected labels, with live curves and cancel."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from magicgui import widgets
+
+from ._common import ModelChooser, WorkerWidget, device_choice, full_resolution, notify_error
+from ._plot import LinePlot
+
+
+class FinetuneWidget(WorkerWidget):
+    def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
+        import napari
+
+        self.last_result = None
+        self.history: list[dict] = []
+        self.image = widgets.create_widget(annotation=napari.layers.Image | None, label="image",
+                                           options={"nullable": True})
+        self.labels_layer = widgets.create_widget(annotation=napari.layers.Labels | None, label="labels",
+                                                  options={"nullable": True})
+        self.dataset = widgets.FileEdit(label="or dataset", mode="d", tooltip="a folder with data.yaml")
+        self.model = ModelChooser(label="start from")
+        self.epochs = widgets.SpinBox(label="epochs", value=10, min=1, max=1000)
+        self.batch = widgets.SpinBox(label="batch", value=8, min=1, max=256)
+        self.val_fraction = widgets.FloatSpinBox(label="validation share", value=0.2, min=0.0, max=0.9, step=0.05)
+        self.out = widgets.FileEdit(label="save model as", mode="w", filter="*.pt",
+                                    value=str(Path.home() / "napari-cellseg-finetuned.pt"))
+        self.device = device_choice()
+        super().__init__(viewer, [self.image, self.labels_layer, self.dataset, self.model, self.epochs, self.batch,
+                                  self.val_fraction, self.out, self.device], "Fine-tune")
+        self.plot = LinePlot()
+        self.native.layout().addWidget(self.plot.canvas)
+        for picker in (self.image, self.labels_layer):
+            viewer.layers.events.inserted.connect(picker.reset_choices)
+            viewer.layers.events.removed.connect(picker.reset_choices)
+
+    def _job(self, image, labels, dataset, model, out, epochs, batch, val_fraction, device):
+        from ..core.datasets import export_dataset
+        from ..core.finetune import TrainProgress, finetune_iter
+
+        workdir = Path(tempfile.mkdtemp(prefix="napari-cellseg-train-"))
+        if dataset is None:
+            yield TrainProgress(0, 1, 0, epochs, "exporting the corrected labels")
+            dataset = export_dataset([(image[0], image[1], labels)], workdir / "dataset", "yolo", val_fraction)
+        else:
+            dataset = Path(dataset) / "data.yaml"
+        result = yield from finetune_iter(model, dataset, out, epochs=epochs, batch=batch, device=device,
+                                          workdir=workdir)
+        return result
+
+    def run(self):
+        dataset = self.dataset.value if str(self.dataset.value) not in ("", ".") else None
+        image, labels = self.image.value, self.labels_layer.value
+        if dataset is None and (image is None or labels is None):
+            notify_error(ValueError("choose an image and its corrected labels, or a dataset folder"))
+            return
+        if dataset is not None and not (Path(dataset) / "data.yaml").is_file():
+            notify_error(ValueError(f"{dataset} has no data.yaml"))
+            return
+        self.history = []
+        image_arg = None if dataset else (image.name, full_resolution(image))
+        labels_arg = None if dataset else labels.data
+        self._out_path = Path(self.out.value)
+        device = "cpu" if self.device.value == "auto" else self.device.value
+        self._start(self._job, image_arg, labels_arg, dataset, self.model.value, self._out_path,
+                    self.epochs.value, self.batch.value, self.val_fraction.value, device,
+                    on_done=self._on_done)
+
+    def _on_progress(self, progress):
+        super()._on_progress(progress)
+        if progress.metrics is not None:
+            if self.history and self.history[-1]["epoch"] == progress.epoch:
+                self.history.pop()  # the final re-validation of the best weights
+            self.history.append({"epoch": progress.epoch, **progress.losses, **progress.metrics})
+            epochs = [h["epoch"] for h in self.history]
+            self.plot.show(epochs, [h.get("train/seg_loss", float("nan")) for h in self.history],
+                           label="train seg loss", xlabel="epoch", ylabel="value")
+            self.plot.show(epochs, [h.get("metrics/mAP50(M)", float("nan")) for h in self.history],
+                           label="val mask mAP50", xlabel="epoch", ylabel="value", clear=False)
+
+    def _register(self, path: Path | None) -> None:
+        from ..core.recent import remember_model
+
+        if path is not None and path.is_file():
+            remember_model(path)  # offered at once by every Segment cells widget
+            self.status.value = f"saved {path.name}; listed in Segment cells"
+
+    def _on_done(self, result):
+        self.last_result = result
+        self._register(result.path)
+
+    def _on_aborted(self):
+        super()._on_aborted()
+        self._register(getattr(self, "_out_path", None))
+        if getattr(self, "_out_path", None) is not None and self._out_path.is_file():
+            self.status.value = f"cancelled; best weights so far kept in {self._out_path.name}"

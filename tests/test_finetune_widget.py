@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+
+from napari_cellseg.core.recent import recent_models
+from napari_cellseg.widgets.segment import SegmentWidget
+from napari_cellseg.widgets.train import FinetuneWidget
+
+from synthetic import disc_image
+
+pytestmark = pytest.mark.gui
+
+
+def test_finetune_from_layers_registers_the_model_and_plots_curves(qtbot, make_napari_viewer, tiny_yolo, tmp_path):
+    viewer = make_napari_viewer()
+    image, truth = disc_image((256, 256), n=16, seed=33)
+    image_layer = viewer.add_image(image, name="cells")
+    labels_layer = viewer.add_labels(truth, name="corrected")
+    segment = SegmentWidget(viewer)  # already open: must offer the new model without reopening
+    widget = FinetuneWidget(viewer)
+    widget.image.value, widget.labels_layer.value = image_layer, labels_layer
+    widget.model.value = str(tiny_yolo)
+    widget.epochs.value = 2
+    widget.out.value = str(tmp_path / "mine.pt")
+    widget.device.value = "cpu"
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=240_000)
+    assert widget.last_result is not None and widget.last_result.epochs_done == 2
+    assert (tmp_path / "mine.pt").is_file()
+    assert str((tmp_path / "mine.pt").resolve()) in recent_models()
+    assert str((tmp_path / "mine.pt").resolve()) in segment.model.combo.choices
+    assert len(widget.plot.lines["val mask mAP50"][0]) == 2
+
+
+def test_cancel_stops_training_and_keeps_weights(qtbot, make_napari_viewer, tiny_yolo, tmp_path):
+    viewer = make_napari_viewer()
+    image, truth = disc_image((256, 256), n=16, seed=34)
+    widget = FinetuneWidget(viewer)
+    widget.image.value = viewer.add_image(image, name="cells")
+    widget.labels_layer.value = viewer.add_labels(truth, name="corrected")
+    widget.model.value = str(tiny_yolo)
+    widget.epochs.value = 200
+    widget.batch.value = 2
+    widget.out.value = str(tmp_path / "partial.pt")
+    widget.run()
+    qtbot.waitUntil(lambda: len(widget.history) >= 1, timeout=240_000)  # one epoch done
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert widget.last_result is None  # it did not run to the end
+    assert (tmp_path / "partial.pt").is_file() and "cancelled" in widget.status.value
