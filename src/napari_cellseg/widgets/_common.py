@@ -103,13 +103,13 @@ class WorkerWidget(widgets.Container):
     def run(self):  # subclasses validate their inputs and call _start
         raise NotImplementedError
 
-    def _start(self, job, *args, on_done) -> None:
+    def _start(self, job, *args, on_done, **kwargs) -> None:
         from napari.qt.threading import create_worker
         from qtpy.QtCore import Qt
 
         if self.worker is not None:
             return  # one run at a time
-        generator = job(*args)
+        generator = job(*args, **kwargs)
         # errors are reported through our handler; nothing is re-raised in the event loop
         self.worker = create_worker(_delegate, generator, _ignore_errors=True)
         # on Cancel the worker just stops iterating; closing the generator right there, in the

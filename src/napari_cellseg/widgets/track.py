@@ -1,0 +1,75 @@
+"""The "Track cells" widget: tracks from a labelled time series, a Tracks layer, and a size plot."""
+from __future__ import annotations
+
+import numpy as np
+from magicgui import widgets
+
+from ._common import WorkerWidget, full_resolution, notify_error
+from ._layers import META_KEY
+from ._plot import LinePlot
+
+
+class TrackWidget(WorkerWidget):
+    def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
+        import napari
+
+        self.last_result = None
+        self.labels_layer = widgets.create_widget(annotation=napari.layers.Labels, label="labels (T,Y,X)")
+        self.intensity = widgets.create_widget(annotation=napari.layers.Image | None, label="intensity",
+                                               options={"nullable": True})
+        self.max_distance = widgets.FloatSpinBox(label="max move (px)", value=20.0, min=1.0, max=1000.0)
+        self.gap = widgets.SpinBox(label="gap closing (frames)", value=1, min=0, max=20)
+        self.divisions = widgets.CheckBox(label="detect divisions", value=True)
+        self.track_id = widgets.SpinBox(label="plot track", value=0, min=0, max=10**6,
+                                        tooltip="0: the longest track")
+        super().__init__(viewer, [self.labels_layer, self.intensity, self.max_distance, self.gap, self.divisions],
+                         "Track")
+        self.append(self.track_id)
+        self.plot = LinePlot()
+        self.native.layout().addWidget(self.plot.canvas)
+        self.track_id.changed.connect(self._plot_track)
+        for picker in (self.labels_layer, self.intensity):
+            viewer.layers.events.inserted.connect(picker.reset_choices)
+            viewer.layers.events.removed.connect(picker.reset_choices)
+
+    def run(self):
+        from ..core.tracking import track_iter
+
+        layer = self.labels_layer.value
+        if layer is None or layer.data.ndim != 3:
+            notify_error(ValueError("choose a Labels layer holding a time series (T, Y, X)"))
+            return
+        intensity = None if self.intensity.value is None else np.asarray(full_resolution(self.intensity.value))
+        self._start(track_iter, np.asarray(layer.data), intensity, max_distance=self.max_distance.value,
+                    gap_frames=self.gap.value, divisions=self.divisions.value,
+                    on_done=lambda result: self._on_done(layer, result))
+
+    def _on_done(self, layer, result):
+        import pandas as pd
+
+        self.last_result = result
+        features = pd.DataFrame(result.table)
+        meta = {META_KEY: {"role": "tracked", "source_layer_id": layer.unique_id, **result.metadata}}
+        per_track = features.groupby("track_id").agg(
+            first_frame=("frame", "min"), last_frame=("frame", "max"), n_frames=("frame", "size"),
+            mean_area=("area", "mean"), parent=("parent", "first"),
+        ).reset_index().rename(columns={"track_id": "label"})
+        self._viewer.add_labels(result.tracked, name=f"{layer.name} tracked", metadata=meta, features=per_track,
+                                scale=layer.scale, translate=layer.translate)
+        self._viewer.add_tracks(result.napari_tracks(), graph=result.parents, features=features,
+                                name=f"{layer.name} tracks", metadata=meta, scale=layer.scale,
+                                translate=layer.translate)
+        self.status.value = f"{result.n_tracks} tracks, {len(result.parents)} divisions"
+        self._plot_track()
+
+    def _plot_track(self, *_):
+        result = self.last_result
+        if result is None:
+            return
+        track_id = self.track_id.value
+        if not track_id:  # the longest track
+            ids, lengths = np.unique(result.table["track_id"], return_counts=True)
+            track_id = int(ids[np.argmax(lengths)])
+        rows = result.track(track_id)
+        self.plot.show(rows["frame"], rows["area"], xlabel="frame", ylabel="area (px)",
+                       title=f"track {track_id}", label="area")
