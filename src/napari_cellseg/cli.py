@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 EXIT_BAD_INPUT = 2
 
 
@@ -178,6 +180,85 @@ def cmd_track(args) -> int:
     return 0
 
 
+def cmd_train_classifier(args) -> int:
+    from .classify.train import cross_validate_iter, load_crop_folders, train_iter
+    from .core.pipeline import run
+
+    crops, labels, classes = load_crop_folders(args.crops, args.crop_size)
+    val = None
+    if args.val:
+        val_crops, val_labels, val_classes = load_crop_folders(args.val, crops.shape[-1])
+        if val_classes != classes:
+            raise CliError(f"validation classes {val_classes} differ from training classes {classes}")
+        val = (val_crops, val_labels)
+    options = dict(epochs=args.epochs, batch_size=args.batch, lr=args.lr, freeze=args.freeze, init=args.init)
+
+    def report(progress):
+        if progress.train_loss is not None:
+            fold = "" if progress.fold is None else f"fold {progress.fold + 1}: "
+            val_text = "" if progress.val_accuracy is None else f", val accuracy {progress.val_accuracy:.3f}"
+            print(f"{fold}epoch {progress.epoch}: loss {progress.train_loss:.4f}, "
+                  f"train accuracy {progress.train_accuracy:.3f}{val_text}", flush=True)
+        elif progress.done == 0 and progress.message:
+            print(progress.message, flush=True)
+
+    print(f"{len(crops)} crops of {crops.shape[1]} channel(s), {crops.shape[-1]} px; classes: {', '.join(classes)}")
+    if args.folds:
+        summary = run(cross_validate_iter(crops, labels, classes, folds=args.folds, **options), report)
+        print("per-fold accuracy: " + ", ".join(f"{a:.3f}" for a in summary["fold_accuracy"])
+              + f"; mean {summary['mean_accuracy']:.3f}")
+    result = run(train_iter(crops, labels, classes, val=val, **options), report)
+    result.classifier.save(args.out, history=result.history, notes=result.notes)
+    if result.confusion is not None:
+        print("confusion matrix (rows: true, columns: predicted):")
+        for name, row in zip(classes, result.confusion):
+            print(f"  {name:>16} " + " ".join(f"{v:4d}" for v in row))
+    print(f"classifier written: {args.out}")
+    return 0
+
+
+def cmd_classify(args) -> int:
+    from .classify.model import load_classifier
+    from .classify.pipeline import classify_iter
+    from .classify.train import load_crop_folders
+    from .core.io import read_image, write_csv
+    from .core.pipeline import run
+
+    classifier = load_classifier(args.model)
+    target = Path(args.target)
+    out = Path(args.out)
+    _check_writable(out)
+    if target.is_dir():  # loose crops, one folder per class or not
+        from .core.io import IMAGE_SUFFIXES
+        from .classify.crops import crop_at, normalise_frame
+
+        files = sorted(p for p in target.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        crops = []
+        for path in files:
+            image = np.asarray(read_image(path), np.float32)
+            image = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
+            crops.append(np.stack([crop_at(normalise_frame(c), c.shape[0] / 2 - 0.5, c.shape[1] / 2 - 0.5,
+                                           classifier.crop_size) for c in image]))
+        probabilities = classifier.predict(np.stack(crops)) if crops else np.zeros((0, 1))
+        names = np.array(classifier.class_names, dtype=object)
+        best = probabilities.argmax(1)
+        write_csv(out / "crops_phenotypes.csv", {"file": [str(p.relative_to(target)) for p in files],
+                                                 "phenotype": names[best], "probability": probabilities.max(1)})
+        print(f"{len(files)} crops classified -> {out / 'crops_phenotypes.csv'}")
+        return 0
+    if not args.labels:
+        raise CliError("give --labels TRACKED.tif for an image, or a folder of crops")
+    image, labels = read_image(target, lazy=False), read_image(args.labels, lazy=False)
+    result = run(classify_iter(image, labels, classifier, channels=[args.channel] if args.channel is not None
+                               else None))
+    stem = target.stem
+    write_csv(out / f"{stem}_phenotypes.csv", result.rows())
+    write_csv(out / f"{stem}_tracks_phenotype.csv", result.per_track())
+    write_csv(out / f"{stem}_phenotype_counts.csv", result.counts_per_frame())
+    print(f"{len(result.table['frame'])} cells classified -> {out / (stem + '_phenotypes.csv')}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     """Segment a sample image with the default model and score it against its ground truth."""
     from ._sample_data import SAMPLES, load_sample
@@ -268,6 +349,28 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-divisions", action="store_true", help="do not link daughters to their mother")
     tr.set_defaults(func=cmd_track)
 
+    tc = sub.add_parser("train-classifier", help="train the ResNet50 phenotype classifier on crop folders")
+    tc.add_argument("crops", help="folder with one sub-folder of crop images per class")
+    tc.add_argument("--out", required=True, help="classifier file to write (.pt)")
+    tc.add_argument("--val", default=None, help="a separate (curated) validation folder, same classes")
+    tc.add_argument("--epochs", type=int, default=10)
+    tc.add_argument("--batch", type=int, default=32)
+    tc.add_argument("--lr", type=float, default=1e-3)
+    tc.add_argument("--folds", type=int, default=0, help="k-fold cross-validation before the final training")
+    tc.add_argument("--freeze", choices=["seed", "head", "none"], default="seed",
+                    help="seed: train only the first convolution and the final layer (default)")
+    tc.add_argument("--init", default=None, help="ImageNet ResNet50 weights file (local) to start from")
+    tc.add_argument("--crop-size", type=int, default=None, help="crop side (default: the crops' own size)")
+    tc.set_defaults(func=cmd_train_classifier)
+
+    cl = sub.add_parser("classify", help="classify tracked cells frame by frame, or a folder of loose crops")
+    cl.add_argument("target", help="image stack (T x H x W [x C]) or a folder of crops")
+    cl.add_argument("--labels", default=None, help="tracked labels (T x H x W): label value = track id")
+    cl.add_argument("--model", required=True, help="classifier file")
+    cl.add_argument("--channel", type=int, default=None, help="channel of a multi-channel image")
+    cl.add_argument("--out", default=".", help="output folder")
+    cl.set_defaults(func=cmd_classify)
+
     demo = sub.add_parser("demo", help="open napari on a sample image, segment it and score it")
     demo.add_argument("--sample", default="dense", choices=["dense", "small", "large"])
     demo.add_argument("--model", default="nuclei", help="model name or path (default: the shipped nuclei model)")
@@ -280,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .backends.base import ModelLoadError
+    from .classify.model import ClassifierLoadError
     from .core.io import ImageReadError
     from .core.normalize import ImageInputError
 
@@ -287,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (CliError, ModelLoadError, ImageReadError, ImageInputError, ValueError, OSError) as exc:
+    except (CliError, ModelLoadError, ClassifierLoadError, ImageReadError, ImageInputError, ValueError,
+            OSError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"napari-cellseg: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
