@@ -155,6 +155,8 @@ def test_classify_widget_points_timeline_and_training_from_points(qtbot, make_na
     assert {"track_id", "frame", "probability", "runner_up"} <= set(points.features.columns)
     frames, _ = widget.plot.lines["phenotype"]
     assert frames == [0, 1, 2]  # the longest track
+    counts = widget.counts.to_dataframe()
+    assert list(counts["frame"]) == [0, 1, 2] and counts[["spot", "ring"]].sum(axis=1).tolist() == [2, 2, 1]
     widget.csv_dir.value = str(tmp_path)
     widget.save_csvs()
     assert (tmp_path / "phenotype_counts.csv").is_file()

@@ -77,7 +77,7 @@ def test_track_cli_writes_tracked_stack_and_csv(tmp_path, capsys):
 
 
 @pytest.mark.gui
-def test_track_widget_adds_tracks_and_plots_size(qtbot, make_napari_viewer):
+def test_track_widget_adds_tracks_and_plots_size(qtbot, make_napari_viewer, tmp_path):
     from napari_cellseg.widgets.track import TrackWidget
 
     viewer = make_napari_viewer()
@@ -93,6 +93,9 @@ def test_track_widget_adds_tracks_and_plots_size(qtbot, make_napari_viewer):
     assert len(np.unique(tracks.data[:, 0])) == 3
     frames, areas = widget.plot.lines["area"]
     assert frames == [0, 1, 2, 3, 4] and all(a > 60 for a in areas)
+    widget.csv.value = str(tmp_path / "tracks.csv")
+    widget.save_csv()
+    assert len((tmp_path / "tracks.csv").read_text().splitlines()) == 1 + 14
 
 
 @pytest.mark.realdata

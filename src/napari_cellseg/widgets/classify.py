@@ -25,7 +25,9 @@ class ClassifyWidget(WorkerWidget):
         super().__init__(viewer, [self.image, self.tracked, self.model_file, self.channel], "Classify")
         self.track_id = widgets.SpinBox(label="timeline of track", value=0, min=0, max=10**6,
                                         tooltip="0: the longest track")
-        self.consensus = widgets.Table()
+        self.consensus = widgets.Table()  # per track
+        self.counts = widgets.Table()  # per phenotype per frame
+        self.crop_size = widgets.SpinBox(label="crop size (new classifier)", value=40, min=8, max=512)
         self.csv_dir = widgets.FileEdit(label="save CSVs to", mode="d")
         self.save_button = widgets.PushButton(text="Save CSVs")
         self.train_points = widgets.create_widget(annotation=napari.layers.Points | None, label="train from points",
@@ -34,8 +36,8 @@ class ClassifyWidget(WorkerWidget):
         self.train_out = widgets.FileEdit(label="save classifier as", mode="w", filter="*.pt",
                                           value=str(Path.home() / "napari-cellseg-classifier.pt"))
         self.train_button = widgets.PushButton(text="Train from points")
-        self.extend([self.track_id, self.csv_dir, self.save_button, self.train_points, self.train_epochs,
-                     self.train_out, self.train_button, self.consensus])
+        self.extend([self.track_id, self.csv_dir, self.save_button, self.train_points, self.crop_size,
+                     self.train_epochs, self.train_out, self.train_button, self.consensus, self.counts])
         self.plot = LinePlot()
         self.native.layout().addWidget(self.plot.canvas)
         self.track_id.changed.connect(self._plot_timeline)
@@ -87,6 +89,7 @@ class ClassifyWidget(WorkerWidget):
         self._viewer.add_points(coords, features=rows, name=f"{tracked.name} phenotypes", size=6, border_width=0,
                                 metadata=meta, scale=tracked.scale, translate=tracked.translate, **styling)
         self.consensus.value = pd.DataFrame(result.per_track()).to_dict("list")
+        self.counts.value = pd.DataFrame(result.counts_per_frame()).to_dict("list")
         self.status.value = f"{len(rows)} cells classified in {len(np.unique(rows['frame']))} frames"
         self._plot_timeline()
 
@@ -135,7 +138,7 @@ class ClassifyWidget(WorkerWidget):
         if unknown:
             notify_error(ValueError(f"phenotypes not among the classes {names}: {unknown}"))
             return
-        size = self.classifier.crop_size if self.classifier else 40
+        size = self.classifier.crop_size if self.classifier else self.crop_size.value
         coords = np.asarray(points.data)
         coords = coords if coords.shape[1] == 3 else np.concatenate([np.zeros((len(coords), 1)), coords], axis=1)
         crops = np.stack([crop_at(normalise_frame(stack[int(t)]), y, x, size)[None] for t, y, x in coords])

@@ -24,7 +24,10 @@ class TrackWidget(WorkerWidget):
                                         tooltip="0: the longest track")
         super().__init__(viewer, [self.labels_layer, self.intensity, self.max_distance, self.gap, self.divisions],
                          "Track")
-        self.append(self.track_id)
+        self.csv = widgets.FileEdit(label="tracks CSV", mode="w", filter="*.csv")
+        self.save_button = widgets.PushButton(text="Save tracks CSV")
+        self.extend([self.track_id, self.csv, self.save_button])
+        self.save_button.changed.connect(self.save_csv)
         self.plot = LinePlot()
         self.native.layout().addWidget(self.plot.canvas)
         self.track_id.changed.connect(self._plot_track)
@@ -61,6 +64,16 @@ class TrackWidget(WorkerWidget):
                                 translate=layer.translate)
         self.status.value = f"{result.n_tracks} tracks, {len(result.parents)} divisions"
         self._plot_track()
+
+    def save_csv(self, *_):
+        from ..core.io import write_csv
+
+        path = str(self.csv.value)
+        if self.last_result is None or not path or path == ".":
+            notify_error(ValueError("track first, then choose a CSV file"))
+            return
+        write_csv(path, self.last_result.table)
+        self.status.value = f"saved {path}"
 
     def _plot_track(self, *_):
         result = self.last_result
