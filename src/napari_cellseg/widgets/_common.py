@@ -82,6 +82,17 @@ def notify_error(exc: BaseException) -> None:
     show_error(f"napari-cellseg: {exc}")
 
 
+def reporting_errors(action, status: widgets.Label):
+    """A button callback that turns a ValueError (bad input) into a status line and a notification."""
+    def run(*_):
+        try:
+            action()
+        except ValueError as exc:
+            status.value = str(exc)
+            notify_error(exc)
+    return run
+
+
 def _delegate(generator):
     return (yield from generator)
 

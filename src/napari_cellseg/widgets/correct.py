@@ -10,7 +10,7 @@ import numpy as np
 from magicgui import widgets
 
 from ..core import editing
-from ._common import notify_error
+from ._common import reporting_errors
 from ._layers import META_KEY
 
 
@@ -42,22 +42,13 @@ class CorrectWidget(widgets.Container):
         self.buttons = {}
         for text, action in buttons.items():
             button = widgets.PushButton(text=text)
-            button.changed.connect(self._guarded(action))
+            button.changed.connect(reporting_errors(action, self.status))
             self.buttons[text] = button
         super().__init__(widgets=[self.labels_layer, self.ids, self.min_area, self.seeds, self.line,
                                   *self.buttons.values(), self.status])
         for picker in (self.labels_layer, self.seeds, self.line):
             viewer.layers.events.inserted.connect(picker.reset_choices)
             viewer.layers.events.removed.connect(picker.reset_choices)
-
-    def _guarded(self, action):
-        def run(*_):
-            try:
-                action()
-            except ValueError as exc:
-                self.status.value = str(exc)
-                notify_error(exc)
-        return run
 
     # -- helpers -------------------------------------------------------------------------------
     def _layer(self):

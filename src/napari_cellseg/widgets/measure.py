@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from magicgui import widgets
 
-from ._common import full_resolution, notify_error
+from ._common import full_resolution, reporting_errors
 
 
 class MeasureWidget(widgets.Container):
@@ -22,8 +22,8 @@ class MeasureWidget(widgets.Container):
         self.status = widgets.Label(value="")
         super().__init__(widgets=[self.labels_layer, self.images, self.unit, self.measure_button, self.csv,
                                   self.save_button, self.status, self.table])
-        self.measure_button.changed.connect(self._guard(self.measure))
-        self.save_button.changed.connect(self._guard(self.save))
+        self.measure_button.changed.connect(reporting_errors(self.measure, self.status))
+        self.save_button.changed.connect(reporting_errors(self.save, self.status))
         self.columns: dict | None = None
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self.labels_layer.reset_choices)
@@ -31,15 +31,6 @@ class MeasureWidget(widgets.Container):
 
     def _image_names(self, *_):
         return [layer.name for layer in self._viewer.layers if type(layer).__name__ == "Image"]
-
-    def _guard(self, action):
-        def run(*_):
-            try:
-                action()
-            except ValueError as exc:
-                self.status.value = str(exc)
-                notify_error(exc)
-        return run
 
     def measure(self):
         import pandas as pd
