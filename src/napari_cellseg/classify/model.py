@@ -60,10 +60,12 @@ class Classifier:
         if crops.shape[1] != self.in_channels:
             raise ValueError(f"the classifier takes {self.in_channels} channel(s), the crops have {crops.shape[1]}")
         self.model.eval()
+        self.model.to(memory_format=torch.channels_last)  # ~25 % faster convolutions on CPU (oneDNN)
         out = []
         with torch.inference_mode():
             for start in range(0, len(crops), batch_size):
                 batch = torch.from_numpy(crops[start:start + batch_size]).to(self.device)
+                batch = batch.contiguous(memory_format=torch.channels_last)
                 out.append(torch.softmax(self.model(batch), dim=1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
 
