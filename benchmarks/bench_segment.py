@@ -57,6 +57,26 @@ def bench_overhead(model, repeats: int, size: int) -> dict:
             "ratio": float(np.median(plugin) / np.median(raw))}
 
 
+def bench_ensemble(model, size: int, repeats: int) -> dict:
+    """Two copies of the model as an ensemble vs the model alone, same image (goal <= 2.1x)."""
+    from napari_cellseg import segment
+    from napari_cellseg.backends.ensemble import EnsembleBackend
+
+    image = _images(1, size * 2)[0]
+    ensemble = EnsembleBackend([model, model])
+    segment(image, model), segment(image, ensemble)  # warm-up
+    single, double = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        segment(image, model)
+        single.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        segment(image, ensemble)
+        double.append(time.perf_counter() - t)
+    return {"image": f"{size * 2}x{size * 2}", "single_s": float(np.median(single)),
+            "ensemble_of_2_s": float(np.median(double)), "ratio": float(np.median(double) / np.median(single))}
+
+
 def bench_large(model, side: int) -> dict:
     import psutil
 
@@ -140,6 +160,8 @@ def main(argv=None):
     size = int(round(model.info.train_imgsz / model.info.zoom)) if model.info.train_imgsz else 512
     figures["overhead"] = bench_overhead(model, args.repeats, size)
     print(json.dumps(figures["overhead"]), flush=True)
+    figures["ensemble"] = bench_ensemble(model, size, args.repeats)
+    print(json.dumps(figures["ensemble"]), flush=True)
     figures["large_image"] = bench_large(model, args.large)
     print(json.dumps(figures["large_image"]), flush=True)
     if not args.no_gui:

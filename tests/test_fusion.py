@@ -54,3 +54,36 @@ def test_tta_segmentation_matches_the_truth(tmp_path):
     assert result.metadata["parameters"]["tta"] is True
     stats = matching_stats(result.labels, truth, thresholds=(0.8,))[0]
     assert stats.tp == truth.max() and stats.fp == 0
+
+
+def test_ensemble_of_two_models_fuses_their_instances(tiny_yolo):
+    from napari_cellseg.backends import ModelLoadError
+    from napari_cellseg.backends.ensemble import EnsembleBackend
+
+    image, truth = disc_image((160, 160), n=10, seed=8)
+    classical = load_model("otsu-watershed")
+    ensemble = load_model(["otsu-watershed", "otsu-watershed"])
+    assert isinstance(ensemble, EnsembleBackend) and len(ensemble.info.extra["members"]) == 2
+    alone, both = segment(image, classical, tile=96), segment(image, ensemble, tile=96)
+    assert both.n_objects == alone.n_objects == truth.max()  # identical members agree on everything
+    assert both.metadata["model"]["backend"] == "ensemble"
+    mixed = load_model(["otsu-watershed", tiny_yolo], device="cpu")
+    result = segment(image, mixed, tile=96, conf=0.01)
+    assert result.n_objects <= alone.n_objects  # only objects both members found survive the majority vote
+    with pytest.raises(ModelLoadError, match="at least two"):
+        EnsembleBackend([classical])
+
+
+def test_ensemble_cli_records_every_member(tmp_path, tiny_yolo):
+    import json
+
+    import tifffile
+
+    from napari_cellseg.cli import main
+
+    tifffile.imwrite(tmp_path / "a.tif", disc_image((96, 96), n=4)[0])
+    assert main(["segment", str(tmp_path / "a.tif"), "--model", "otsu-watershed", "--model", str(tiny_yolo),
+                 "--out", str(tmp_path), "-q", "--conf", "0.01"]) == 0
+    provenance = json.loads((tmp_path / "a_provenance.json").read_text())
+    members = provenance["model"]["extra"]["members"]
+    assert [m["backend"] for m in members] == ["classical", "yolo"] and len(members[1]["sha256"]) == 64

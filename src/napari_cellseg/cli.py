@@ -53,6 +53,7 @@ def cmd_segment(args) -> int:
         imgsz=args.imgsz, tile=args.tile, overlap=args.overlap, conf=args.conf, iou=args.iou,
         max_det=args.max_det, channel_axis=args.channel_axis, channel=args.channel, rgb=args.rgb, tta=args.tta,
     )
+    args.model = args.model or ["nuclei"]
     model = load_model(args.model, device=args.device)  # fails fast on a bad model, before any work
     if args.scheduler or args.workers:
         del model  # each Dask worker loads its own copy once
@@ -292,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     seg = sub.add_parser("segment", help="segment images; writes <stem>_labels.tif, _objects.csv, _provenance.json")
     seg.add_argument("images", nargs="+", help="image files (TIFF, PNG, JPEG), folders or glob patterns")
-    seg.add_argument("--model", default="nuclei", help="checkpoint path or shipped name (default: nuclei)")
+    seg.add_argument("--model", action="append", default=None,
+                     help="checkpoint path or shipped name (default: nuclei); repeat for an ensemble")
     seg.add_argument("--out", default=".", help="output folder (default: current folder)")
     seg.add_argument("--imgsz", type=int, default=None, help="network input size (default: the model's training size)")
     seg.add_argument("--tile", type=int, default=None, help="tile size in image pixels (default: full resolution)")

@@ -58,8 +58,17 @@ def _module(name: str):
     return importlib.import_module(BACKENDS[name])
 
 
-def load_model(model: str | os.PathLike, device: str = "auto", backend: str | None = None) -> SegmentationBackend:
-    """Load a model by shipped name or path; the backend is detected from the file."""
+def load_model(model, device: str = "auto", backend: str | None = None) -> SegmentationBackend:
+    """Load a model by shipped name or path (the backend is detected from the file).
+
+    A list of two or more models gives an ensemble whose instances are fused.
+    """
+    if isinstance(model, (list, tuple)):
+        if len(model) == 1:
+            return load_model(model[0], device, backend)
+        from .ensemble import EnsembleBackend
+
+        return EnsembleBackend([load_model(m, device, backend) for m in model])
     builtin_backend, path = resolve_model(model)
     backend = backend or builtin_backend
     if backend is not None:

@@ -11,8 +11,9 @@ class ModelOnWorker(WorkerPlugin):
 
     name = "napari-cellseg-model"
 
-    def __init__(self, model: str, device: str = "auto"):
-        self.model, self.device = str(model), device
+    def __init__(self, model, device: str = "auto"):
+        self.model = [str(m) for m in model] if isinstance(model, (list, tuple)) else str(model)
+        self.device = device
 
     def setup(self, worker):
         from ..backends import load_model

@@ -45,7 +45,7 @@ def segment_file(path: str | os.PathLike, model, out: str | os.PathLike, paramet
 
 
 def segment_files_on_cluster(
-    paths: list[Path], model: str, out: Path, parameters: dict, *, scheduler: str | None = None,
+    paths: list[Path], model: str | list[str], out: Path, parameters: dict, *, scheduler: str | None = None,
     n_workers: int = 2, device: str = "auto", overwrite: bool = False,
 ) -> Iterator[FileOutcome]:
     """Yield one outcome per input as tasks finish. ``scheduler``: address of a running cluster

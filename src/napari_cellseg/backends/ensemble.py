@@ -1,0 +1,45 @@
+"""Several models as one backend: every member predicts each tile, the instance sets are fused.
+
+The fusion rule is that of :mod:`napari_cellseg.core.fusion` (mask IoU matching, a
+majority of members must agree, masks and scores averaged). Images are normalised
+and tiled once for all members. Members should share the training scale (zoom);
+the first member's size and zoom set the tiling.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from ..core.fusion import fuse_detections
+from ..core.tiling import TileDetections
+from .base import InferenceSettings, ModelLoadError
+
+NAME = "ensemble"
+
+
+class EnsembleBackend:
+    def __init__(self, members: list, min_votes: int | None = None):
+        if len(members) < 2:
+            raise ModelLoadError("an ensemble needs at least two models")
+        zooms = {round(m.info.zoom, 3) for m in members}
+        if len(zooms) > 1:
+            raise ModelLoadError(f"the models were trained at different scales (zoom {sorted(zooms)}); "
+                                 "an ensemble needs one scale")
+        self.members = members
+        self.min_votes = min_votes
+        self.device = members[0].device
+        first = members[0].info
+        self.info = replace(
+            first, backend=NAME, path=" + ".join(m.info.path for m in members), sha256=None,
+            extra={"members": [{"backend": m.info.backend, "path": m.info.path, "sha256": m.info.sha256}
+                               for m in members], "min_votes": min_votes},
+        )
+
+    def begin_frame(self, frame: np.ndarray) -> None:
+        for member in self.members:
+            if hasattr(member, "begin_frame"):
+                member.begin_frame(frame)
+
+    def predict_tile(self, tile: np.ndarray, settings: InferenceSettings) -> TileDetections:
+        return fuse_detections([m.predict_tile(tile, settings) for m in self.members], min_votes=self.min_votes)
