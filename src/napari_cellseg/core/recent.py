@@ -20,8 +20,11 @@ def _notify() -> None:
         method = ref()
         if method is None:
             _listeners.remove(ref)
-        else:
+            continue
+        try:
             method()
+        except RuntimeError:  # e.g. the widget behind it was closed: forget it
+            _listeners.remove(ref)
 
 
 def config_dir() -> Path:
