@@ -50,7 +50,7 @@ def samples(data: Path, crop: int, max_crops: int, rng: np.random.Generator):
             yield f"{image_id[:16]}_{k}", image[tile.slices], labels[tile.slices], is_validation(image_id)
 
 
-def package_model(weights: Path, out: Path, zoom: float, notes: dict) -> str:
+def package_model(weights: Path, out: Path, zoom: float, notes: dict, mask_erosion: int = 1) -> str:
     """Strip the optimizer, record the zoom the model was trained at, write atomically; returns sha256."""
     import torch
     from ultralytics.utils.torch_utils import strip_optimizer
@@ -59,7 +59,7 @@ def package_model(weights: Path, out: Path, zoom: float, notes: dict) -> str:
 
     with atomic_path(out) as tmp:
         ckpt = torch.load(weights, map_location="cpu", weights_only=False)
-        ckpt["napari_cellseg"] = {"zoom": zoom, **notes}
+        ckpt["napari_cellseg"] = {"zoom": zoom, "mask_erosion": mask_erosion, **notes}
         torch.save(ckpt, tmp)
         strip_optimizer(str(tmp))
     return sha256_of(out)
@@ -81,13 +81,15 @@ def main(argv=None):
     parser.add_argument("--name", default="run")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--package-only", type=Path, default=None, help="only package these weights")
+    parser.add_argument("--mask-erosion", type=int, default=1,
+                        help="pixels to peel off predicted masks (calibrated on training images)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1]
                         / "src/napari_cellseg/models/nuclei_yolo11n_seg.pt")
     args = parser.parse_args(argv)
     notes = {"training_data": "DSB2018 stage1_train (BBBC038, corrected), CC0", "crop": args.crop,
              "split": "validation: sha1(image id)[0] < 38"}
     if args.package_only:
-        print("sha256:", package_model(args.package_only, args.out, args.zoom, notes))
+        print("sha256:", package_model(args.package_only, args.out, args.zoom, notes, args.mask_erosion))
         return
 
     data_yaml = args.work / "dataset" / "data.yaml"
@@ -119,7 +121,7 @@ def train(args, data_yaml: Path, notes: dict) -> None:
         scale=0.3, hsv_h=0.0, hsv_s=0.3, hsv_v=0.3, max_det=1000, overlap_mask=True,
     )
     best = args.work / args.name / "weights" / "best.pt"
-    print("best weights:", best, "sha256 of the packaged model:", package_model(best, args.out, args.zoom, notes))
+    print("best weights:", best, "sha256 of the packaged model:", package_model(best, args.out, args.zoom, notes, args.mask_erosion))
 
 
 if __name__ == "__main__":

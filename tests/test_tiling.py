@@ -79,3 +79,26 @@ def test_discs_on_tile_borders_are_stitched_like_a_whole_image_run(seed):
     assert tiled.n_objects == whole.n_objects == truth.max()
     stats = matching_stats(tiled.labels, truth, thresholds=(0.9,))[0]
     assert stats.tp == truth.max() and stats.fp == 0
+
+
+def test_mask_erosion_peels_boundaries_and_keeps_ids_sequential():
+    stitcher = InstanceStitcher(30, 30)
+    big = np.zeros((30, 30), bool)
+    big[5:15, 5:15] = True
+    speck = np.zeros((30, 30), bool)
+    speck[20:22, 20:22] = True  # vanishes under a 1-pixel erosion
+    stitcher.add(Tile(0, 0, 30, 30), _detections([speck, big]))
+    labels, scores, _ = stitcher.finish(erode=1)
+    assert set(np.unique(labels)) == {0, 1} and (labels == 1).sum() == 8 * 8
+    assert list(scores) == [1]
+
+
+def test_pipeline_uses_the_models_erosion_unless_overridden():
+    model = load_model("otsu-watershed")
+    image, truth = disc_image((96, 96), n=4, seed=4)
+    plain = segment(image, model)
+    model.info.mask_erosion = 1
+    calibrated = segment(image, model)
+    assert calibrated.metadata["parameters"]["mask_erosion"] == 1
+    assert (calibrated.labels > 0).sum() < (plain.labels > 0).sum()
+    assert (segment(image, model, mask_erosion=0).labels > 0).sum() == (plain.labels > 0).sum()

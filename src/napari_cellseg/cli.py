@@ -52,6 +52,7 @@ def cmd_segment(args) -> int:
     parameters = dict(
         imgsz=args.imgsz, tile=args.tile, overlap=args.overlap, conf=args.conf, iou=args.iou,
         max_det=args.max_det, channel_axis=args.channel_axis, channel=args.channel, rgb=args.rgb, tta=args.tta,
+        mask_erosion=args.mask_erosion,
     )
     args.model = args.model or ["nuclei"]
     model = load_model(args.model, device=args.device)  # fails fast on a bad model, before any work
@@ -308,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     rgb = seg.add_mutually_exclusive_group()
     rgb.add_argument("--rgb", dest="rgb", action="store_true", default=None, help="last axis is RGB(A) colour")
     rgb.add_argument("--no-rgb", dest="rgb", action="store_false", help="last axis is not colour")
+    seg.add_argument("--mask-erosion", type=int, default=None,
+                     help="pixels peeled off every object (default: the model's calibration, usually 0)")
     seg.add_argument("--tta", action="store_true", help="test-time augmentation: fuse 4 flips (4x slower)")
     seg.add_argument("--scheduler", default=None, help="address of a Dask scheduler: one task per image")
     seg.add_argument("--workers", type=int, default=0, help="run on a local Dask cluster of N worker processes")

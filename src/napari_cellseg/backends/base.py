@@ -34,6 +34,9 @@ class ModelInfo:
     class_names: dict[int, str]
     train_imgsz: int | None = None
     zoom: float = 1.0  # network pixels per image pixel the model was trained at
+    # pixels to peel off every instance: ultralytics rasterises training polygons with their
+    # boundary pixels included, so its masks come out inflated; calibrated on training images
+    mask_erosion: int = 0
     extra: dict = field(default_factory=dict)
 
 

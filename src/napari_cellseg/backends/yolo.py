@@ -76,7 +76,9 @@ class YoloBackend:
             class_names=names,
             train_imgsz=int(train_imgsz) if train_imgsz else None,
             zoom=float(extra.get("zoom", 1.0)),
-            extra={"ultralytics_version": ckpt.get("version"), **{k: v for k, v in extra.items() if k != "zoom"}},
+            mask_erosion=int(extra.get("mask_erosion", 0)),
+            extra={"ultralytics_version": ckpt.get("version"),
+                   **{k: v for k, v in extra.items() if k not in ("zoom", "mask_erosion")}},
         )
 
     def predict_tile(self, tile: np.ndarray, settings: InferenceSettings) -> TileDetections:

@@ -68,8 +68,12 @@ def segment_iter(
     channel_axis: int | None = None,
     channel: int | None = None,
     tta: bool = False,
+    mask_erosion: int | None = None,
 ) -> Generator[Progress, None, SegmentationResult]:
     """Segment a 2-D image or a stack frame by frame, tile by tile.
+
+    ``mask_erosion``: pixels peeled off every object after stitching; ``None`` uses
+    the model's own calibration (0 for checkpoints that carry none).
 
     ``tta``: also predict on horizontally, vertically and doubly flipped tiles and
     fuse the four instance sets (see :mod:`napari_cellseg.core.fusion`); 4x slower.
@@ -78,6 +82,7 @@ def segment_iter(
 
     if not 0 <= conf <= 1 or not 0 <= iou <= 1:
         raise ValueError(f"conf and iou must lie in [0, 1] (got conf={conf}, iou={iou})")
+    mask_erosion = model.info.mask_erosion if mask_erosion is None else int(mask_erosion)
     frames, layout = to_stack_of_frames(image, rgb=rgb, channel_axis=channel_axis, channel=channel)
     plan = plan_tiling(model, imgsz, tile, overlap)
     settings = InferenceSettings(zoom=plan.zoom, conf=conf, iou=iou, max_det=max_det)
@@ -107,7 +112,7 @@ def segment_iter(
             stitcher.add(t, detections)
             done += 1
             yield Progress(done, total, f, n_frames, f"frame {f + 1}/{n_frames}, tile {done}/{total}")
-        frame_labels, scores, classes = stitcher.finish()
+        frame_labels, scores, classes = stitcher.finish(erode=mask_erosion)
         table = object_table(frame_labels, scores, classes, model.info.class_names, frame=f)
         frame_labels[frame_labels > 0] += offset  # ids unique over the whole stack
         table["label"] = table["label"] + offset
@@ -119,6 +124,7 @@ def segment_iter(
         "parameters": {
             "imgsz": plan.imgsz, "tile": plan.tile, "overlap": plan.overlap, "zoom": plan.zoom,
             "conf": conf, "iou": iou, "max_det": max_det, "match_iou": match_iou, "tta": tta,
+            "mask_erosion": mask_erosion,
             "device": model.device, "rgb": rgb, "channel_axis": channel_axis, "channel": channel,
         },
         "input": {"shape": list(np.shape(image)), "dtype": str(image.dtype)},

@@ -150,10 +150,15 @@ class InstanceStitcher:
             return None
         return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
-    def finish(self) -> tuple[np.ndarray, dict[int, float], dict[int, int]]:
-        """Labels renumbered 1..N (objects that lost all pixels are dropped)."""
-        from skimage.segmentation import relabel_sequential
+    def finish(self, erode: int = 0) -> tuple[np.ndarray, dict[int, float], dict[int, int]]:
+        """Labels renumbered 1..N (objects that lost all pixels are dropped).
 
+        ``erode``: peel that many boundary pixels off every object first.
+        """
+        from skimage.segmentation import find_boundaries, relabel_sequential
+
+        for _ in range(erode):
+            self.labels[find_boundaries(self.labels, mode="inner")] = 0
         relabelled, forward, _ = relabel_sequential(self.labels)
         present = np.unique(self.labels)
         present = present[present > 0]

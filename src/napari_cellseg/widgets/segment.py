@@ -21,10 +21,12 @@ class SegmentWidget(WorkerWidget):
         self.tile = widgets.SpinBox(label="tile px (0 = auto)", value=0, min=0, max=8192, step=32)
         self.conf = widgets.FloatSpinBox(label="confidence", value=0.25, min=0.0, max=1.0, step=0.05)
         self.iou = widgets.FloatSpinBox(label="NMS IoU", value=0.7, min=0.0, max=1.0, step=0.05)
+        self.erosion = widgets.SpinBox(label="mask erosion px (-1 = model's)", value=-1, min=-1, max=10)
         self.tta = widgets.CheckBox(label="test-time augmentation (4x slower)", value=False)
         self.device = device_choice()
         super().__init__(
-            viewer, [self.image, self.model, self.imgsz, self.tile, self.conf, self.iou, self.tta, self.device],
+            viewer, [self.image, self.model, self.imgsz, self.tile, self.conf, self.iou, self.erosion, self.tta,
+                     self.device],
             "Segment",
         )
         from ._plot import LinePlot
@@ -42,6 +44,7 @@ class SegmentWidget(WorkerWidget):
             "conf": self.conf.value,
             "iou": self.iou.value,
             "tta": self.tta.value,
+            "mask_erosion": None if self.erosion.value < 0 else self.erosion.value,
         }
 
     def _job(self, layer, model_name: str, device: str, parameters: dict):
