@@ -153,6 +153,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--large", type=int, default=4096, help="side of the large-image run (8192 for the goal)")
     parser.add_argument("--no-gui", action="store_true")
+    parser.add_argument("--only", choices=["overhead", "ensemble", "large", "event_loop"], default=None)
     args = parser.parse_args(argv)
 
     import torch
@@ -163,13 +164,17 @@ def main(argv=None):
     model = load_model(args.model, device="cpu")
     figures = {"model": model.info.path, "torch_threads": torch.get_num_threads()}
     size = int(round(model.info.train_imgsz / model.info.zoom)) if model.info.train_imgsz else 512
-    figures["overhead"] = bench_overhead(model, args.repeats, size)
-    print(json.dumps(figures["overhead"]), flush=True)
-    figures["ensemble"] = bench_ensemble(model, size, args.repeats)
-    print(json.dumps(figures["ensemble"]), flush=True)
-    figures["large_image"] = bench_large(model, args.large)
-    print(json.dumps(figures["large_image"]), flush=True)
-    if not args.no_gui:
+    wanted = {args.only} if args.only else {"overhead", "ensemble", "large", "event_loop"}
+    if "overhead" in wanted:
+        figures["overhead"] = bench_overhead(model, args.repeats, size)
+        print(json.dumps(figures["overhead"]), flush=True)
+    if "ensemble" in wanted:
+        figures["ensemble"] = bench_ensemble(model, size, args.repeats)
+        print(json.dumps(figures["ensemble"]), flush=True)
+    if "large" in wanted:
+        figures["large_image"] = bench_large(model, args.large)
+        print(json.dumps(figures["large_image"]), flush=True)
+    if "event_loop" in wanted and not args.no_gui:
         figures["event_loop"] = bench_event_loop(args.model)
         print(json.dumps(figures["event_loop"]), flush=True)
     print(json.dumps(figures, indent=2))

@@ -25,11 +25,14 @@ def data_hash(data) -> str:
 
 
 def precompute_hashes(result) -> None:
-    """Hash the result's layer data in the worker thread; ``write_result_layers`` reuses it."""
+    """Hash the result's layer data and build its feature table in the worker thread
+    (pandas' first import and large hashes would otherwise stall the GUI thread);
+    ``write_result_layers`` reuses them."""
     result.metadata["_layer_hashes"] = {
         "labels": data_hash(result.labels),
         "points": data_hash(result.centroid_coordinates()),
     }
+    result.metadata["_features"] = features_of(result)
 
 
 def is_own_output(layer, source, role: str, kind: str) -> bool:
@@ -89,7 +92,8 @@ def features_of(result):
 def write_result_layers(viewer, source, result, *, kind: str = "segment", name_suffix: str = ""):
     """Add or replace the Labels and Points layers of one result. Returns (labels, points)."""
     transform = spatial_transform(source, result.labels.ndim)
-    features = features_of(result)
+    features = result.metadata.get("_features")
+    features = features_of(result) if features is None else features
     suffix = name_suffix or ""
 
     labels_layer = find_replaceable(viewer, source, "labels", kind)
