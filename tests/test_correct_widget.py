@@ -55,7 +55,7 @@ def test_split_along_a_drawn_line(segmented):
     viewer, widget, labels, points = segmented
     target = int(labels.data.max())
     ys, xs = np.nonzero(labels.data == target)
-    cy, cx = ys.mean(), xs.mean()
+    cx = xs.mean()
     shapes = viewer.add_shapes([np.array([[ys.min() - 2, cx], [ys.max() + 2, cx]])], shape_type="line")
     widget.line.reset_choices()
     widget.line.value = shapes

@@ -222,7 +222,6 @@ def cmd_train_classifier(args) -> int:
 def cmd_classify(args) -> int:
     from .classify.model import load_classifier
     from .classify.pipeline import classify_iter
-    from .classify.train import load_crop_folders
     from .core.io import read_image, write_csv
     from .core.pipeline import run
 
@@ -231,16 +230,11 @@ def cmd_classify(args) -> int:
     out = Path(args.out)
     _check_writable(out)
     if target.is_dir():  # loose crops, one folder per class or not
+        from .classify.crops import crop_file
         from .core.io import IMAGE_SUFFIXES
-        from .classify.crops import crop_at, normalise_frame
 
         files = sorted(p for p in target.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        crops = []
-        for path in files:
-            image = np.asarray(read_image(path), np.float32)
-            image = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
-            crops.append(np.stack([crop_at(normalise_frame(c), c.shape[0] / 2 - 0.5, c.shape[1] / 2 - 0.5,
-                                           classifier.crop_size) for c in image]))
+        crops = [crop_file(path, classifier.crop_size) for path in files]
         probabilities = classifier.predict(np.stack(crops)) if crops else np.zeros((0, 1))
         names = np.array(classifier.class_names, dtype=object)
         best = probabilities.argmax(1)

@@ -30,6 +30,19 @@ def crop_at(frame: np.ndarray, cy: float, cx: float, size: int) -> np.ndarray:
     return out
 
 
+def crop_file(path, size: int | None = None) -> np.ndarray:
+    """A saved crop image as (C, size, size): each channel normalised, centred, padded or cut to ``size``.
+
+    Grey images get one channel; a trailing axis of up to 4 values is taken as channels.
+    """
+    from ..core.io import read_image
+
+    image = np.asarray(read_image(path), np.float32)
+    image = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0) if image.shape[-1] <= 4 else image
+    size = size or image.shape[-1]
+    return np.stack([crop_at(normalise_frame(c), c.shape[0] / 2 - 0.5, c.shape[1] / 2 - 0.5, size) for c in image])
+
+
 def cell_crops(image: np.ndarray, labels: np.ndarray, size: int = 40, channels: list[int] | None = None):
     """Crops of every cell of a (T, H, W) label stack: (crops (N, C, size, size), rows dict).
 

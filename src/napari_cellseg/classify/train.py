@@ -43,8 +43,8 @@ class TrainResult:
 
 def load_crop_folders(root: str | Path, size: int | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(crops (N, C, S, S) in [0, 1], class index per crop, class names) from one folder per class."""
-    from ..core.io import IMAGE_SUFFIXES, read_image
-    from .crops import crop_at, normalise_frame
+    from ..core.io import IMAGE_SUFFIXES
+    from .crops import crop_file
 
     root = Path(root)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
@@ -55,11 +55,7 @@ def load_crop_folders(root: str | Path, size: int | None = None) -> tuple[np.nda
         for path in sorted((root / name).iterdir()):
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            image = np.asarray(read_image(path), np.float32)
-            image = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0) if image.shape[-1] <= 4 else image
-            s = size or image.shape[-1]
-            crops.append(np.stack([crop_at(normalise_frame(c), c.shape[0] / 2 - 0.5, c.shape[1] / 2 - 0.5, s)
-                                   for c in image]))
+            crops.append(crop_file(path, size))
             labels.append(k)
     if not crops:
         raise ValueError(f"{root}: no crop images found")

@@ -83,11 +83,9 @@ def finetune_iter(
 
     events: queue.Queue = queue.Queue()
     stop = threading.Event()
-    trainer_box: dict = {}
     yolo = YOLO(str(base_path))
 
     def on_batch_end(trainer):
-        trainer_box["trainer"] = trainer
         if stop.is_set():
             raise TrainingCancelled()
         events.put(("batch", trainer.epoch, trainer.epochs, len(trainer.train_loader)))
