@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from napari_cellseg.widgets._layers import META_KEY
+from napari_cellseg.widgets._layers import META_KEY, is_edited
 from napari_cellseg.widgets.compare import CompareWidget
 from napari_cellseg.widgets.segment import SegmentWidget
 
@@ -62,6 +62,23 @@ def test_rerun_replaces_own_output_but_never_an_edited_layer(qtbot, viewer_with_
     labels_layers = _own(viewer, "labels")
     assert len(labels_layers) == 2
     assert labels_layers[0] is first and np.array_equal(first.data, edited)  # nothing the user drew is lost
+
+
+def test_rerun_updates_own_points_in_place(qtbot, viewer_with_image):
+    viewer, image_layer, truth = viewer_with_image
+    widget = SegmentWidget(viewer)
+    widget.model.combo.value = "otsu-watershed"
+    _run(qtbot, widget)
+    (points,) = _own(viewer, "points")
+    image_layer.data = image_layer.data[:, : image_layer.data.shape[1] // 2].copy()  # fewer cells this time
+    _run(qtbot, widget)
+    assert _own(viewer, "points") == [points]  # same layer object, so the user's display settings stay
+    result = widget.last_result
+    assert len(points.data) == result.n_objects < truth.max()
+    np.testing.assert_allclose(points.data, result.centroid_coordinates())
+    assert list(points.features["label"]) == list(result.objects["label"])
+    assert len(points.face_color) == result.n_objects
+    assert not is_edited(points)  # a third run may replace it again
 
 
 def test_cancel_adds_no_layer(qtbot, viewer_with_image, tiny_yolo):

@@ -5,6 +5,7 @@ from the file: only files the user chose (or the shipped model) are loaded.
 """
 from __future__ import annotations
 
+import functools
 import zipfile
 from pathlib import Path
 
@@ -95,18 +96,60 @@ class YoloBackend:
         padded[:zh, :zw] = net[..., ::-1]  # ultralytics takes numpy input as BGR (OpenCV order)
         result = self._model.predict(
             padded, imgsz=[ph, pw], conf=settings.conf, iou=settings.iou, max_det=settings.max_det,
-            device=self.device, retina_masks=True, verbose=False,
+            device=self.device, retina_masks=True, verbose=False, predictor=_prototype_predictor(),
         )[0]
-        if result.masks is None or len(result.boxes) == 0:
+        if len(result.boxes) == 0:
             return TileDetections.empty((h, w))
-        masks = result.masks.data[:, :zh, :zw]
-        if (zh, zw) != (h, w):
-            import torch
-
-            masks = torch.nn.functional.interpolate(masks[None].float(), size=(h, w), mode="bilinear")[0]
+        boxes = result.boxes.xyxy / settings.zoom  # network pixels -> tile pixels
+        masks = _assemble_masks(result.protos, result.mask_coefficients, boxes, (ph, pw), settings.zoom, (h, w))
+        keep = masks.flatten(1).any(1)  # as ultralytics: drop detections whose mask is empty
         return TileDetections(
-            masks=masks.cpu().numpy() > 0.5,
-            scores=result.boxes.conf.cpu().numpy().astype(np.float32),
-            class_ids=result.boxes.cls.cpu().numpy().astype(np.int64),
-            boxes=result.boxes.xyxy.cpu().numpy() / settings.zoom,
+            masks=masks[keep].numpy(),
+            scores=result.boxes.conf[keep].cpu().numpy().astype(np.float32),
+            class_ids=result.boxes.cls[keep].cpu().numpy().astype(np.int64),
+            boxes=boxes[keep].cpu().numpy(),
         )
+
+
+@functools.cache
+def _prototype_predictor():
+    """ultralytics' segmentation predictor, stopped before it assembles masks.
+
+    Its retina masks are built at the network input size; the backend builds them
+    straight at the tile's own size instead (one interpolation, fewer pixels),
+    from the same prototypes and coefficients.
+    """
+    from ultralytics.engine.results import Results
+    from ultralytics.models.yolo.segment import SegmentationPredictor
+
+    class PrototypePredictor(SegmentationPredictor):
+        def construct_result(self, pred, img, orig_img, img_path, proto):
+            result = Results(orig_img, path=img_path, names=self.model.names, boxes=pred[:, :6])
+            result.protos, result.mask_coefficients = proto, pred[:, 6:]
+            return result
+
+    return PrototypePredictor
+
+
+def _assemble_masks(protos, coefficients, boxes, network_shape, zoom, tile_shape, budget=16_000_000):
+    """(N, h, w) bool CPU masks at tile resolution: prototype logits upsampled once, thresholded at 0, box-cropped."""
+    import torch
+    import torch.nn.functional as F
+
+    c, mh, mw = protos.shape
+    h, w = tile_shape
+    # the prototypes span the padded network input: scale them to that input's size in tile pixels
+    out_h, out_w = max(h, round(network_shape[0] / zoom)), max(w, round(network_shape[1] / zoom))
+    logits = (coefficients.float() @ protos.float().reshape(c, -1)).reshape(1, -1, mh, mw)
+    masks = torch.empty((logits.shape[1], h, w), dtype=torch.bool)
+    step = max(1, budget // (out_h * out_w))  # bound the float intermediate on large tiles
+    for start in range(0, logits.shape[1], step):
+        up = F.interpolate(logits[:, start:start + step], size=(out_h, out_w), mode="bilinear", align_corners=False)
+        masks[start:start + step] = (up[0, :, :h, :w] > 0).cpu()
+    boxes = boxes.cpu()
+    cols = torch.arange(w, dtype=boxes.dtype)[None, None, :]
+    rows = torch.arange(h, dtype=boxes.dtype)[None, :, None]
+    x0, y0, x1, y1 = (boxes[:, i, None, None] for i in range(4))
+    masks &= (cols >= x0) & (cols < x1)
+    masks &= (rows >= y0) & (rows < y1)
+    return masks

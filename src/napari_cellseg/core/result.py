@@ -79,9 +79,7 @@ def object_table(
     frame: int = 0,
 ) -> dict[str, np.ndarray]:
     """Per-object rows for one 2-D label frame."""
-    from skimage.measure import regionprops_table
-
-    props = regionprops_table(labels, properties=("label", "centroid", "bbox", "area"))
+    props = _region_props(np.asarray(labels))
     ids = props["label"].astype(np.int64)
     scores = scores or {}
     class_ids = class_ids or {}
@@ -101,6 +99,34 @@ def object_table(
         "class_id": cls,
         "class_name": np.array([class_names.get(int(c), str(c)) for c in cls], dtype=object),
     }
+
+
+def _region_props(labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Label, centroid, bbox and area of each object: skimage's regionprops_table names and values.
+
+    One pass of ``find_objects``, then one small box per object: no per-object
+    RegionProperties, no full-image coordinate arrays (large frames stay cheap).
+    """
+    from scipy import ndimage
+
+    columns = {name: [] for name in ("label", "centroid-0", "centroid-1", "bbox-0", "bbox-1", "bbox-2", "bbox-3", "area")}
+    if labels.size and labels.max() > 0:
+        for index, box in enumerate(ndimage.find_objects(labels)):
+            if box is None:
+                continue
+            mask = labels[box] == index + 1
+            area = int(np.count_nonzero(mask))
+            rows, cols = np.nonzero(mask)
+            columns["label"].append(index + 1)
+            columns["centroid-0"].append(box[0].start + rows.mean())
+            columns["centroid-1"].append(box[1].start + cols.mean())
+            columns["bbox-0"].append(box[0].start)
+            columns["bbox-1"].append(box[1].start)
+            columns["bbox-2"].append(box[0].stop)
+            columns["bbox-3"].append(box[1].stop)
+            columns["area"].append(area)
+    return {name: np.asarray(values, np.float64 if name.startswith("centroid") else np.int64)
+            for name, values in columns.items()}
 
 
 def concat_tables(tables: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

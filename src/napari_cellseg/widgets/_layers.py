@@ -110,15 +110,21 @@ def write_result_layers(viewer, source, result, *, kind: str = "segment", name_s
 
     coords = result.centroid_coordinates()
     points_layer = find_replaceable(viewer, source, "points", kind)
+    points_meta = _provenance(result, source, "points", kind, coords)
     classes = sorted(set(features["class_name"])) or ["object"]
     color_cycle = [CLASS_COLORS[i % len(CLASS_COLORS)] for i in range(len(classes))]
-    if points_layer is not None:
-        viewer.layers.remove(points_layer)  # points carry per-row styling: rebuild, same place
     # colour by class; an empty table has no class column values to map
     colouring = {"face_color": "class_name", "face_color_cycle": color_cycle} if len(coords) else {}
-    points_layer = viewer.add_points(
-        coords, ndim=result.labels.ndim, name=f"{source.name} centroids{suffix}", features=features, size=6,
-        border_width=0, metadata={META_KEY: _provenance(result, source, "points", kind, coords)},
-        **colouring, **transform,
-    )
+    if points_layer is None:
+        points_layer = viewer.add_points(
+            coords, ndim=result.labels.ndim, name=f"{source.name} centroids{suffix}", features=features, size=6,
+            border_width=0, metadata={META_KEY: points_meta}, **colouring, **transform,
+        )
+    else:  # in place: a new layer costs the GUI thread far more than new data
+        points_layer.data = coords
+        points_layer.features = features
+        if colouring:
+            points_layer.face_color_cycle = color_cycle
+            points_layer.face_color = "class_name"
+        points_layer.metadata = {**points_layer.metadata, META_KEY: points_meta}
     return labels_layer, points_layer

@@ -75,8 +75,9 @@ class SegmentWidget(WorkerWidget):
         self.last_result = result
         write_result_layers(self._viewer, layer, result)
         counts = result.counts_per_frame()
-        self.counts_plot.show(range(len(counts)), counts, xlabel="frame", ylabel="objects",
-                              title=f"{layer.name}: {result.n_objects} objects")
+        if result.stack_shape:  # a count per frame: only stacks get the plot (drawing it stalls the GUI)
+            self.counts_plot.show(range(len(counts)), counts, xlabel="frame", ylabel="objects",
+                                  title=f"{layer.name}: {result.n_objects} objects")
         self.counts_plot.canvas.setVisible(bool(result.stack_shape))
         text = f"{result.n_objects} objects" + (f" in {len(counts)} frames" if result.stack_shape else "")
         self.status.value = text + ("; " + "; ".join(result.warnings) if result.warnings else "")
