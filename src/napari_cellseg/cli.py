@@ -154,7 +154,7 @@ def cmd_finetune(args) -> int:
                 tqdm.write(f"epoch {progress.epoch}: {progress.losses} {progress.metrics}", file=sys.stderr)
 
         result = run(finetune_iter(args.model, data_yaml, args.out, epochs=args.epochs, batch=args.batch,
-                                   imgsz=args.imgsz, device=args.device), on_progress)
+                                   imgsz=args.imgsz, zoom=args.zoom, device=args.device), on_progress)
     if result.path is None:
         raise CliError("training produced no weights")
     print(f"fine-tuned model written: {result.path} ({result.epochs_done} epochs)")
@@ -335,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--epochs", type=int, default=10)
     ft.add_argument("--batch", type=int, default=8)
     ft.add_argument("--imgsz", type=int, default=None, help="default: the model's training size")
+    ft.add_argument("--zoom", type=float, default=None,
+                    help="network pixels per image pixel for the new images (default: the model's own); "
+                         "choose it so the new cells look as large as those the model knows")
     ft.add_argument("--device", default="cpu")
     ft.add_argument("-q", "--quiet", action="store_true")
     ft.set_defaults(func=cmd_finetune)

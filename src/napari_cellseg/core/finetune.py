@@ -66,8 +66,15 @@ def tile_dataset(data_yaml: Path, tile: int, out_dir: Path) -> Path:
 
 def finetune_iter(
     model: str | Path, data_yaml: str | Path, out: str | Path, *, epochs: int = 10, batch: int = 8,
-    imgsz: int | None = None, device: str = "cpu", workdir: str | Path | None = None, **train_args,
+    imgsz: int | None = None, zoom: float | None = None, device: str = "cpu", workdir: str | Path | None = None,
+    **train_args,
 ) -> Generator[TrainProgress, None, FinetuneResult]:
+    """Fine-tune a YOLO segmentation model on a YOLO dataset; yields progress per batch and epoch.
+
+    ``zoom`` (network pixels per image pixel; default: the base model's) sets the scale the
+    new images are seen at: pick it so the new cells appear about as large as the objects the
+    base model knows (e.g. 0.5 for 60-pixel cells with a nuclei model trained at 1.5).
+    """
     import tempfile
 
     from ultralytics import YOLO
@@ -77,7 +84,10 @@ def finetune_iter(
     base = load_model(model, device="cpu")  # checks it is a segmentation checkpoint; gives imgsz and zoom
     _, base_path = resolve_model(model)
     imgsz = int(imgsz or base.info.train_imgsz or 640)
-    tile = int(round(imgsz / base.info.zoom))
+    zoom = float(zoom or base.info.zoom)
+    if zoom <= 0:
+        raise ValueError(f"zoom must be positive, got {zoom}")
+    tile = int(round(imgsz / zoom))
     workdir = Path(workdir or tempfile.mkdtemp(prefix="napari-cellseg-finetune-"))
     data = tile_dataset(Path(data_yaml), tile, workdir / "tiles")
 
@@ -138,27 +148,28 @@ def finetune_iter(
     except GeneratorExit:  # cancelled by the consumer: stop at the next batch, keep the best so far
         stop.set()
         thread.join()
-        _keep_best(workdir, Path(out), base.info, history)
+        _keep_best(workdir, Path(out), base.info, history, zoom)
         raise
     finally:
         stop.set()
         thread.join()
-    result_path = _keep_best(workdir, Path(out), base.info, history)
+    result_path = _keep_best(workdir, Path(out), base.info, history, zoom)
     return FinetuneResult(result_path, len(history), cancelled, history)
 
 
-def _keep_best(workdir: Path, out: Path, base_info, history: list[dict]) -> Path | None:
+def _keep_best(workdir: Path, out: Path, base_info, history: list[dict], zoom: float) -> Path | None:
     """Package the best weights saved so far (last.pt before the first validation) to ``out``."""
     weights_dir = workdir / "run" / "weights"
     best = next((p for p in (weights_dir / "best.pt", weights_dir / "last.pt") if p.is_file()), None)
     if best is None:
         return None
-    _package(best, out, base_info, history)
+    _package(best, out, base_info, history, zoom)
     return out
 
 
-def _package(weights: Path, out: Path, base_info, history: list[dict]) -> None:
-    """Strip the optimizer, carry the base model's zoom and note the lineage; written atomically."""
+def _package(weights: Path, out: Path, base_info, history: list[dict], zoom: float) -> None:
+    """Strip the optimizer, record the training zoom, carry the base model's mask calibration
+    (same ultralytics rasterisation, same inflation) and note the lineage; written atomically."""
     import torch
     from ultralytics.utils.torch_utils import strip_optimizer
 
@@ -166,7 +177,8 @@ def _package(weights: Path, out: Path, base_info, history: list[dict]) -> None:
 
     with atomic_path(out) as tmp:
         ckpt = torch.load(weights, map_location="cpu", weights_only=False)
-        ckpt["napari_cellseg"] = {"zoom": base_info.zoom, "fine_tuned_from": base_info.path,
+        ckpt["napari_cellseg"] = {"zoom": zoom, "mask_erosion": base_info.mask_erosion,
+                                  "fine_tuned_from": base_info.path,
                                   "fine_tuned_from_sha256": base_info.sha256, "history": history}
         torch.save(ckpt, tmp)
         strip_optimizer(str(tmp))
