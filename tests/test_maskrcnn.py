@@ -1,4 +1,6 @@
 """Mask R-CNN backend: detectron2 conversion, its conventions, loading errors, ensembles and thresholds."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -194,3 +196,25 @@ def test_ensemble_shares_preprocessing(d2_checkpoint, monkeypatch):
     single = first.predict_tile(tile, InferenceSettings(conf=0.5))
     assert len(calls) == 2  # one for the ensemble's two members, one for the single model
     assert len(fused) == len(single)  # identical members agree on everything
+
+
+@pytest.mark.slow
+def test_cli_segments_with_an_ensemble_tta_and_exports(d2_checkpoint, tmp_path):
+    from napari_cellseg.cli import main
+    from napari_cellseg.core.io import read_image, write_image
+    from napari_cellseg.core.submission import read_sartorius_csv
+
+    image = (np.random.default_rng(5).random((100, 120)) * 255).astype(np.uint8)
+    write_image(tmp_path / "cells.png", image)
+    code = main(["segment", str(tmp_path / "cells.png"), "--model", str(d2_checkpoint), "--model", str(d2_checkpoint),
+                 "--tta", "--conf", "0.5", "--class-conf", "0=0.6", "--out", str(tmp_path / "out"), "-q",
+                 "--rle-csv", str(tmp_path / "sub.csv"), "--coco", str(tmp_path / "coco.json")])
+    assert code == 0
+    labels = read_image(tmp_path / "out" / "cells_labels.tif")
+    assert labels.max() > 0
+    back = read_sartorius_csv(tmp_path / "sub.csv", {"cells": labels.shape})["cells"]
+    assert back.max() == labels.max() and np.array_equal(back > 0, labels > 0)
+    provenance = json.loads((tmp_path / "out" / "cells_provenance.json").read_text())
+    assert provenance["model"]["backend"] == "ensemble" and provenance["parameters"]["class_conf"] == {"0": 0.6}
+    assert len(json.loads((tmp_path / "coco.json").read_text())["annotations"]) == labels.max()
+    assert main(["segment", str(tmp_path / "cells.png"), "--model", str(d2_checkpoint), "--class-conf", "x"]) == 2
