@@ -121,7 +121,7 @@ def maskrcnn_finetune_iter(
             optimizer.step()
             losses.append(float(loss.detach()))
             done += 1
-            yield TrainProgress(done, total, epoch, epochs, f"epoch {epoch + 1}/{epochs}, loss {float(loss):.3f}")
+            yield TrainProgress(done, total, epoch, epochs, f"epoch {epoch + 1}/{epochs}, loss {losses[-1]:.3f}")
         mean_loss = float(np.mean(losses))
         history.append({"epoch": epoch + 1, "train/loss": round(mean_loss, 4)})
         if best is None or mean_loss < best:
