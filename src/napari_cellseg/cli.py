@@ -52,10 +52,11 @@ def cmd_segment(args) -> int:
     parameters = dict(
         imgsz=args.imgsz, tile=args.tile, overlap=args.overlap, conf=args.conf, iou=args.iou,
         max_det=args.max_det, channel_axis=args.channel_axis, channel=args.channel, rgb=args.rgb, tta=args.tta,
-        mask_erosion=args.mask_erosion,
+        mask_erosion=args.mask_erosion, class_conf=_class_conf(args.class_conf), normalization=args.normalization,
     )
     args.model = args.model or ["nuclei"]
     model = load_model(args.model, device=args.device)  # fails fast on a bad model, before any work
+    class_names = model.info.class_names
     if args.scheduler or args.workers:
         del model  # each Dask worker loads its own copy once
         outcomes = segment_files_on_cluster(
@@ -79,7 +80,53 @@ def cmd_segment(args) -> int:
                 print(f"warning: {name}: {outcome.message}", file=sys.stderr)
             if not args.quiet:
                 print(f"{name}: {outcome.n_objects} objects -> {out / (Path(outcome.path).stem + '_labels.tif')}")
+    if args.rle_csv or args.coco:
+        _write_instance_exports(inputs, out, args, class_names)
     return EXIT_BAD_INPUT if failed else 0
+
+
+def _class_conf(items: list[str] | None) -> dict[int, float]:
+    """'CLASS=THRESHOLD' pairs, e.g. ['0=0.3', '2=0.6'] -> {0: 0.3, 2: 0.6}."""
+    result = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        try:
+            result[int(key)] = float(value)
+        except ValueError:
+            raise CliError(f"--class-conf expects CLASS=THRESHOLD (e.g. 1=0.4), got '{item}'") from None
+        if not sep or not 0 <= result[int(key)] <= 1:
+            raise CliError(f"--class-conf expects CLASS=THRESHOLD with a threshold in [0, 1], got '{item}'")
+    return result
+
+
+def _write_instance_exports(inputs: list[Path], out: Path, args, class_names: dict | None = None) -> None:
+    """Sartorius run-length CSV and/or COCO JSON over every segmented input, from the written outputs."""
+    import csv
+
+    from .core.io import read_image
+    from .core.submission import write_coco_json, write_sartorius_csv
+
+    def items(with_table: bool):
+        for path in inputs:
+            labels_path = out / f"{path.stem}_labels.tif"
+            if not labels_path.is_file():
+                continue
+            labels = read_image(labels_path, lazy=False)
+            if not with_table:
+                yield path.stem, labels
+                continue
+            with open(out / f"{path.stem}_objects.csv", newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            table = {key: np.array([float(r[key]) for r in rows]) for key in ("label", "frame", "score", "class_id")}
+            table = {k: (v.astype(np.int64) if k != "score" else v) for k, v in table.items()}
+            yield path.stem, labels, table
+
+    if args.rle_csv:
+        n = write_sartorius_csv(args.rle_csv, items(False))
+        print(f"{n} instances written as run-length CSV: {args.rle_csv}")
+    if args.coco:
+        n = write_coco_json(args.coco, items(True), class_names)
+        print(f"{n} instances written as COCO JSON: {args.coco}")
 
 
 def _segment_locally(path: Path, model, out: Path, parameters: dict, args):
@@ -306,6 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--mask-erosion", type=int, default=None,
                      help="pixels peeled off every object (default: the model's calibration, usually 0)")
     seg.add_argument("--tta", action="store_true", help="test-time augmentation: fuse 4 flips (4x slower)")
+    seg.add_argument("--class-conf", action="append", default=None, metavar="CLASS=THRESHOLD",
+                     help="per-class score threshold, e.g. --class-conf 0=0.3 --class-conf 2=0.6 (others: --conf)")
+    seg.add_argument("--normalization", choices=["model", "imagenet", "image"], default="model",
+                     help="input statistics for Mask R-CNN: the checkpoint's (default), ImageNet's, or the image's own")
+    seg.add_argument("--rle-csv", default=None, help="also write all instances as a Kaggle Sartorius run-length CSV")
+    seg.add_argument("--coco", default=None, help="also write all instances as COCO JSON (RLE masks, scores)")
     seg.add_argument("--scheduler", default=None, help="address of a Dask scheduler: one task per image")
     seg.add_argument("--workers", type=int, default=0, help="run on a local Dask cluster of N worker processes")
     seg.add_argument("--overwrite", action="store_true", help="redo inputs whose outputs already exist")

@@ -15,6 +15,7 @@ from .base import InferenceSettings, ModelInfo, ModelLoadError, SegmentationBack
 BACKENDS: dict[str, str] = {
     "yolo": "napari_cellseg.backends.yolo",
     "classical": "napari_cellseg.backends.classical",
+    "maskrcnn": "napari_cellseg.backends.maskrcnn",
 }
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"

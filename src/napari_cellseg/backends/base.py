@@ -21,6 +21,9 @@ class InferenceSettings:
     conf: float = 0.25
     iou: float = 0.7
     max_det: int = 3000
+    # input statistics for backends that standardise their input themselves (Mask R-CNN):
+    # "model" (the checkpoint's own), "imagenet", or "image" (the frame's own mean and std)
+    normalization: str = "model"
 
 
 @dataclass

@@ -41,5 +41,20 @@ class EnsembleBackend:
             if hasattr(member, "begin_frame"):
                 member.begin_frame(frame)
 
+    def member_runs(self, tile: np.ndarray, settings: InferenceSettings) -> list[TileDetections]:
+        """Every member's instances; members that fed the same way share one preprocessed input,
+        and members that give mask probabilities hand those to the fusion."""
+        prepared: dict = {}
+        runs = []
+        for member in self.members:
+            if hasattr(member, "prepare") and hasattr(member, "predict_prepared"):
+                key = member.preprocess_key(settings)
+                if key not in prepared:
+                    prepared[key] = member.prepare(tile, settings)
+                runs.append(member.predict_prepared(prepared[key], settings, soft=True))
+            else:
+                runs.append(getattr(member, "predict_tile_soft", member.predict_tile)(tile, settings))
+        return runs
+
     def predict_tile(self, tile: np.ndarray, settings: InferenceSettings) -> TileDetections:
-        return fuse_detections([m.predict_tile(tile, settings) for m in self.members], min_votes=self.min_votes)
+        return fuse_detections(self.member_runs(tile, settings), min_votes=self.min_votes)

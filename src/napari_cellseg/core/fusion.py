@@ -7,7 +7,9 @@ otherwise it starts a new cluster. A cluster is kept when at least
 ``min_votes`` runs contributed (default: a majority). Its mask is the pixel-wise
 mean of the member masks thresholded at 0.5, its score the sum of member scores
 divided by the number of runs (a run that missed the object counts as 0), and
-its class the members' most frequent class.
+its class the members' most frequent class. Runs may carry mask probabilities
+(float masks, e.g. Mask R-CNN) instead of binary masks: they are matched at 0.5 and
+their probabilities are what gets averaged.
 """
 from __future__ import annotations
 
@@ -43,13 +45,18 @@ def fuse_detections(runs: list[TileDetections], match_iou: float = 0.5, min_vote
         raise ValueError("nothing to fuse")
     shape = runs[0].masks.shape[1:]
     if n_runs == 1:
-        return runs[0]
+        only = runs[0]
+        if only.masks.dtype.kind == "f":
+            return TileDetections(only.masks >= 0.5, only.scores, only.class_ids, only.boxes)
+        return only
     min_votes = n_runs // 2 + 1 if min_votes is None else min_votes
     items = [(float(d.scores[i]), r, i) for r, d in enumerate(runs) for i in range(len(d))]
     items.sort(key=lambda item: -item[0])
     clusters: list[dict] = []
     for score, r, i in items:
-        mask = np.asarray(runs[r].masks[i], bool)
+        values = np.asarray(runs[r].masks[i])
+        soft = values.dtype.kind == "f"
+        mask = values >= 0.5 if soft else values.astype(bool, copy=False)
         box = _box(mask)
         if box is None:
             continue
@@ -61,11 +68,11 @@ def fuse_detections(runs: list[TileDetections], match_iou: float = 0.5, min_vote
             if iou >= best_iou:
                 best, best_iou = cluster, iou
         if best is None:
-            clusters.append({"mask": mask, "box": box, "runs": {r}, "sum": mask.astype(np.float32),
+            clusters.append({"mask": mask, "box": box, "runs": {r}, "sum": values.astype(np.float32),
                              "scores": [score], "classes": [int(runs[r].class_ids[i])]})
         else:
             best["runs"].add(r)
-            best["sum"] += mask
+            best["sum"] += values
             best["scores"].append(score)
             best["classes"].append(int(runs[r].class_ids[i]))
     kept = [c for c in clusters if len(c["runs"]) >= min_votes]

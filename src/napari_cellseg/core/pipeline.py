@@ -69,6 +69,8 @@ def segment_iter(
     channel: int | None = None,
     tta: bool = False,
     mask_erosion: int | None = None,
+    class_conf: dict[int, float] | None = None,
+    normalization: str = "model",
 ) -> Generator[Progress, None, SegmentationResult]:
     """Segment a 2-D image or a stack frame by frame, tile by tile.
 
@@ -77,6 +79,10 @@ def segment_iter(
 
     ``tta``: also predict on horizontally, vertically and doubly flipped tiles and
     fuse the four instance sets (see :mod:`napari_cellseg.core.fusion`); 4x slower.
+
+    ``class_conf``: per-class score thresholds ``{class_id: threshold}``; other classes use ``conf``.
+    ``normalization``: "model", "imagenet" or "image" statistics, for backends that standardise
+    their input (Mask R-CNN); others ignore it.
     """
     from .. import __version__
 
@@ -84,8 +90,13 @@ def segment_iter(
         raise ValueError(f"conf and iou must lie in [0, 1] (got conf={conf}, iou={iou})")
     mask_erosion = model.info.mask_erosion if mask_erosion is None else int(mask_erosion)
     frames, layout = to_stack_of_frames(image, rgb=rgb, channel_axis=channel_axis, channel=channel)
+    class_conf = {int(k): float(v) for k, v in (class_conf or {}).items()}
+    if any(not 0 <= v <= 1 for v in class_conf.values()):
+        raise ValueError(f"per-class thresholds must lie in [0, 1] (got {class_conf})")
     plan = plan_tiling(model, imgsz, tile, overlap)
-    settings = InferenceSettings(zoom=plan.zoom, conf=conf, iou=iou, max_det=max_det)
+    # the model keeps everything above the lowest threshold; each class is then cut at its own
+    settings = InferenceSettings(zoom=plan.zoom, conf=min([conf, *class_conf.values()]), iou=iou, max_det=max_det,
+                                 normalization=normalization)
     tiles = tile_grid(layout.height, layout.width, plan.tile, plan.overlap)
     n_frames = int(np.prod(layout.stack_shape)) if layout.stack_shape else 1
     total = n_frames * len(tiles)
@@ -103,10 +114,13 @@ def segment_iter(
         stitcher = InstanceStitcher(layout.height, layout.width, match_iou=match_iou)
         for t in tiles:
             block = _as_rgb(apply_ranges(frame[t.slices], ranges))
-            if tta:
-                detections = fuse_detections(predict_with_flips(model.predict_tile, block, settings))
+            if tta:  # mask probabilities, where the backend has them, are what gets averaged
+                predict = getattr(model, "predict_tile_soft", model.predict_tile)
+                detections = fuse_detections(predict_with_flips(predict, block, settings))
             else:
                 detections = model.predict_tile(block, settings)
+            if class_conf:
+                detections = apply_class_conf(detections, conf, class_conf)
             if len(detections) >= max_det:
                 warnings.append(f"frame {f}: a tile reached max_det={max_det} detections; raise max_det")
             stitcher.add(t, detections)
@@ -124,7 +138,7 @@ def segment_iter(
         "parameters": {
             "imgsz": plan.imgsz, "tile": plan.tile, "overlap": plan.overlap, "zoom": plan.zoom,
             "conf": conf, "iou": iou, "max_det": max_det, "match_iou": match_iou, "tta": tta,
-            "mask_erosion": mask_erosion,
+            "mask_erosion": mask_erosion, "class_conf": class_conf, "normalization": normalization,
             "device": model.device, "rgb": rgb, "channel_axis": channel_axis, "channel": channel,
         },
         "input": {"shape": list(np.shape(image)), "dtype": str(image.dtype)},
@@ -137,6 +151,16 @@ def segment_iter(
         metadata=metadata,
         warnings=sorted(set(warnings)),
     )
+
+
+def apply_class_conf(detections, conf: float, class_conf: dict[int, float]):
+    """Keep each instance whose score reaches its class's threshold (``conf`` for unlisted classes)."""
+    thresholds = np.array([class_conf.get(int(c), conf) for c in detections.class_ids], np.float32)
+    keep = np.asarray(detections.scores) >= thresholds
+    if keep.all():
+        return detections
+    return type(detections)(detections.masks[keep], detections.scores[keep], detections.class_ids[keep],
+                            None if detections.boxes is None else detections.boxes[keep])
 
 
 def _as_rgb(block: np.ndarray) -> np.ndarray:

@@ -56,14 +56,17 @@ class ModelCache:
     def get(self, model: str, device: str):
         from ..backends import load_model
 
-        try:
-            stamp = os.stat(model).st_mtime_ns
-        except OSError:
-            stamp = None  # a shipped name or a built-in
-        key = (model, device, stamp)
+        names = tuple(model) if isinstance(model, (list, tuple)) else (model,)  # a list: an ensemble
+        stamps = []
+        for name in names:
+            try:
+                stamps.append(os.stat(name).st_mtime_ns)
+            except OSError:
+                stamps.append(None)  # a shipped name or a built-in
+        key = (names, device, tuple(stamps))
         if key not in self._models:
             self._models.clear()  # one model resident at a time keeps memory bounded
-            self._models[key] = load_model(model, device=device)
+            self._models[key] = load_model(list(names) if len(names) > 1 else names[0], device=device)
         return self._models[key]
 
 

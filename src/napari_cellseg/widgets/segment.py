@@ -7,6 +7,20 @@ from ._layers import precompute_hashes
 from ._common import ModelCache, ModelChooser, WorkerWidget, device_choice, full_resolution, notify_error
 
 
+def parse_class_conf(text: str) -> dict[int, float]:
+    """'0=0.3, 2=0.6' -> {0: 0.3, 2: 0.6}."""
+    result = {}
+    for item in filter(None, (part.strip() for part in text.replace(";", ",").split(","))):
+        key, sep, value = item.partition("=")
+        try:
+            result[int(key)] = float(value)
+        except ValueError:
+            raise ValueError(f"per-class conf: expected class=threshold pairs like 0=0.3, got '{item}'") from None
+        if not sep:
+            raise ValueError(f"per-class conf: expected class=threshold pairs like 0=0.3, got '{item}'")
+    return result
+
+
 class SegmentWidget(WorkerWidget):
     """Pick an image and a model, run in a thread worker, get Labels + Points."""
 
@@ -17,16 +31,22 @@ class SegmentWidget(WorkerWidget):
         self.last_result = None
         self.image = widgets.create_widget(annotation=napari.layers.Image, label="image")
         self.model = ModelChooser()
+        self.ensemble = widgets.FileEdit(label="ensemble with", mode="rm", filter="*.pt *.pth *.pkl",
+                                         tooltip="more checkpoints whose instances are fused with the model's")
         self.imgsz = widgets.SpinBox(label="imgsz (0 = model's)", value=0, min=0, max=4096, step=32)
         self.tile = widgets.SpinBox(label="tile px (0 = auto)", value=0, min=0, max=8192, step=32)
         self.conf = widgets.FloatSpinBox(label="confidence", value=0.25, min=0.0, max=1.0, step=0.05)
         self.iou = widgets.FloatSpinBox(label="NMS IoU", value=0.7, min=0.0, max=1.0, step=0.05)
         self.erosion = widgets.SpinBox(label="mask erosion px (-1 = model's)", value=-1, min=-1, max=10)
         self.tta = widgets.CheckBox(label="test-time augmentation (4x slower)", value=False)
+        self.class_conf = widgets.LineEdit(label="per-class conf", value="",
+                                           tooltip="class=threshold pairs, e.g. 0=0.3, 2=0.6 (others: confidence)")
+        self.normalization = widgets.ComboBox(label="normalisation (Mask R-CNN)", value="model",
+                                              choices=["model", "imagenet", "image"])
         self.device = device_choice()
         super().__init__(
-            viewer, [self.image, self.model, self.imgsz, self.tile, self.conf, self.iou, self.erosion, self.tta,
-                     self.device],
+            viewer, [self.image, self.model, self.ensemble, self.imgsz, self.tile, self.conf, self.iou, self.erosion,
+                     self.tta, self.class_conf, self.normalization, self.device],
             "Segment",
         )
         from ._plot import LinePlot
@@ -45,7 +65,14 @@ class SegmentWidget(WorkerWidget):
             "iou": self.iou.value,
             "tta": self.tta.value,
             "mask_erosion": None if self.erosion.value < 0 else self.erosion.value,
+            "class_conf": parse_class_conf(self.class_conf.value),
+            "normalization": self.normalization.value,
         }
+
+    def model_spec(self):
+        """The chosen model, or it and the extra checkpoints as an ensemble."""
+        extra = [str(p) for p in (self.ensemble.value or ()) if str(p) not in ("", ".")]
+        return [self.model.value, *extra] if extra else self.model.value
 
     def _job(self, layer, model_name: str, device: str, parameters: dict):
         from ..core.pipeline import Progress, segment_iter
@@ -63,7 +90,12 @@ class SegmentWidget(WorkerWidget):
         elif not self.model.value:
             notify_error(ValueError("choose a model file"))
         else:
-            self._start(self._job, layer, self.model.value, self.device.value, self.parameters(),
+            try:
+                parameters = self.parameters()
+            except ValueError as exc:
+                notify_error(exc)
+                return
+            self._start(self._job, layer, self.model_spec(), self.device.value, parameters,
                         on_done=lambda result: self._on_done(layer, result))
 
     def _on_done(self, layer, result):
