@@ -1,10 +1,9 @@
-import numpy as np
 import pytest
 
 from napari_cellseg import load_model
 from napari_cellseg.cli import main
 from napari_cellseg.core.datasets import export_dataset
-from napari_cellseg.core.finetune import finetune_iter, tile_dataset
+from napari_cellseg.core.finetune import finetune_architecture, finetune_iter, tile_dataset
 
 from synthetic import disc_image
 
@@ -47,3 +46,40 @@ def test_cancel_stops_at_the_next_batch_and_keeps_weights(tmp_path, tiny_yolo, d
 def test_finetune_refuses_a_missing_dataset(tmp_path, capsys):
     assert main(["finetune", "--model", "otsu-watershed", "--data", str(tmp_path), "--out", "x.pt"]) == 2
     assert "no data.yaml" in capsys.readouterr().err
+
+
+def test_finetune_at_another_zoom_records_it_and_keeps_the_mask_calibration(tmp_path, tiny_yolo, tiny_yolo_model,
+                                                                            disc_dataset):
+    out = tmp_path / "zoomed.pt"
+    gen = finetune_iter(tiny_yolo, disc_dataset, out, epochs=1, batch=4, zoom=0.5, workdir=tmp_path / "w")
+    progress = []
+    try:
+        while True:
+            progress.append(next(gen))
+    except StopIteration:
+        pass
+    tuned = load_model(out, device="cpu")
+    assert tuned.info.zoom == 0.5 != tiny_yolo_model.info.zoom
+    assert tuned.info.mask_erosion == tiny_yolo_model.info.mask_erosion
+    # 200 px images at zoom 0.5 and imgsz 128: tiles of 256 px, so one tile per image
+    assert len(list((tmp_path / "w" / "tiles" / "images" / "train").glob("*.png"))) == 3
+
+
+def test_architecture_follows_the_starting_model(tiny_yolo, tmp_path):
+    from detectron2_style import detectron2_state, save_pth
+
+    assert finetune_architecture(str(tiny_yolo)) == "yolo"
+    assert finetune_architecture("nuclei") == "yolo"
+    checkpoint = save_pth(detectron2_state(num_classes=1, width=16), tmp_path / "model_final.pth")
+    assert finetune_architecture(str(checkpoint)) == "maskrcnn"
+    assert finetune_architecture("nuclei", "maskrcnn") == "maskrcnn"
+
+
+@pytest.mark.slow
+def test_finetune_cli_trains_a_new_mask_rcnn(tmp_path, disc_dataset, capsys):
+    out = tmp_path / "mrcnn.pth"
+    assert main(["finetune", "--arch", "maskrcnn", "--data", str(disc_dataset.parent), "--out", str(out),
+                 "--epochs", "1", "--batch", "2", "--imgsz", "96", "-q"]) == 0
+    assert "maskrcnn model written" in capsys.readouterr().out
+    model = load_model(out, device="cpu")
+    assert model.info.backend == "maskrcnn" and model.config.min_size_test == 96

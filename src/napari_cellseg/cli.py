@@ -186,13 +186,15 @@ def cmd_export(args) -> int:
 def cmd_finetune(args) -> int:
     from tqdm import tqdm
 
-    from .core.finetune import finetune_iter
     from .core.pipeline import run
 
     data = Path(args.data)
     data_yaml = data / "data.yaml" if data.is_dir() else data
     if not data_yaml.is_file():
         raise CliError(f"{args.data}: no data.yaml (export a dataset with 'napari-cellseg export')")
+    from .core.finetune import finetune_architecture
+
+    arch = finetune_architecture(args.model, args.arch)
     with tqdm(total=1, unit="batch", disable=True if args.quiet else None, file=sys.stderr) as bar:
         def on_progress(progress):
             bar.total, bar.n = progress.total, progress.done
@@ -200,11 +202,24 @@ def cmd_finetune(args) -> int:
             if progress.metrics and not args.quiet:
                 tqdm.write(f"epoch {progress.epoch}: {progress.losses} {progress.metrics}", file=sys.stderr)
 
-        result = run(finetune_iter(args.model, data_yaml, args.out, epochs=args.epochs, batch=args.batch,
-                                   imgsz=args.imgsz, zoom=args.zoom, device=args.device), on_progress)
+        if arch == "maskrcnn":
+            from .core.datasets import read_yolo_dataset
+            from .core.finetune_maskrcnn import maskrcnn_finetune_iter
+
+            base = args.model if finetune_architecture(args.model) == "maskrcnn" else None  # else: a new one
+            size = {"min_size": args.imgsz, "max_size": round(args.imgsz * 1333 / 800)} if args.imgsz else {}
+            job = maskrcnn_finetune_iter(list(read_yolo_dataset(data_yaml)), args.out, base=base,
+                                         epochs=args.epochs, batch=args.batch, device=args.device,
+                                         backbone_weights=args.backbone_weights, **size)
+        else:
+            from .core.finetune import finetune_iter
+
+            job = finetune_iter(args.model, data_yaml, args.out, epochs=args.epochs, batch=args.batch,
+                                imgsz=args.imgsz, zoom=args.zoom, device=args.device)
+        result = run(job, on_progress)
     if result.path is None:
         raise CliError("training produced no weights")
-    print(f"fine-tuned model written: {result.path} ({result.epochs_done} epochs)")
+    print(f"fine-tuned {arch} model written: {result.path} ({result.epochs_done} epochs)")
     return 0
 
 
@@ -387,11 +402,16 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--out", required=True, help="where to write the fine-tuned model (.pt)")
     ft.add_argument("--epochs", type=int, default=10)
     ft.add_argument("--batch", type=int, default=8)
-    ft.add_argument("--imgsz", type=int, default=None, help="default: the model's training size")
+    ft.add_argument("--imgsz", type=int, default=None,
+                    help="default: the model's training size (a new Mask R-CNN: its shortest-edge size, 800)")
     ft.add_argument("--zoom", type=float, default=None,
                     help="network pixels per image pixel for the new images (default: the model's own); "
                          "choose it so the new cells look as large as those the model knows")
     ft.add_argument("--device", default="cpu")
+    ft.add_argument("--arch", choices=["auto", "yolo", "maskrcnn"], default="auto",
+                    help="auto: that of --model; 'maskrcnn' with a non-Mask R-CNN --model trains a new one")
+    ft.add_argument("--backbone-weights", default=None,
+                    help="Mask R-CNN from scratch: a local torchvision ResNet-50 ImageNet state dict for the backbone")
     ft.add_argument("-q", "--quiet", action="store_true")
     ft.set_defaults(func=cmd_finetune)
 

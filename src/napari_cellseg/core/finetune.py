@@ -3,11 +3,12 @@
 Ultralytics' trainer runs in a helper thread; its callbacks feed a queue that the
 generator turns into progress (per batch, with losses and validation metrics per
 epoch). Closing the generator (Cancel) stops training at the next batch; the best
-weights saved so far are kept. The result carries the base model's zoom, so it is
-run at the scale it was trained at.
+weights saved so far are kept. The result carries its training zoom, so it is
+run at the scale it was trained at. (Mask R-CNN: :mod:`.finetune_maskrcnn`.)
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Generator
@@ -62,6 +63,16 @@ def tile_dataset(data_yaml: Path, tile: int, out_dir: Path) -> Path:
             if name in val_stems:
                 val_names.append(tile_name)
     return write_yolo_dataset(samples, out_dir, val_names=val_names, class_names=class_names)
+
+
+def finetune_architecture(model: str | os.PathLike | None, arch: str = "auto") -> str:
+    """'yolo' or 'maskrcnn': the one asked for, or that of the model to start from."""
+    if arch != "auto":
+        return arch
+    from ..backends import maskrcnn, resolve_model
+
+    _, path = resolve_model(model) if model else (None, None)
+    return "maskrcnn" if path is not None and maskrcnn.probe(path) else "yolo"
 
 
 def finetune_iter(

@@ -1,4 +1,4 @@
-"""The "Fine-tune" widget: retrain a YOLO model on corrected labels, with live curves and cancel."""
+"""The "Fine-tune" widget: retrain a YOLO or Mask R-CNN model on corrected labels, with live curves and cancel."""
 from __future__ import annotations
 
 import tempfile
@@ -22,24 +22,39 @@ class FinetuneWidget(WorkerWidget):
                                                   options={"nullable": True})
         self.dataset = widgets.FileEdit(label="or dataset", mode="d", tooltip="a folder with data.yaml")
         self.model = ModelChooser(label="start from")
+        self.arch = widgets.ComboBox(label="architecture", choices=["from the model", "new Mask R-CNN"],
+                                     tooltip="'new Mask R-CNN' trains a ResNet-50-FPN Mask R-CNN from scratch "
+                                             "(or from a local backbone file)")
+        self.backbone = widgets.FileEdit(label="backbone weights", mode="r", filter="*.pth *.pt",
+                                         tooltip="optional, new Mask R-CNN only: torchvision ResNet-50 ImageNet weights")
         self.epochs = widgets.SpinBox(label="epochs", value=10, min=1, max=1000)
         self.batch = widgets.SpinBox(label="batch", value=8, min=1, max=256)
         self.val_fraction = widgets.FloatSpinBox(label="validation share", value=0.2, min=0.0, max=0.9, step=0.05)
         self.out = widgets.FileEdit(label="save model as", mode="w", filter="*.pt",
                                     value=str(Path.home() / "napari-cellseg-finetuned.pt"))
         self.device = device_choice()
-        super().__init__(viewer, [self.image, self.labels_layer, self.dataset, self.model, self.epochs, self.batch,
-                                  self.val_fraction, self.out, self.device], "Fine-tune")
+        super().__init__(viewer, [self.image, self.labels_layer, self.dataset, self.model, self.arch, self.backbone,
+                                  self.epochs, self.batch, self.val_fraction, self.out, self.device], "Fine-tune")
         self.plot = LinePlot()
         self.native.layout().addWidget(self.plot.canvas)
         for picker in (self.image, self.labels_layer):
             viewer.layers.events.inserted.connect(picker.reset_choices)
             viewer.layers.events.removed.connect(picker.reset_choices)
 
-    def _job(self, image, labels, dataset, model, out, epochs, batch, val_fraction, device):
-        from ..core.datasets import export_dataset
+    def _job(self, image, labels, dataset, model, out, epochs, batch, val_fraction, device, arch="yolo",
+             backbone=None):
+        from ..core.datasets import export_dataset, read_yolo_dataset
         from ..core.finetune import TrainProgress, finetune_iter
 
+        if arch in ("maskrcnn", "new maskrcnn"):
+            from ..core.finetune_maskrcnn import maskrcnn_finetune_iter
+
+            samples = [(image[0], image[1], labels)] if dataset is None else list(read_yolo_dataset(
+                Path(dataset) / "data.yaml"))
+            base = model if arch == "maskrcnn" else None
+            result = yield from maskrcnn_finetune_iter(samples, out, base=base, epochs=epochs, batch=batch,
+                                                       device=device, backbone_weights=backbone)
+            return result
         workdir = Path(tempfile.mkdtemp(prefix="napari-cellseg-train-"))
         if dataset is None:
             yield TrainProgress(0, 1, 0, epochs, "exporting the corrected labels")
@@ -64,8 +79,16 @@ class FinetuneWidget(WorkerWidget):
         labels_arg = None if dataset else labels.data
         self._out_path = Path(self.out.value)
         device = "cpu" if self.device.value == "auto" else self.device.value
+        from ..core.finetune import finetune_architecture
+
+        try:
+            arch = "new maskrcnn" if self.arch.value == "new Mask R-CNN" else finetune_architecture(self.model.value)
+        except ValueError as exc:  # a model file that no longer exists
+            notify_error(exc)
+            return
+        backbone = self.backbone.value if str(self.backbone.value) not in ("", ".") else None
         self._start(self._job, image_arg, labels_arg, dataset, self.model.value, self._out_path,
-                    self.epochs.value, self.batch.value, self.val_fraction.value, device,
+                    self.epochs.value, self.batch.value, self.val_fraction.value, device, arch, backbone,
                     on_done=self._on_done)
 
     def _on_progress(self, progress):
@@ -75,10 +98,12 @@ class FinetuneWidget(WorkerWidget):
                 self.history.pop()  # the final re-validation of the best weights
             self.history.append({"epoch": progress.epoch, **progress.losses, **progress.metrics})
             epochs = [h["epoch"] for h in self.history]
-            self.plot.show(epochs, [h.get("train/seg_loss", float("nan")) for h in self.history],
-                           label="train seg loss", xlabel="epoch", ylabel="value")
-            self.plot.show(epochs, [h.get("metrics/mAP50(M)", float("nan")) for h in self.history],
-                           label="val mask mAP50", xlabel="epoch", ylabel="value", clear=False)
+            loss_key = "train/seg_loss" if "train/seg_loss" in self.history[-1] else "train/loss"  # YOLO / Mask R-CNN
+            self.plot.show(epochs, [h.get(loss_key, float("nan")) for h in self.history],
+                           label=loss_key.replace("/", " ").replace("_", " "), xlabel="epoch", ylabel="value")
+            if "metrics/mAP50(M)" in self.history[-1]:
+                self.plot.show(epochs, [h.get("metrics/mAP50(M)", float("nan")) for h in self.history],
+                               label="val mask mAP50", xlabel="epoch", ylabel="value", clear=False)
 
     def _register(self, path: Path | None) -> None:
         from ..core.recent import remember_model
