@@ -218,3 +218,29 @@ def test_cli_segments_with_an_ensemble_tta_and_exports(d2_checkpoint, tmp_path):
     assert provenance["model"]["backend"] == "ensemble" and provenance["parameters"]["class_conf"] == {"0": 0.6}
     assert len(json.loads((tmp_path / "coco.json").read_text())["annotations"]) == labels.max()
     assert main(["segment", str(tmp_path / "cells.png"), "--model", str(d2_checkpoint), "--class-conf", "x"]) == 2
+
+
+def test_detectron2_engine_agrees_with_the_converted_model(d2_checkpoint, d2_model):
+    """Only where detectron2 is installed: the same checkpoint through detectron2 itself."""
+    pytest.importorskip("detectron2")
+    from napari_cellseg.backends.maskrcnn import MaskRCNNBackend
+
+    native = MaskRCNNBackend(d2_checkpoint, device="cpu", engine="detectron2")
+    tile = (np.random.default_rng(3).random((200, 300, 3)) * 255).astype(np.uint8)
+    ours = d2_model.predict_tile(tile, InferenceSettings(conf=0.5))
+    theirs = native.predict_tile(tile, InferenceSettings(conf=0.5))
+    assert len(theirs) == len(ours) > 0
+    np.testing.assert_allclose(np.sort(theirs.scores), np.sort(ours.scores), atol=1e-3)
+
+
+def test_detectron2_engine_without_detectron2_says_so(d2_checkpoint):
+    try:
+        import detectron2  # noqa: F401
+    except ImportError:
+        from napari_cellseg.backends.base import ModelLoadError
+        from napari_cellseg.backends.maskrcnn import MaskRCNNBackend
+
+        with pytest.raises(ModelLoadError, match="needs detectron2 installed"):
+            MaskRCNNBackend(d2_checkpoint, device="cpu", engine="detectron2")
+    else:
+        pytest.skip("detectron2 is installed")
