@@ -54,6 +54,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--zoom", type=float, default=0.5)
+    parser.add_argument("--lr0", type=float, default=0.0005)
     parser.add_argument("--out", default=None, help="keep the fine-tuned model here")
     args = parser.parse_args(argv)
 
@@ -69,7 +70,8 @@ def main(argv=None):
     train = [p for p in pairs if p[0] not in held_out]
     test = [p for p in pairs if p[0] in held_out]
     base = load_model(args.model, device="cpu")
-    figures = {"held_out": sorted(held_out), "n_train_images": len(train), "epochs": args.epochs, "zoom": args.zoom}
+    figures = {"held_out": sorted(held_out), "n_train_images": len(train), "epochs": args.epochs, "zoom": args.zoom,
+               "lr0": args.lr0}
     figures["before_at_model_zoom"] = score(base, test)
     # the untouched model at the fine-tuning scale too: how much is scale, how much is learning
     imgsz = base.info.train_imgsz or 640
@@ -85,8 +87,10 @@ def main(argv=None):
         if progress.metrics:
             print(f"epoch {progress.epoch}: {progress.losses} {progress.metrics}", file=sys.stderr, flush=True)
 
+    # a gentle schedule: ultralytics' default warm-up (bias lr 0.1) wrecks a pretrained head on 7 images
     result = run(finetune_iter(base.info.path, data_yaml, out, epochs=args.epochs, batch=args.batch,
-                               zoom=args.zoom, device="cpu", workdir=workdir / "train"), on_progress)
+                               zoom=args.zoom, device="cpu", workdir=workdir / "train", optimizer="AdamW",
+                               lr0=args.lr0, warmup_epochs=1, warmup_bias_lr=args.lr0, patience=100), on_progress)
     figures["training_minutes"] = round((time.perf_counter() - started) / 60, 1)
     tuned = load_model(result.path, device="cpu")
     figures["after"] = score(tuned, test)
