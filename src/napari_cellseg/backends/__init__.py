@@ -13,6 +13,7 @@ from .base import InferenceSettings, ModelInfo, ModelLoadError, SegmentationBack
 
 # name -> module; probed in this order when a file is given
 BACKENDS: dict[str, str] = {
+    "unet": "napari_cellseg.backends.unet",
     "yolo": "napari_cellseg.backends.yolo",
     "classical": "napari_cellseg.backends.classical",
 }
