@@ -9,7 +9,8 @@ validation crops); ``<out stem>.last.pt`` beside it holds the last epoch with th
 epoch and history, for ``resume=True``.
 
 Collapse: when the validation Dice stays below ``collapse_dice`` for ``collapse_patience``
-epochs in a row, or a batch's loss is not finite, the weights and optimizer of the last good
+epochs in a row (counted once the Dice has been above it, or after the first
+``collapse_patience`` epochs: a fresh network starts near 0), or a batch's loss is not finite, the weights and optimizer of the last good
 epoch are restored, the learning rate is divided by 3, and the event is reported in the
 progress message and the history (``event``). After ``max_restarts`` restarts training
 goes on without further restarts.
@@ -173,7 +174,7 @@ def train_iter(
     steps = int(steps_per_epoch or max(1, math.ceil(len(train) / batch)))
     val_crops = validation_crops(val, crop)
     good_state = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()), start_epoch)
-    low_epochs = 0
+    low_epochs, ever_good = 0, any(r.get('val_dice', 0) >= collapse_dice for r in history)
     done, total = 0, max(0, epochs - start_epoch) * steps
     cancelled = True  # until the loop ends normally
 
@@ -216,8 +217,12 @@ def train_iter(
             epoch += 1
             record = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
                       "val_dice": dice, "lr": current_lr, "seconds": round(time.perf_counter() - epoch_started, 1)}
-            collapsed = not finite or not all(math.isfinite(p) for p in (record["loss"],))
-            low_epochs = low_epochs + 1 if (math.isnan(dice) or dice < collapse_dice) else 0
+            collapsed = not finite
+            low = math.isnan(dice) or dice < collapse_dice
+            if math.isfinite(dice) and dice >= collapse_dice:
+                ever_good = True
+            # a network starts near Dice 0: low epochs count once it has been good, or after a grace period
+            low_epochs = low_epochs + 1 if low and (ever_good or epoch > collapse_patience) else 0
             if (collapsed or low_epochs >= collapse_patience) and restarts < max_restarts:
                 restarts += 1
                 lr_factor /= 3
