@@ -239,3 +239,34 @@ def validation_crops(samples: list[Sample], crop: int, per_image: int = 2, limit
     if len(crops) > limit:
         crops = [crops[i] for i in np.linspace(0, len(crops) - 1, limit).astype(int)]
     return crops
+
+
+def split_in_memory(image: np.ndarray, labels: np.ndarray | None = None, name: str = "layer",
+                    val_share: float = 0.2):
+    """One image (or a stack of frames) from the viewer -> (train, val) lists of (name, image[, labels]).
+
+    A stack: every frame whose index k has ``k % 5 == 4`` is validation (evenly spread over time).
+    A single 2-D image: its bottom ``val_share`` of rows is validation, the rest training.
+    """
+    image = np.asarray(image)
+    is_rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
+    single = image.ndim == 2 or is_rgb
+    train, val = [], []
+    if single:
+        h = image.shape[0]
+        cut = int(round(h * (1 - val_share)))
+        if cut < 16 or h - cut < 16:
+            raise ValueError(f"image of {h} rows is too small to split into training and validation parts")
+        parts = [("top", slice(0, cut), train), ("bottom", slice(cut, h), val)]
+        for part, rows, into in parts:
+            item = (f"{name}[{part}]", image[rows]) + (() if labels is None else (np.asarray(labels)[rows],))
+            into.append(item)
+        return train, val
+    frames = image.reshape(-1, *image.shape[-(3 if image.shape[-1] in (3, 4) and image.ndim > 3 else 2):])
+    label_frames = None if labels is None else np.asarray(labels).reshape(-1, *np.asarray(labels).shape[-2:])
+    if len(frames) < 2:
+        return split_in_memory(frames[0], None if label_frames is None else label_frames[0], name, val_share)
+    for k, frame in enumerate(frames):
+        item = (f"{name}[{k}]", frame) + (() if label_frames is None else (label_frames[k],))
+        (val if k % 5 == 4 or (len(frames) < 5 and k == len(frames) - 1) else train).append(item)
+    return train, val
