@@ -20,7 +20,7 @@ BACKENDS: dict[str, str] = {
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 # Named models shipped inside the package.
-NAMED_MODELS: dict[str, str] = {"nuclei": "nuclei_yolo11n_seg.pt"}
+NAMED_MODELS: dict[str, str] = {"nuclei": "nuclei_yolo11n_seg.pt", "nuclei-student": "nuclei_unet_student.pt"}
 # Named models that need no file.
 BUILTIN_MODELS: dict[str, str] = {"otsu-watershed": "classical"}
 
