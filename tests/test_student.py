@@ -200,7 +200,8 @@ def test_cli_train_unet_distill_and_segment(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "epoch 2/2" in text and "U-Net student written" in text
     assert main(["distill", "--teacher", "otsu-watershed", "--images", str(data / "images"),
-                 "--out", str(tmp_path / "distilled.pt"), "--epochs", "1", *tiny]) == 0
+                 "--out", str(tmp_path / "distilled.pt"), "--epochs", "1", "--init", str(tmp_path / "gt.pt"),
+                 *tiny]) == 0
     assert len(list((tmp_path / "distilled_teacher_masks").glob("*.tif"))) == 8
     assert main(["segment", str(data / "images" / "img0.tif"), "--model", str(tmp_path / "gt.pt"),
                  "--out", str(tmp_path / "seg"), "-q"]) == 0

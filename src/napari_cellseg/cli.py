@@ -164,7 +164,7 @@ def cmd_finetune(args) -> int:
 def _student_options(args) -> dict:
     widths = tuple(int(w) for w in args.widths.split(",")) if args.widths else None
     options = dict(epochs=args.epochs, batch=args.batch, crop=args.crop, lr=args.lr, device=args.device,
-                   resume=args.resume, steps_per_epoch=args.steps)
+                   resume=args.resume, steps_per_epoch=args.steps, init=args.init)
     if widths:
         options["widths"] = widths
     return options
@@ -406,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--val-suffixes", default="09,10,19,20",
                        help="time-lapse layout: PosNNN folders whose number ends so are validation")
         p.add_argument("--resume", action="store_true", help="continue from '<out stem>.last.pt'")
+        p.add_argument("--init", default=None, help="start from the weights of this student checkpoint")
         p.add_argument("--device", default="cpu")
         p.add_argument("--widths", default=None, help="U-Net widths, e.g. 24,48,96,192,384 (the default)")
 

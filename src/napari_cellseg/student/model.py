@@ -114,3 +114,11 @@ def predict_probabilities(model, image: np.ndarray, device: str = "cpu") -> np.n
     with torch.inference_mode():
         out = torch.sigmoid(model(tensor))[0, :, :h, :w]
     return out.float().cpu().numpy()
+
+
+def compact_checkpoint(source: str | Path, target: str | Path, half: bool = True, **meta_updates) -> None:
+    """A shippable copy: weights only (no optimizer), in float16 by default (half the size)."""
+    ckpt = load_checkpoint(source)
+    model = model_from_checkpoint(ckpt)
+    meta = {**ckpt[CHECKPOINT_KEY], **meta_updates}
+    save_checkpoint(target, model, meta, half=half)

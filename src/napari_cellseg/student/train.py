@@ -6,7 +6,8 @@
 
 Checkpoints: ``out`` holds the best weights by validation Dice (foreground Dice on fixed
 validation crops); ``<out stem>.last.pt`` beside it holds the last epoch with the optimizer,
-epoch and history, for ``resume=True``.
+epoch and history, for ``resume=True``. Before each validation the BatchNorm statistics are
+recomputed at the epoch's final weights on ``bn_batches`` clean training crops.
 
 Collapse: when the validation Dice stays below ``collapse_dice`` for ``collapse_patience``
 epochs in a row (counted once the Dice has been above it, or after the first
@@ -80,16 +81,39 @@ def _loss(logits, targets):
     return bce_fg + soft_dice + 0.5 * bce_boundary + bce_distance
 
 
-def _batch(samples, crop, batch, rng, scale_jitter):
+def _batch(samples, crop, batch, rng, scale_jitter, with_targets=True, jitter=True):
     import torch
 
     images, targets = [], []
     for _ in range(batch):
         sample = samples[int(rng.integers(len(samples)))]
         image, labels = random_crop(sample, crop, rng, scale_jitter)
-        images.append(intensity_jitter(image, rng))
-        targets.append(make_targets(labels))
-    return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(targets))
+        images.append(intensity_jitter(image, rng) if jitter else to_network(image))
+        if with_targets:
+            targets.append(make_targets(labels))
+    x = torch.from_numpy(np.stack(images))
+    return (x, torch.from_numpy(np.stack(targets))) if with_targets else x
+
+
+def recalibrate_batchnorm(model, batches, device="cpu") -> None:
+    """Recompute BatchNorm running statistics as a plain average over ``batches`` at the current weights.
+
+    The running averages kept during training lag behind weights that still move fast; without
+    this the network scores far lower in eval mode than on its training batches.
+    """
+    import torch
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    with torch.no_grad():
+        for x in batches:
+            model(x.to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
 
 
 def validation_dice(model, crops, device="cpu", batch: int = 8) -> float:
@@ -123,18 +147,23 @@ def train_iter(
     widths=DEFAULT_WIDTHS,
     device: str = "cpu",
     resume: bool = False,
+    init: str | Path | None = None,
     steps_per_epoch: int | None = None,
     scale_jitter: float = 0.2,
     seed: int = 0,
     collapse_dice: float = 0.05,
     collapse_patience: int = 3,
     max_restarts: int = 3,
+    bn_batches: int = 8,
     postprocess: PostProcess = PostProcess(),
     tile: int = DEFAULT_TILE,
     info: dict | None = None,
     epoch_hook: Callable | None = None,
 ) -> Generator[StudentProgress, None, StudentResult]:
     """Train (or resume) a student; see the module docstring. ``info``: provenance kept in the checkpoint.
+
+    ``init``: a student checkpoint whose weights start the training (e.g. a distilled student
+    fine-tuned on ground truth); the optimizer and schedule start afresh.
 
     ``epoch_hook(model, epoch)``, when given, runs after each epoch's batches and before
     validation (used by the tests to provoke a collapse).
@@ -155,6 +184,13 @@ def train_iter(
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     history: list[dict] = []
     events: list[str] = []
+    if init is not None and not resume:
+        start = load_checkpoint(init)
+        if CHECKPOINT_KEY not in start:
+            raise ValueError(f"{init}: not a U-Net student checkpoint")
+        if tuple(start[CHECKPOINT_KEY]["widths"]) != tuple(model.widths):
+            raise ValueError(f"{init}: a U-Net of widths {start[CHECKPOINT_KEY]['widths']}, not {list(model.widths)}")
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in start["state_dict"].items()})
     start_epoch, lr_factor, best_dice, restarts = 0, 1.0, -1.0, 0
     if resume:
         if not last_path.is_file():
@@ -211,6 +247,9 @@ def train_iter(
                 done += 1
                 yield StudentProgress(done, total, epoch, epochs,
                                       f"epoch {epoch + 1}/{epochs}, batch {step + 1}/{steps}, loss {losses[-1]:.3f}")
+            if finite and bn_batches:
+                recalibrate_batchnorm(model, [_batch(train, crop, batch, rng, scale_jitter, False, False)
+                                              for _ in range(bn_batches)], device)
             if epoch_hook is not None:
                 epoch_hook(model, epoch)
             dice = validation_dice(model, val_crops, device) if finite else float("nan")
