@@ -65,7 +65,7 @@ class UNetBackend:
             sha256=sha256_of(path),
             task="segment",
             class_names={0: str(info.get("class_name", "cell"))},
-            train_imgsz=int(meta.get("tile", 512)),
+            train_imgsz=int(meta.get("tile", 768)),
             zoom=float(meta.get("zoom", 1.0)),
             extra={"widths": list(meta.get("widths", [])), "teacher": info.get("teacher"),
                    "best_val_dice": training.get("best_dice"), "epochs": training.get("epoch")},

@@ -31,7 +31,7 @@ from .data import Sample, intensity_jitter, random_crop, to_network, validation_
 from .model import CHECKPOINT_KEY, DEFAULT_WIDTHS, build_unet, checkpoint_meta, load_checkpoint, save_checkpoint
 from .targets import PostProcess, make_targets
 
-DEFAULT_TILE = 512  # inference tile side in image pixels (the network is fully convolutional)
+DEFAULT_TILE = 768  # inference tile side in image pixels: most images in one tile (the network is fully convolutional)
 NORMALISATION = "per-channel 1st-99.8th percentile to uint8 RGB, then /255"
 
 
