@@ -168,7 +168,6 @@ def test_collapse_is_detected_and_training_restarts_from_the_last_good_state(tmp
     assert min(r["val_dice"] for r in after) >= 0.05  # training goes on from the restored weights
 
 
-@pytest.mark.slow
 def test_non_finite_loss_triggers_the_same_recovery(tmp_path):
     import torch
 

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.gui
 TINY = dict(widths=(8, 16, 32, 64, 128), steps_per_epoch=3)
 
 
-@pytest.mark.parametrize("mode", [DISTIL, pytest.param(TRAIN, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("mode", [DISTIL, TRAIN])
 def test_student_widget_trains_plots_and_registers_the_model(qtbot, make_napari_viewer, tmp_path, mode):
     viewer = make_napari_viewer()
     image, truth = disc_image((160, 160), n=10, seed=5)
