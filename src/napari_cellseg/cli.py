@@ -223,6 +223,63 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+def _student_options(args) -> dict:
+    widths = tuple(int(w) for w in args.widths.split(",")) if args.widths else None
+    options = dict(epochs=args.epochs, batch=args.batch, crop=args.crop, lr=args.lr, device=args.device,
+                   resume=args.resume, steps_per_epoch=args.steps, init=args.init)
+    if widths:
+        options["widths"] = widths
+    return options
+
+
+def _report_student(progress) -> None:
+    if progress.record is not None or (progress.phase == "teacher" and progress.done == progress.total):
+        print(progress.message, flush=True)
+    elif progress.done == 0 and progress.message:
+        print(progress.message, flush=True)
+
+
+def _finish_student(result) -> int:
+    for event in result.events:
+        print(f"note: {event}", file=sys.stderr)
+    if result.path is None:
+        raise CliError("training produced no checkpoint")
+    print(f"U-Net student written: {result.path} (best validation Dice {result.best_dice:.4f}, "
+          f"{result.epochs_done} epochs)")
+    return 0
+
+
+def _val_suffixes(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def cmd_train_unet(args) -> int:
+    from .core.pipeline import run
+    from .student.data import discover_dataset, load_sample
+    from .student.train import train_iter
+
+    train_pairs, val_pairs = discover_dataset(args.dataset, _val_suffixes(args.val_suffixes))
+    print(f"{len(train_pairs)} training and {len(val_pairs)} validation images", flush=True)
+    train = [load_sample(*pair) for pair in train_pairs]
+    val = [load_sample(*pair) for pair in val_pairs]
+    info = {"source": "trained on masks", "dataset": str(Path(args.dataset).resolve())}
+    return _finish_student(run(train_iter(train, val, args.out, info=info, **_student_options(args)),
+                               _report_student))
+
+
+def cmd_distill(args) -> int:
+    from .backends import load_model
+    from .core.pipeline import run
+    from .student.distill import distill_iter, split_image_folder
+
+    train, val = split_image_folder(args.images, _val_suffixes(args.val_suffixes))
+    print(f"{len(train)} training and {len(val)} validation images; teacher {args.teacher}", flush=True)
+    teacher = load_model(args.teacher, device=args.device)
+    gen = distill_iter(teacher, train, val, args.out, cache_dir=args.cache, teacher_name=str(args.teacher),
+                       segment_options={"conf": args.conf}, **_student_options(args))
+    return _finish_student(run(gen, _report_student))
+
+
 def cmd_track(args) -> int:
     from .core.io import read_image, write_csv, write_labels
     from .core.pipeline import run
@@ -414,6 +471,33 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Mask R-CNN from scratch: a local torchvision ResNet-50 ImageNet state dict for the backbone")
     ft.add_argument("-q", "--quiet", action="store_true")
     ft.set_defaults(func=cmd_finetune)
+
+    def student_arguments(p):
+        p.add_argument("--out", required=True, help="student checkpoint to write (.pt); '<stem>.last.pt' beside it")
+        p.add_argument("--epochs", type=int, default=30)
+        p.add_argument("--batch", type=int, default=8)
+        p.add_argument("--crop", type=int, default=256, help="training crop side, a multiple of 16")
+        p.add_argument("--lr", type=float, default=2e-3)
+        p.add_argument("--steps", type=int, default=None, help="batches per epoch (default: one crop per image)")
+        p.add_argument("--val-suffixes", default="09,10,19,20",
+                       help="time-lapse layout: PosNNN folders whose number ends so are validation")
+        p.add_argument("--resume", action="store_true", help="continue from '<out stem>.last.pt'")
+        p.add_argument("--init", default=None, help="start from the weights of this student checkpoint")
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--widths", default=None, help="U-Net widths, e.g. 24,48,96,192,384 (the default)")
+
+    tu = sub.add_parser("train-unet", help="train the U-Net student on images with masks")
+    tu.add_argument("dataset", help="'images/' + 'labels/' folders, or '<exp>_raw_data/PosNNN' + '<exp>_masks/PosNNN'")
+    student_arguments(tu)
+    tu.set_defaults(func=cmd_train_unet)
+
+    di = sub.add_parser("distill", help="distil a teacher model into the U-Net student on unlabeled images")
+    di.add_argument("--teacher", required=True, help="teacher model: a name (e.g. nuclei) or a checkpoint")
+    di.add_argument("--images", required=True, help="folder of images (flat, or '<exp>_raw_data/PosNNN')")
+    di.add_argument("--conf", type=float, default=0.25, help="teacher confidence threshold")
+    di.add_argument("--cache", default=None, help="folder for the teacher's masks (default: beside --out)")
+    student_arguments(di)
+    di.set_defaults(func=cmd_distill)
 
     tr = sub.add_parser("track", help="link per-frame instance labels (T x H x W) into tracks (laptrack)")
     tr.add_argument("labels", help="a T x H x W stack of per-frame instance labels")

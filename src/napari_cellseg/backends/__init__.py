@@ -13,6 +13,7 @@ from .base import InferenceSettings, ModelInfo, ModelLoadError, SegmentationBack
 
 # name -> module; probed in this order when a file is given
 BACKENDS: dict[str, str] = {
+    "unet": "napari_cellseg.backends.unet",
     "yolo": "napari_cellseg.backends.yolo",
     "classical": "napari_cellseg.backends.classical",
     "maskrcnn": "napari_cellseg.backends.maskrcnn",
@@ -20,7 +21,7 @@ BACKENDS: dict[str, str] = {
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 # Named models shipped inside the package.
-NAMED_MODELS: dict[str, str] = {"nuclei": "nuclei_yolo11n_seg.pt"}
+NAMED_MODELS: dict[str, str] = {"nuclei": "nuclei_yolo11n_seg.pt", "nuclei-student": "nuclei_unet_student.pt"}
 # Named models that need no file.
 BUILTIN_MODELS: dict[str, str] = {"otsu-watershed": "classical"}
 

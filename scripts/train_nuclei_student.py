@@ -1,0 +1,64 @@
+"""Distil the shipped nuclei model into the U-Net student on DSB2018, on the CPU.
+
+    python scripts/train_nuclei_student.py --data ../shared/data/dsb2018 --out /tmp/student/student.pt
+
+The teacher (``load_model("nuclei")``) segments every DSB2018 image with the settings of
+scripts/validate_nuclei_model.py (conf 0.25, full-resolution tiling); its masks are cached and
+become the student's targets. The split is the fixed one of the nuclei model
+(train_nuclei_model.is_validation: sha1 of the image id); the ground truth is not used.
+``--max-minutes`` stops training (keeping the best checkpoint) when the time is up.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from train_nuclei_model import is_validation  # noqa: E402
+
+from napari_cellseg import load_model  # noqa: E402
+from napari_cellseg.student.distill import distill_iter  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/dsb2018"))
+    parser.add_argument("--out", type=Path, default=Path("/tmp/nuclei-student/student.pt"))
+    parser.add_argument("--teacher", default="nuclei")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--crop", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--max-minutes", type=float, default=None)
+    args = parser.parse_args(argv)
+    images = sorted((args.data / "images").glob("*.png"))
+    train = [p for p in images if not is_validation(p.stem)]
+    val = [p for p in images if is_validation(p.stem)]
+    print(f"{len(train)} training and {len(val)} validation images; teacher {args.teacher}", flush=True)
+    teacher = load_model(args.teacher, device="cpu")
+    gen = distill_iter(teacher, train, val, args.out, segment_options={"conf": 0.25}, teacher_name=args.teacher,
+                       epochs=args.epochs, batch=args.batch, crop=args.crop, lr=args.lr, resume=args.resume,
+                       info={"data": "DSB2018 stage1_train (corrected), train split of train_nuclei_model.is_validation"})
+    started = time.time()
+    train_started = None
+    for progress in gen:
+        if progress.phase == "teacher" and (progress.done % 50 == 0 or progress.done == progress.total):
+            print(f"[{time.time() - started:7.0f} s] {progress.message}", flush=True)
+        if progress.phase == "train":
+            train_started = train_started or time.time()
+            if progress.record or progress.done % 10 == 0:
+                print(f"[{time.time() - started:7.0f} s] {progress.message}", flush=True)
+            if args.max_minutes and time.time() - train_started > 60 * args.max_minutes:
+                print("time is up: stopping, the best checkpoint is kept", flush=True)
+                gen.close()
+                break
+    print(f"done in {time.time() - started:.0f} s: {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

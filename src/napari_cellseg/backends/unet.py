@@ -1,0 +1,109 @@
+"""U-Net student backend (see napari_cellseg.student).
+
+A student checkpoint is a plain ``torch.save`` dict of tensors and numbers, marked by the
+top-level key ``napari_cellseg_unet``; it loads with ``weights_only=True`` (no code runs).
+"""
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..core.io import sha256_of
+from ..core.tiling import TileDetections
+from .base import InferenceSettings, ModelInfo, ModelLoadError, resolve_device
+
+NAME = "unet"
+MARKER = b"napari_cellseg_unet"
+
+
+def probe(path: Path) -> bool:
+    """True for a torch zip checkpoint whose pickle holds the student's marker key (not unpickled)."""
+    if path is None or not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            return bool(pickles) and MARKER in archive.read(pickles[0])
+    except (zipfile.BadZipFile, OSError, KeyError):
+        return False
+
+
+def load(path: Path, device: str = "auto") -> "UNetBackend":
+    return UNetBackend(path, device)
+
+
+class UNetBackend:
+    """A trained U-Net student; instances by seeded watershed on its foreground/boundary/distance maps."""
+
+    def __init__(self, path: str | Path, device: str = "auto"):
+        from ..student.model import CHECKPOINT_KEY, load_checkpoint, model_from_checkpoint
+        from ..student.targets import PostProcess
+
+        path = Path(path)
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: no such model file")
+        if not probe(path):
+            from . import describe_file
+
+            raise ModelLoadError(f"{path}: {describe_file(path)}; expected a napari-cellseg U-Net student checkpoint")
+        self.device = resolve_device(device)
+        try:
+            ckpt = load_checkpoint(path)
+            meta = ckpt[CHECKPOINT_KEY]
+            self._model = model_from_checkpoint(ckpt).to(self.device).eval()
+        except Exception as exc:
+            raise ModelLoadError(f"{path}: cannot load the U-Net student ({type(exc).__name__}: {exc})") from exc
+        known = PostProcess.__dataclass_fields__
+        self.postprocess = PostProcess(**{k: v for k, v in (meta.get("postprocess") or {}).items() if k in known})
+        info = meta.get("info") or {}
+        training = meta.get("training") or {}
+        self.info = ModelInfo(
+            backend=NAME,
+            path=str(path.resolve()),
+            sha256=sha256_of(path),
+            task="segment",
+            class_names={0: str(info.get("class_name", "cell"))},
+            train_imgsz=int(meta.get("tile", 768)),
+            zoom=float(meta.get("zoom", 1.0)),
+            extra={"widths": list(meta.get("widths", [])), "teacher": info.get("teacher"),
+                   "best_val_dice": training.get("best_dice"), "epochs": training.get("epoch")},
+        )
+
+    def probabilities(self, tile: np.ndarray) -> np.ndarray:
+        from ..student.model import predict_probabilities
+
+        return predict_probabilities(self._model, tile, self.device)
+
+    def predict_tile(self, tile: np.ndarray, settings: InferenceSettings) -> TileDetections:
+        import cv2
+        from scipy import ndimage
+
+        from ..student.targets import instances_from_predictions
+
+        h, w = tile.shape[:2]
+        zh, zw = max(1, round(h * settings.zoom)), max(1, round(w * settings.zoom))
+        net = tile if (zh, zw) == (h, w) else cv2.resize(tile, (zw, zh), interpolation=cv2.INTER_LINEAR)
+        fg, boundary, distance = self.probabilities(net)
+        labels = instances_from_predictions(fg, boundary, distance, self.postprocess)
+        if (zh, zw) != (h, w):
+            labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
+            fg = cv2.resize(fg, (w, h), interpolation=cv2.INTER_LINEAR)
+        n = int(labels.max())
+        if n == 0:
+            return TileDetections.empty((h, w))
+        ids = np.arange(1, n + 1)
+        scores = np.asarray(ndimage.mean(fg, labels, ids), np.float32)
+        keep = ids[scores >= settings.conf][: settings.max_det]
+        if len(keep) == 0:
+            return TileDetections.empty((h, w))
+        objects = ndimage.find_objects(labels)
+        masks = np.zeros((len(keep), h, w), bool)
+        boxes = np.zeros((len(keep), 4))
+        for i, label in enumerate(keep):
+            sl = objects[label - 1]
+            masks[i][sl] = labels[sl] == label
+            boxes[i] = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
+        return TileDetections(masks=masks, scores=scores[keep - 1], class_ids=np.zeros(len(keep), np.int64),
+                              boxes=boxes)

@@ -1,0 +1,6 @@
+"""U-Net student: a small, fast segmentation network distilled from any teacher.
+
+model.py (architecture), targets.py (training targets and instance post-processing),
+data.py (datasets, split, augmentation), train.py (training generator with checkpoints,
+resume and collapse recovery), distill.py (teacher masks, then training).
+"""

@@ -1,0 +1,136 @@
+"""The "Train U-Net student" widget: distil a teacher into a small fast U-Net, or train it on labels."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from magicgui import widgets
+
+from ._common import ModelChooser, WorkerWidget, device_choice, full_resolution, notify_error
+from ._plot import LinePlot
+
+DISTIL, TRAIN = "distil from a teacher", "train on labels"
+
+
+class StudentWidget(WorkerWidget):
+    def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
+        import napari
+
+        self.last_result = None
+        self.history: list[dict] = []
+        self.mode = widgets.ComboBox(label="mode", choices=[DISTIL, TRAIN], value=DISTIL)
+        self.teacher = ModelChooser(label="teacher")
+        self.image = widgets.create_widget(annotation=napari.layers.Image | None, label="image",
+                                           options={"nullable": True})
+        self.labels_layer = widgets.create_widget(annotation=napari.layers.Labels | None, label="labels",
+                                                  options={"nullable": True})
+        self.folder = widgets.FileEdit(label="or folder", mode="d",
+                                       tooltip="distil: a folder of images; train: images/ + labels/, or "
+                                               "<exp>_raw_data/PosNNN + <exp>_masks/PosNNN")
+        self.val_suffixes = widgets.LineEdit(label="validation positions", value="09,10,19,20",
+                                             tooltip="PosNNN folders whose number ends so are validation")
+        self.epochs = widgets.SpinBox(label="epochs", value=30, min=1, max=1000)
+        self.batch = widgets.SpinBox(label="batch", value=8, min=1, max=256)
+        self.crop = widgets.SpinBox(label="crop", value=256, min=32, max=1024, step=16)
+        self.resume = widgets.CheckBox(label="resume", value=False)
+        self.out = widgets.FileEdit(label="save student as", mode="w", filter="*.pt",
+                                    value=str(Path.home() / "napari-cellseg-student.pt"))
+        self.device = device_choice()
+        super().__init__(viewer, [self.mode, self.teacher, self.image, self.labels_layer, self.folder,
+                                  self.val_suffixes, self.epochs, self.batch, self.crop, self.resume, self.out,
+                                  self.device], "Train U-Net student")
+        self.plot = LinePlot()
+        self.native.layout().addWidget(self.plot.canvas)
+        self.mode.changed.connect(self._on_mode)
+        self._on_mode(self.mode.value)
+        for picker in (self.image, self.labels_layer):
+            viewer.layers.events.inserted.connect(picker.reset_choices)
+            viewer.layers.events.removed.connect(picker.reset_choices)
+
+    def _on_mode(self, mode):
+        self.teacher.visible = mode == DISTIL
+        self.labels_layer.visible = mode == TRAIN
+
+    def _folder(self) -> Path | None:
+        return Path(self.folder.value) if str(self.folder.value) not in ("", ".") else None
+
+    @staticmethod
+    def _job(mode, teacher, device, folder, layer, suffixes, out, options):
+        from ..backends import load_model
+        from ..student.data import Sample, discover_dataset, load_sample, model_input, split_in_memory
+        from ..student.distill import distill_iter, split_image_folder
+        from ..student.train import StudentProgress, train_iter
+
+        if mode == DISTIL:
+            if folder is not None:
+                train, val = split_image_folder(folder, suffixes)
+            else:
+                train, val = split_in_memory(*layer)
+            yield StudentProgress(0, 1, 0, 0, f"loading the teacher {Path(str(teacher)).name}", phase="teacher")
+            model = load_model(teacher, device=device)
+            return (yield from distill_iter(model, train, val, out, teacher_name=str(teacher), **options))
+        if folder is not None:
+            train_pairs, val_pairs = discover_dataset(folder, suffixes)
+            train = [load_sample(*p) for p in train_pairs]
+            val = [load_sample(*p) for p in val_pairs]
+        else:
+            parts = split_in_memory(*layer)
+            train, val = ([Sample(n, model_input(i), lab.astype("int32")) for n, i, lab in part] for part in parts)
+        return (yield from train_iter(train, val, out, info={"source": "trained on labels"}, **options))
+
+    def run(self):
+        mode, folder = self.mode.value, self._folder()
+        image, labels = self.image.value, self.labels_layer.value
+        if folder is None and (image is None or (mode == TRAIN and labels is None)):
+            need = "an image layer" if mode == DISTIL else "an image and a labels layer"
+            notify_error(ValueError(f"choose {need}, or a folder"))
+            return
+        if mode == DISTIL and not self.teacher.value:
+            notify_error(ValueError("choose a teacher model"))
+            return
+        layer = None
+        if folder is None:
+            layer = (full_resolution(image), None if mode == DISTIL else labels.data, image.name)
+        self.history = []
+        self._out_path = Path(self.out.value)
+        device = "cpu" if self.device.value == "auto" else self.device.value
+        suffixes = tuple(s.strip() for s in self.val_suffixes.value.split(",") if s.strip())
+        options = dict(epochs=self.epochs.value, batch=self.batch.value, crop=self.crop.value,
+                       resume=self.resume.value, device=device)
+        options.update(getattr(self, "extra_options", {}))  # e.g. a narrow U-Net in tests
+        self._start(self._job, mode, self.teacher.value, device, folder, layer, suffixes, self._out_path,
+                    options, on_done=self._on_done)
+
+    def _on_progress(self, progress):
+        super()._on_progress(progress)
+        record = progress.record
+        if record is None:
+            return
+        self.history.append(record)
+        if "event" in record:
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"napari-cellseg: {record['event']}")
+        epochs = [h["epoch"] for h in self.history]
+        self.plot.show(epochs, [h["loss"] for h in self.history], label="train loss", xlabel="epoch",
+                       ylabel="value")
+        self.plot.show(epochs, [h["val_dice"] for h in self.history], label="val Dice", xlabel="epoch",
+                       ylabel="value", clear=False)
+
+    def _register(self, path: Path | None) -> None:
+        from ..core.recent import remember_model
+
+        if path is not None and path.is_file():
+            remember_model(path)  # offered at once by every Segment cells widget
+            self.status.value = f"saved {path.name}; listed in Segment cells"
+
+    def _on_done(self, result):
+        self.last_result = result
+        self._register(result.path)
+        if result.events:
+            self.status.value += f" ({len(result.events)} collapse restart(s), see the notifications)"
+
+    def _on_aborted(self):
+        super()._on_aborted()
+        self._register(getattr(self, "_out_path", None))
+        if getattr(self, "_out_path", None) is not None and self._out_path.is_file():
+            self.status.value = f"cancelled; best weights so far kept in {self._out_path.name}"

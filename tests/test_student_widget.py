@@ -1,0 +1,36 @@
+import numpy as np
+import pytest
+from synthetic import disc_image
+
+from napari_cellseg.core.recent import recent_models
+from napari_cellseg.widgets.segment import SegmentWidget
+from napari_cellseg.widgets.student import DISTIL, TRAIN, StudentWidget
+
+pytestmark = pytest.mark.gui
+
+TINY = dict(widths=(8, 16, 32, 64, 128), steps_per_epoch=3)
+
+
+@pytest.mark.parametrize("mode", [DISTIL, TRAIN])
+def test_student_widget_trains_plots_and_registers_the_model(qtbot, make_napari_viewer, tmp_path, mode):
+    viewer = make_napari_viewer()
+    image, truth = disc_image((160, 160), n=10, seed=5)
+    segment = SegmentWidget(viewer)  # already open: must offer the student without reopening
+    widget = StudentWidget(viewer)
+    widget.mode.value = mode
+    widget.image.value = viewer.add_image(image, name="cells")
+    widget.labels_layer.value = viewer.add_labels(truth, name="truth")
+    widget.teacher.combo.value = "otsu-watershed"
+    widget.epochs.value, widget.batch.value, widget.crop.value = 2, 2, 64
+    widget.out.value = str(tmp_path / "student.pt")
+    widget.device.value = "cpu"
+    widget.extra_options = TINY
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert widget.last_result is not None and widget.last_result.epochs_done == 2, widget.status.value
+    path = str((tmp_path / "student.pt").resolve())
+    assert path in recent_models() and path in segment.model.combo.choices
+    assert len(widget.plot.lines["val Dice"][0]) == 2
+    assert np.isfinite(widget.history[-1]["loss"])
+    if mode == DISTIL:  # the teacher's masks were cached beside the student
+        assert list((tmp_path / "student_teacher_masks").glob("*.tif"))
