@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 
 from napari_cellseg.core.recent import recent_models

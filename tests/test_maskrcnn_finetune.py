@@ -1,5 +1,4 @@
 """Fine-tuning a Mask R-CNN on generated discs: the loss drops and the checkpoint loads as a backend."""
-import numpy as np
 import pytest
 
 from napari_cellseg import load_model

@@ -62,6 +62,20 @@ class SegmentationBackend(Protocol):
     # before its tiles, for backends that need frame-level statistics.
 
 
+def checkpoint_pickle(path) -> bytes | None:
+    """The pickle bytes of a torch zip checkpoint, read without unpickling (for cheap probes); else None."""
+    import zipfile
+
+    if path is None or not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            return archive.read(pickles[0]) if pickles else None
+    except (zipfile.BadZipFile, OSError, KeyError):
+        return None
+
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 

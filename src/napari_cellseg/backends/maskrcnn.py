@@ -21,7 +21,7 @@ import numpy as np
 
 from ..core.io import sha256_of
 from ..core.tiling import TileDetections
-from .base import InferenceSettings, ModelInfo, ModelLoadError, resolve_device
+from .base import InferenceSettings, ModelInfo, ModelLoadError, checkpoint_pickle, resolve_device
 from .detectron2_convert import (
     IMAGENET_MEAN_255, IMAGENET_STD_255, MaskRCNNConfig, config_from_detectron2, convert_detectron2_state,
     detectron2_architecture, is_caffe2_state, is_detectron2_state, load_weights_strict, read_config_yaml,
@@ -41,11 +41,7 @@ def probe(path: Path) -> bool:
         return False
     try:
         if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
-                if not pickles:
-                    return False
-                data = archive.read(pickles[0])
+            data = checkpoint_pickle(path) or b""
             return b"ultralytics" not in data and b"roi_heads" in data and any(m in data for m in _MARKERS)
         with open(path, "rb") as fh:
             head = fh.read(_PROBE_BYTES)

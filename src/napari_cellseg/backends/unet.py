@@ -5,14 +5,13 @@ top-level key ``napari_cellseg_unet``; it loads with ``weights_only=True`` (no c
 """
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ..core.io import sha256_of
 from ..core.tiling import TileDetections
-from .base import InferenceSettings, ModelInfo, ModelLoadError, resolve_device
+from .base import InferenceSettings, ModelInfo, ModelLoadError, checkpoint_pickle, resolve_device
 
 NAME = "unet"
 MARKER = b"napari_cellseg_unet"
@@ -20,14 +19,8 @@ MARKER = b"napari_cellseg_unet"
 
 def probe(path: Path) -> bool:
     """True for a torch zip checkpoint whose pickle holds the student's marker key (not unpickled)."""
-    if path is None or not zipfile.is_zipfile(path):
-        return False
-    try:
-        with zipfile.ZipFile(path) as archive:
-            pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
-            return bool(pickles) and MARKER in archive.read(pickles[0])
-    except (zipfile.BadZipFile, OSError, KeyError):
-        return False
+    data = checkpoint_pickle(path)
+    return data is not None and MARKER in data
 
 
 def load(path: Path, device: str = "auto") -> "UNetBackend":

@@ -6,14 +6,13 @@ from the file: only files the user chose (or the shipped model) are loaded.
 from __future__ import annotations
 
 import functools
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ..core.io import sha256_of
 from ..core.tiling import TileDetections
-from .base import InferenceSettings, ModelInfo, ModelLoadError, resolve_device
+from .base import InferenceSettings, ModelInfo, ModelLoadError, checkpoint_pickle, resolve_device
 
 NAME = "yolo"
 STRIDE = 32  # YOLO11 input sides must be multiples of the largest stride
@@ -21,14 +20,8 @@ STRIDE = 32  # YOLO11 input sides must be multiples of the largest stride
 
 def probe(path: Path) -> bool:
     """True for a torch zip checkpoint whose pickle refers to ultralytics classes."""
-    if path is None or not zipfile.is_zipfile(path):
-        return False
-    try:
-        with zipfile.ZipFile(path) as archive:
-            pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
-            return bool(pickles) and b"ultralytics" in archive.read(pickles[0])
-    except (zipfile.BadZipFile, OSError, KeyError):
-        return False
+    data = checkpoint_pickle(path)
+    return data is not None and b"ultralytics" in data
 
 
 def load(path: Path, device: str = "auto") -> "YoloBackend":

@@ -162,3 +162,27 @@ class WorkerWidget(widgets.Container):
     def _on_finished(self):
         self.worker = None
         self.run_button.enabled, self.cancel_button.enabled = True, False
+
+
+class TrainingWidget(WorkerWidget):
+    """A WorkerWidget whose job writes a model to ``self._out_path``: the model is offered by every
+    Segment cells widget once written, and a cancelled run keeps the best weights so far."""
+
+    _out_path: Path | None = None
+
+    def _register(self, path: Path | None) -> None:
+        from ..core.recent import remember_model
+
+        if path is not None and path.is_file():
+            remember_model(path)  # offered at once by every Segment cells widget
+            self.status.value = f"saved {path.name}; listed in Segment cells"
+
+    def _on_done(self, result):
+        self.last_result = result
+        self._register(result.path)
+
+    def _on_aborted(self):
+        super()._on_aborted()
+        self._register(self._out_path)
+        if self._out_path is not None and self._out_path.is_file():
+            self.status.value = f"cancelled; best weights so far kept in {self._out_path.name}"

@@ -6,11 +6,11 @@ from pathlib import Path
 
 from magicgui import widgets
 
-from ._common import ModelChooser, WorkerWidget, device_choice, full_resolution, notify_error
+from ._common import ModelChooser, TrainingWidget, device_choice, full_resolution, notify_error
 from ._plot import LinePlot
 
 
-class FinetuneWidget(WorkerWidget):
+class FinetuneWidget(TrainingWidget):
     def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
         import napari
 
@@ -104,20 +104,3 @@ class FinetuneWidget(WorkerWidget):
             if "metrics/mAP50(M)" in self.history[-1]:
                 self.plot.show(epochs, [h.get("metrics/mAP50(M)", float("nan")) for h in self.history],
                                label="val mask mAP50", xlabel="epoch", ylabel="value", clear=False)
-
-    def _register(self, path: Path | None) -> None:
-        from ..core.recent import remember_model
-
-        if path is not None and path.is_file():
-            remember_model(path)  # offered at once by every Segment cells widget
-            self.status.value = f"saved {path.name}; listed in Segment cells"
-
-    def _on_done(self, result):
-        self.last_result = result
-        self._register(result.path)
-
-    def _on_aborted(self):
-        super()._on_aborted()
-        self._register(getattr(self, "_out_path", None))
-        if getattr(self, "_out_path", None) is not None and self._out_path.is_file():
-            self.status.value = f"cancelled; best weights so far kept in {self._out_path.name}"
