@@ -46,3 +46,28 @@ def test_cancel_stops_training_and_keeps_weights(qtbot, make_napari_viewer, tiny
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
     assert widget.last_result is None  # it did not run to the end
     assert (tmp_path / "partial.pt").is_file() and "cancelled" in widget.status.value
+
+
+@pytest.mark.slow
+def test_finetune_widget_trains_a_mask_rcnn_checkpoint(qtbot, make_napari_viewer, tmp_path):
+    from detectron2_style import SMALL_CONFIG, detectron2_state, save_pth
+
+    from napari_cellseg import load_model
+
+    base = save_pth(detectron2_state(num_classes=1, seed=5), tmp_path / "d2" / "model_final.pth", SMALL_CONFIG % 1)
+    viewer = make_napari_viewer()
+    image, truth = disc_image((128, 128), n=5, radius=(8, 12), seed=35)
+    widget = FinetuneWidget(viewer)
+    widget.image.value = viewer.add_image(image, name="cells")
+    widget.labels_layer.value = viewer.add_labels(truth, name="corrected")
+    widget.model.value = str(base)  # a Mask R-CNN checkpoint: the widget trains a Mask R-CNN
+    widget.epochs.value, widget.batch.value = 2, 1
+    widget.out.value = str(tmp_path / "tuned.pth")
+    widget.device.value = "cpu"
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=300_000)
+    assert widget.last_result is not None and widget.last_result.epochs_done == 2
+    assert len(widget.plot.lines["train loss"][0]) == 2  # the loss curve, one point per epoch
+    tuned = load_model(tmp_path / "tuned.pth", device="cpu")
+    assert tuned.info.backend == "maskrcnn" and tuned.config.min_size_test == 128
+    assert str((tmp_path / "tuned.pth").resolve()) in recent_models()
