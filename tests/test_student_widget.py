@@ -34,3 +34,35 @@ def test_student_widget_trains_plots_and_registers_the_model(qtbot, make_napari_
     assert np.isfinite(widget.history[-1]["loss"])
     if mode == DISTIL:  # the teacher's masks were cached beside the student
         assert list((tmp_path / "student_teacher_masks").glob("*.tif"))
+
+
+def test_student_widget_fine_tunes_a_student_on_corrected_labels(qtbot, make_napari_viewer, tmp_path):
+    import torch
+
+    from napari_cellseg.student.model import CHECKPOINT_KEY
+
+    viewer = make_napari_viewer()
+    image, truth = disc_image((160, 160), n=10, seed=6)
+    widget = StudentWidget(viewer)
+    widget.mode.value = TRAIN
+    widget.image.value = viewer.add_image(image, name="cells")
+    widget.labels_layer.value = viewer.add_labels(truth, name="corrected")
+    widget.epochs.value, widget.batch.value, widget.crop.value = 1, 2, 64
+    widget.device.value = "cpu"
+    widget.extra_options = TINY
+    widget.out.value = str(tmp_path / "first.pt")
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    first = torch.load(tmp_path / "first.pt", weights_only=True)
+
+    widget.init.value = str(tmp_path / "first.pt")  # fine-tune that student
+    widget.extra_options = {"steps_per_epoch": 3}  # the architecture comes from the starting student
+    widget.out.value = str(tmp_path / "tuned.pt")
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert widget.last_result is not None, widget.status.value
+    tuned = torch.load(tmp_path / "tuned.pt", weights_only=True)
+    assert tuned[CHECKPOINT_KEY]["widths"] == first[CHECKPOINT_KEY]["widths"] == list(TINY["widths"])
+    changed = [k for k, v in first["state_dict"].items()
+               if v.is_floating_point() and not torch.equal(v.float(), tuned["state_dict"][k].float())]
+    assert changed  # trained on from the first student's weights, not a copy

@@ -163,7 +163,7 @@ def train_iter(
     """Train (or resume) a student; see the module docstring. ``info``: provenance kept in the checkpoint.
 
     ``init``: a student checkpoint whose weights start the training (e.g. a distilled student
-    fine-tuned on ground truth); the optimizer and schedule start afresh.
+    fine-tuned on ground truth); its architecture is used, the optimizer and schedule start afresh.
 
     ``epoch_hook(model, epoch)``, when given, runs after each epoch's batches and before
     validation (used by the tests to provoke a collapse).
@@ -180,16 +180,17 @@ def train_iter(
     out = Path(out)
     last_path = last_checkpoint_path(out)
     torch.manual_seed(seed)
-    model = build_unet(widths).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    history: list[dict] = []
-    events: list[str] = []
+    start = None
     if init is not None and not resume:
         start = load_checkpoint(init)
         if CHECKPOINT_KEY not in start:
             raise ValueError(f"{init}: not a U-Net student checkpoint")
-        if tuple(start[CHECKPOINT_KEY]["widths"]) != tuple(model.widths):
-            raise ValueError(f"{init}: a U-Net of widths {start[CHECKPOINT_KEY]['widths']}, not {list(model.widths)}")
+        widths = tuple(start[CHECKPOINT_KEY]["widths"])
+    model = build_unet(widths).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    history: list[dict] = []
+    events: list[str] = []
+    if start is not None:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in start["state_dict"].items()})
     start_epoch, lr_factor, best_dice, restarts = 0, 1.0, -1.0, 0
     if resume:

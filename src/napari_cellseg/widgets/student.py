@@ -32,12 +32,15 @@ class StudentWidget(TrainingWidget):
         self.batch = widgets.SpinBox(label="batch", value=8, min=1, max=256)
         self.crop = widgets.SpinBox(label="crop", value=256, min=32, max=1024, step=16)
         self.resume = widgets.CheckBox(label="resume", value=False)
+        self.init = widgets.FileEdit(label="start from", mode="r", filter="*.pt",
+                                     tooltip="optional: a student whose weights start the training, e.g. "
+                                             "the shipped one, to fine-tune it on your corrected labels")
         self.out = widgets.FileEdit(label="save student as", mode="w", filter="*.pt",
                                     value=str(Path.home() / "napari-cellseg-student.pt"))
         self.device = device_choice()
         super().__init__(viewer, [self.mode, self.teacher, self.image, self.labels_layer, self.folder,
-                                  self.val_suffixes, self.epochs, self.batch, self.crop, self.resume, self.out,
-                                  self.device], "Train U-Net student")
+                                  self.val_suffixes, self.init, self.epochs, self.batch, self.crop, self.resume,
+                                  self.out, self.device], "Train U-Net student")
         self.plot = LinePlot()
         self.native.layout().addWidget(self.plot.canvas)
         self.mode.changed.connect(self._on_mode)
@@ -48,7 +51,7 @@ class StudentWidget(TrainingWidget):
 
     def _on_mode(self, mode):
         self.teacher.visible = mode == DISTIL
-        self.labels_layer.visible = mode == TRAIN
+        self.labels_layer.visible = self.init.visible = mode == TRAIN
 
     def _folder(self) -> Path | None:
         return Path(self.folder.value) if str(self.folder.value) not in ("", ".") else None
@@ -96,6 +99,8 @@ class StudentWidget(TrainingWidget):
         suffixes = tuple(s.strip() for s in self.val_suffixes.value.split(",") if s.strip())
         options = dict(epochs=self.epochs.value, batch=self.batch.value, crop=self.crop.value,
                        resume=self.resume.value, device=device)
+        if mode == TRAIN and str(self.init.value) not in ("", "."):
+            options["init"] = str(self.init.value)
         options.update(getattr(self, "extra_options", {}))  # e.g. a narrow U-Net in tests
         self._start(self._job, mode, self.teacher.value, device, folder, layer, suffixes, self._out_path,
                     options, on_done=self._on_done)
