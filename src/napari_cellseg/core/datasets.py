@@ -74,17 +74,17 @@ def split_names(names: Sequence[str], val_fraction: float, seed: int = 0) -> lis
     return sorted(rng.choice(names, n_val, replace=False).tolist()) if n_val else []
 
 
-def frames_of(name: str, image: np.ndarray, labels: np.ndarray, rgb: bool | None = None):
-    """(name, image frame, label frame) for a 2-D image or each frame of a stack."""
+def frames_of(name: str, image: np.ndarray | None, labels: np.ndarray, rgb: bool | None = None):
+    """(name, image frame, label frame) for a 2-D image or each frame of a stack (image may be None)."""
     labels = np.asarray(labels)
     if labels.ndim == 2:
-        yield name, np.asarray(image), labels
+        yield name, None if image is None else np.asarray(image), labels
         return
-    if np.shape(image)[: labels.ndim] != labels.shape:
+    if image is not None and np.shape(image)[: labels.ndim] != labels.shape:
         raise ValueError(f"{name}: labels of shape {labels.shape} do not match the image of shape {np.shape(image)}")
     for index in np.ndindex(*labels.shape[:-2]):
         suffix = "_".join(f"{i:03d}" for i in index)
-        yield f"{name}_t{suffix}", np.asarray(image[index]), labels[index]
+        yield f"{name}_t{suffix}", None if image is None else np.asarray(image[index]), labels[index]
 
 
 def export_dataset(
@@ -96,7 +96,7 @@ def export_dataset(
     Images are normalised to 8 bits exactly as at inference. Returns ``data.yaml``
     (YOLO) or the folder holding ``train.json``/``val.json`` (COCO).
     """
-    from .normalize import normalize_to_uint8, to_stack_of_frames
+    from .normalize import model_rgb, to_stack_of_frames
 
     frames = []
     for name, image, labels in samples:
@@ -105,9 +105,7 @@ def export_dataset(
             raise ValueError(f"{name}: labels of shape {np.shape(labels)} do not match the image of shape {image.shape}")
         for frame_name, frame, frame_labels in frames_of(name, image, labels):
             stacked, _ = to_stack_of_frames(frame)
-            rgb = normalize_to_uint8(np.asarray(stacked))
-            rgb = np.repeat(rgb, 3, axis=-1) if rgb.shape[-1] == 1 else rgb
-            frames.append((frame_name, rgb, np.asarray(frame_labels)))
+            frames.append((frame_name, model_rgb(np.asarray(stacked)), np.asarray(frame_labels)))
     if not frames:
         raise ValueError("nothing to export")
     val_names = split_names([f[0] for f in frames], val_fraction, seed)

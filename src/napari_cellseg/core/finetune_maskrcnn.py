@@ -35,14 +35,13 @@ def _targets(labels: np.ndarray):
 def prepare_samples(samples) -> list[tuple[np.ndarray, np.ndarray]]:
     """(uint8 RGB frame, labels) pairs from (name, image, labels) samples; frames without objects are dropped."""
     from .datasets import frames_of
-    from .normalize import normalize_to_uint8, to_stack_of_frames
+    from .normalize import model_rgb, to_stack_of_frames
 
     out = []
     for name, image, labels in samples:
         for _, frame, frame_labels in frames_of(name, np.asarray(image), np.asarray(labels)):
             stacked, _ = to_stack_of_frames(frame)
-            rgb = normalize_to_uint8(np.asarray(stacked))
-            rgb = np.repeat(rgb, 3, axis=-1) if rgb.shape[-1] == 1 else rgb
+            rgb = model_rgb(np.asarray(stacked))
             if frame_labels.max() > 0:
                 out.append((rgb, frame_labels.astype(np.int32)))
     if not out:

@@ -77,6 +77,16 @@ def normalize_to_uint8(frame: np.ndarray, percentiles=DEFAULT_PERCENTILES) -> np
     return out[..., 0] if squeeze else out
 
 
+def as_rgb(frame: np.ndarray) -> np.ndarray:
+    """(Y, X, 1) grey -> (Y, X, 3), the form every backend takes; (Y, X, 3) unchanged."""
+    return np.repeat(frame, 3, axis=-1) if frame.shape[-1] == 1 else frame
+
+
+def model_rgb(frame: np.ndarray) -> np.ndarray:
+    """A (Y, X, C) frame as the models see it: percentile-normalised to uint8, three channels."""
+    return as_rgb(normalize_to_uint8(frame))
+
+
 def to_stack_of_frames(
     image: np.ndarray,
     *,

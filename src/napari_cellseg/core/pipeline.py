@@ -14,7 +14,7 @@ import numpy as np
 
 from ..backends import InferenceSettings, SegmentationBackend, load_model
 from .fusion import fuse_detections, predict_with_flips
-from .normalize import apply_ranges, channel_ranges, to_stack_of_frames
+from .normalize import apply_ranges, as_rgb, channel_ranges, to_stack_of_frames
 from .result import SegmentationResult, concat_tables, object_table
 from .tiling import InstanceStitcher, tile_grid
 
@@ -110,10 +110,10 @@ def segment_iter(
         frame = frames[index]  # stays lazy for dask/zarr input: only tiles are read
         ranges = channel_ranges(frame)
         if hasattr(model, "begin_frame"):  # optional hook: per-frame statistics
-            model.begin_frame(_as_rgb(apply_ranges(frame, ranges)))
+            model.begin_frame(as_rgb(apply_ranges(frame, ranges)))
         stitcher = InstanceStitcher(layout.height, layout.width, match_iou=match_iou)
         for t in tiles:
-            block = _as_rgb(apply_ranges(frame[t.slices], ranges))
+            block = as_rgb(apply_ranges(frame[t.slices], ranges))
             if tta:  # mask probabilities, where the backend has them, are what gets averaged
                 predict = getattr(model, "predict_tile_soft", model.predict_tile)
                 detections = fuse_detections(predict_with_flips(predict, block, settings))
@@ -161,10 +161,6 @@ def apply_class_conf(detections, conf: float, class_conf: dict[int, float]):
         return detections
     return type(detections)(detections.masks[keep], detections.scores[keep], detections.class_ids[keep],
                             None if detections.boxes is None else detections.boxes[keep])
-
-
-def _as_rgb(block: np.ndarray) -> np.ndarray:
-    return np.repeat(block, 3, axis=-1) if block.shape[-1] == 1 else block
 
 
 def run(generator: Generator, on_progress: Callable[[Progress], None] | None = None):

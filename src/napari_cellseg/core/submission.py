@@ -40,12 +40,11 @@ def rle_decode(text: str, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _frames(image_id: str, labels: np.ndarray):
-    labels = np.asarray(labels)
-    if labels.ndim == 2:
-        yield image_id, labels
-        return
-    for index in np.ndindex(*labels.shape[:-2]):
-        yield f"{image_id}_t" + "_".join(f"{i:03d}" for i in index), labels[index]
+    """(frame id, 2-D labels); a stack's frames are named as the dataset exports name them."""
+    from .datasets import frames_of
+
+    for frame_id, _, frame in frames_of(image_id, None, labels):
+        yield frame_id, frame
 
 
 def write_sartorius_csv(path: str | os.PathLike, items: Iterable[tuple[str, np.ndarray]]) -> int:

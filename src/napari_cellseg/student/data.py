@@ -44,13 +44,12 @@ def is_validation_name(stem: str) -> bool:
 
 def model_input(image: np.ndarray) -> np.ndarray:
     """A 2-D grey or RGB(A) image -> (H, W, 3) uint8, normalised as the pipeline normalises a frame."""
-    from ..core.normalize import ImageInputError, normalize_to_uint8, to_stack_of_frames
+    from ..core.normalize import ImageInputError, model_rgb, to_stack_of_frames
 
     frames, layout = to_stack_of_frames(np.asarray(image))
     if layout.stack_shape:
         raise ImageInputError(f"expected one 2-D image, got a stack of shape {np.shape(image)}")
-    rgb = normalize_to_uint8(frames)
-    return np.repeat(rgb, 3, axis=-1) if rgb.shape[-1] == 1 else rgb
+    return model_rgb(frames)
 
 
 def _images_in(folder: Path) -> list[Path]:
