@@ -2,8 +2,9 @@
 
     python benchmarks/bench_classifier.py [--crops 2048] [--batch 256]
 
-Also times the raw torchvision model on the same tensors (the plugin's overhead ratio) and the whole
-per-frame path (cropping + classification) on a synthetic tracked movie.
+Also times the raw torchvision model on the same tensors (the plugin's overhead ratio), the whole
+per-frame path (cropping + classification) on a synthetic tracked movie, and the CPU's float32
+matrix-product peak next to the arithmetic one crop needs: what throughput the machine allows at all.
 """
 from __future__ import annotations
 
@@ -47,6 +48,18 @@ def main(argv=None):
             torch.softmax(raw_model(tensor[start:start + args.batch]), 1)
     raw = time.perf_counter() - t
 
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        raw_model(tensor[:1])
+    gflop_per_crop = counter.get_total_flops() / 1e9
+    a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    peak_gflops = 10 * 2 * 2048 ** 3 / (time.perf_counter() - t) / 1e9
+
     frames, side, cells = 20, 256, 25
     tracked = np.zeros((frames, side, side), np.int32)
     for k in range(cells):
@@ -62,6 +75,10 @@ def main(argv=None):
         "raw_torchvision_crops_per_s": round(args.crops / raw, 1),
         "overhead_ratio": round(plugin / raw, 3),
         "movie_cells_per_s_with_cropping": round(frames * cells / movie_s, 1),
+        "gflop_per_crop": round(gflop_per_crop, 3),
+        "cpu_matmul_peak_gflops": round(peak_gflops, 1),
+        "plugin_gflops": round(gflop_per_crop * args.crops / plugin, 1),
+        "gflops_needed_for_300_crops_per_s": round(gflop_per_crop * 300, 1),
     }
     print(json.dumps(figures, indent=2))
 

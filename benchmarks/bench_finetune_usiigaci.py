@@ -56,6 +56,8 @@ def main(argv=None):
     parser.add_argument("--zoom", type=float, default=0.5)
     parser.add_argument("--lr0", type=float, default=0.0005)
     parser.add_argument("--out", default=None, help="keep the fine-tuned model here")
+    parser.add_argument("--train-arg", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra ultralytics training argument, e.g. flipud=0.5 (repeatable)")
     args = parser.parse_args(argv)
 
     from napari_cellseg import load_model
@@ -70,8 +72,15 @@ def main(argv=None):
     train = [p for p in pairs if p[0] not in held_out]
     test = [p for p in pairs if p[0] in held_out]
     base = load_model(args.model, device="cpu")
+    extra = {}
+    for item in args.train_arg:
+        key, _, value = item.partition("=")
+        try:
+            extra[key] = json.loads(value)
+        except json.JSONDecodeError:
+            extra[key] = value
     figures = {"held_out": sorted(held_out), "n_train_images": len(train), "epochs": args.epochs, "zoom": args.zoom,
-               "lr0": args.lr0}
+               "lr0": args.lr0, "train_args": extra}
     figures["before_at_model_zoom"] = score(base, test)
     # the untouched model at the fine-tuning scale too: how much is scale, how much is learning
     imgsz = base.info.train_imgsz or 640
@@ -90,7 +99,8 @@ def main(argv=None):
     # a gentle schedule: ultralytics' default warm-up (bias lr 0.1) wrecks a pretrained head on 7 images
     result = run(finetune_iter(base.info.path, data_yaml, out, epochs=args.epochs, batch=args.batch,
                                zoom=args.zoom, device="cpu", workdir=workdir / "train", optimizer="AdamW",
-                               lr0=args.lr0, warmup_epochs=1, warmup_bias_lr=args.lr0, patience=100), on_progress)
+                               lr0=args.lr0, warmup_epochs=1, warmup_bias_lr=args.lr0, patience=args.epochs,
+                               **extra), on_progress)
     figures["training_minutes"] = round((time.perf_counter() - started) / 60, 1)
     tuned = load_model(result.path, device="cpu")
     figures["after"] = score(tuned, test)

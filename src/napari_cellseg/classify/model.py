@@ -59,15 +59,29 @@ class Classifier:
             crops = crops[:, None]
         if crops.shape[1] != self.in_channels:
             raise ValueError(f"the classifier takes {self.in_channels} channel(s), the crops have {crops.shape[1]}")
-        self.model.eval()
-        self.model.to(memory_format=torch.channels_last)  # ~25 % faster convolutions on CPU (oneDNN)
+        if len(crops) == 0:
+            return np.zeros((0, len(self.class_names)), np.float32)
+        model = self._model_for(crops.shape[2:])
         out = []
         with torch.inference_mode():
             for start in range(0, len(crops), batch_size):
                 batch = torch.from_numpy(crops[start:start + batch_size]).to(self.device)
                 batch = batch.contiguous(memory_format=torch.channels_last)
-                out.append(torch.softmax(self.model(batch), dim=1).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
+                out.append(torch.softmax(model(batch), dim=1).cpu().numpy())
+        return np.concatenate(out)
+
+    def _model_for(self, crop_hw):
+        """The model in eval mode; on the CPU, a cached faster equivalent (see ``fast.py``)."""
+        self.model.eval()
+        if str(self.device) != "cpu":
+            return self.model
+        from .fast import inference_model, weights_version
+
+        key = (id(self.model), weights_version(self.model), tuple(crop_hw))
+        if getattr(self, "_fast_key", None) != key:
+            self._fast_model = inference_model(self.model, self.in_channels, tuple(crop_hw))
+            self._fast_key = key
+        return self._fast_model
 
     def save(self, path: str | Path, **extra) -> None:
         import torch
