@@ -131,7 +131,7 @@ class WorkerWidget(widgets.Container):
         self.worker.aborted.connect(generator.close, Qt.ConnectionType.DirectConnection)
         self.worker.yielded.connect(self._on_progress)
         self.worker.returned.connect(self._on_returned)
-        self.worker.returned.connect(on_done)
+        self.worker.returned.connect(lambda value: self._gui_steps(on_done(value)))
         self.worker.errored.connect(self._on_error)
         self.worker.aborted.connect(self._on_aborted)
         self.worker.finished.connect(self._on_finished)
@@ -152,6 +152,34 @@ class WorkerWidget(widgets.Container):
     def _on_returned(self, _result):
         self.progress.value = self.progress.max
 
+    _steps = None  # GUI work still to do for the last result
+    _finish_after_steps = False
+
+    def _gui_steps(self, steps) -> None:
+        """Run ``on_done``'s GUI work. A generator does one step per event-loop turn (it yields
+        between steps), so that several slow napari calls never block the loop together; the run
+        counts as finished only after its last step."""
+        if not hasattr(steps, "__next__"):
+            return
+        self._steps = steps
+        self._next_gui_step()
+
+    def _next_gui_step(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        try:
+            next(self._steps)
+        except StopIteration:
+            self._steps = None
+        except Exception as exc:  # a failed step must not leave the widget stuck in "running"
+            self._steps = None
+            self._on_error(exc)
+        if self._steps is not None:
+            QTimer.singleShot(0, self._next_gui_step)
+        elif self._finish_after_steps:
+            self._finish_after_steps = False
+            self._on_finished()
+
     def _on_error(self, exc):
         self.status.value = f"failed: {exc}"
         notify_error(exc)
@@ -160,6 +188,9 @@ class WorkerWidget(widgets.Container):
         self.status.value = "cancelled: nothing was added"
 
     def _on_finished(self):
+        if self._steps is not None:  # the result's layers are still being added
+            self._finish_after_steps = True
+            return
         self.worker = None
         self.run_button.enabled, self.cancel_button.enabled = True, False
 

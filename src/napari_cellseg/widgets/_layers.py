@@ -89,42 +89,95 @@ def features_of(result):
     return pd.DataFrame({k: np.asarray(v) for k, v in result.objects.items()})
 
 
-def write_result_layers(viewer, source, result, *, kind: str = "segment", name_suffix: str = ""):
-    """Add or replace the Labels and Points layers of one result. Returns (labels, points)."""
-    transform = spatial_transform(source, result.labels.ndim)
-    features = result.metadata.get("_features")
-    features = features_of(result) if features is None else features
-    suffix = name_suffix or ""
+class SourceInfo:
+    """What the writers need of the source image layer, captured on the GUI thread for the worker."""
 
-    labels_layer = find_replaceable(viewer, source, "labels", kind)
-    labels_meta = _provenance(result, source, "labels", kind, result.labels)
-    if labels_layer is None:
-        labels_layer = viewer.add_labels(
-            result.labels, name=f"{source.name} labels{suffix}", features=features,
-            metadata={META_KEY: labels_meta}, **transform,
-        )
-    else:
-        labels_layer.data = result.labels
-        labels_layer.features = features
-        labels_layer.metadata = {**labels_layer.metadata, META_KEY: labels_meta}
+    def __init__(self, layer):
+        self.name, self.unique_id = layer.name, layer.unique_id
+        self.scale, self.translate = tuple(layer.scale), tuple(layer.translate)
 
-    coords = result.centroid_coordinates()
-    points_layer = find_replaceable(viewer, source, "points", kind)
-    points_meta = _provenance(result, source, "points", kind, coords)
+
+def _points_style(result, features) -> tuple[dict, list[str]]:
     classes = sorted(set(features["class_name"])) or ["object"]
     color_cycle = [CLASS_COLORS[i % len(CLASS_COLORS)] for i in range(len(classes))]
     # colour by class; an empty table has no class column values to map
-    colouring = {"face_color": "class_name", "face_color_cycle": color_cycle} if len(coords) else {}
-    if points_layer is None:
-        points_layer = viewer.add_points(
-            coords, ndim=result.labels.ndim, name=f"{source.name} centroids{suffix}", features=features, size=6,
-            border_width=0, metadata={META_KEY: points_meta}, **colouring, **transform,
-        )
-    else:  # in place: a new layer costs the GUI thread far more than new data
-        points_layer.data = coords
-        points_layer.features = features
-        if colouring:
-            points_layer.face_color_cycle = color_cycle
-            points_layer.face_color = "class_name"
-        points_layer.metadata = {**points_layer.metadata, META_KEY: points_meta}
-    return labels_layer, points_layer
+    colouring = {"face_color": "class_name", "face_color_cycle": color_cycle} if result.n_objects else {}
+    return colouring, color_cycle
+
+
+def build_new_layers(result, source, *, kind: str = "segment", name_suffix: str = "",
+                     roles=("labels", "points")) -> dict:
+    """The Labels and Points layer objects a first run adds, built in the worker thread.
+
+    A layer object is plain evented Python until it joins a viewer; napari's constructors
+    (label colours, feature tables, data ranges) cost the GUI thread a few hundred ms on a
+    first run, so they run here. ``write_result_layers`` adds them unless it updates our
+    earlier unedited layers in place.
+    """
+    from napari.layers import Labels, Points
+
+    transform = spatial_transform(source, result.labels.ndim)
+    features = result.metadata.get("_features")
+    features = features_of(result) if features is None else features
+    layers = {}
+    if "labels" in roles:
+        layers["labels"] = Labels(
+            result.labels, name=f"{source.name} labels{name_suffix}", features=features,
+            metadata={META_KEY: _provenance(result, source, "labels", kind, result.labels)}, **transform)
+    if "points" in roles:
+        coords = result.centroid_coordinates()
+        colouring, _ = _points_style(result, features)
+        layers["points"] = Points(
+            coords, ndim=result.labels.ndim, name=f"{source.name} centroids{name_suffix}", features=features, size=6,
+            border_width=0, metadata={META_KEY: _provenance(result, source, "points", kind, coords)},
+            **colouring, **transform)
+    return layers
+
+
+def write_labels_layer(viewer, source, result, *, kind: str = "segment", name_suffix: str = "", new_layer=None):
+    """Update our earlier unedited Labels output for this image in place, or add a new layer."""
+    features = result.metadata.get("_features")
+    features = features_of(result) if features is None else features
+    layer = find_replaceable(viewer, source, "labels", kind)
+    meta = _provenance(result, source, "labels", kind, result.labels)
+    if layer is None:
+        if new_layer is None:
+            new_layer = build_new_layers(result, source, kind=kind, name_suffix=name_suffix, roles=("labels",))["labels"]
+        viewer.layers.append(new_layer)
+        return new_layer
+    layer.data = result.labels
+    layer.features = features
+    layer.metadata = {**layer.metadata, META_KEY: meta}
+    return layer
+
+
+def write_points_layer(viewer, source, result, *, kind: str = "segment", name_suffix: str = "", new_layer=None):
+    """Update our earlier unedited Points output (centroids) in place, or add a new layer."""
+    features = result.metadata.get("_features")
+    features = features_of(result) if features is None else features
+    layer = find_replaceable(viewer, source, "points", kind)
+    if layer is None:
+        if new_layer is None:
+            new_layer = build_new_layers(result, source, kind=kind, name_suffix=name_suffix, roles=("points",))["points"]
+        viewer.layers.append(new_layer)
+        return new_layer
+    coords = result.centroid_coordinates()
+    colouring, color_cycle = _points_style(result, features)
+    # in place: a new layer costs the GUI thread far more than new data
+    layer.data = coords
+    layer.features = features
+    if colouring:
+        layer.face_color_cycle = color_cycle
+        layer.face_color = "class_name"
+    layer.metadata = {**layer.metadata, META_KEY: _provenance(result, source, "points", kind, coords)}
+    return layer
+
+
+def write_result_layers(viewer, source, result, *, kind: str = "segment", name_suffix: str = "", new_layers=None):
+    """Add or replace the Labels and Points layers of one result. Returns (labels, points)."""
+    new_layers = new_layers or {}
+    labels = write_labels_layer(viewer, source, result, kind=kind, name_suffix=name_suffix,
+                                new_layer=new_layers.get("labels"))
+    points = write_points_layer(viewer, source, result, kind=kind, name_suffix=name_suffix,
+                                new_layer=new_layers.get("points"))
+    return labels, points

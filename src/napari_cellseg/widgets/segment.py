@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from magicgui import widgets
 
-from ._layers import precompute_hashes
+from ._layers import SourceInfo, build_new_layers, precompute_hashes
 from ._common import ModelCache, ModelChooser, WorkerWidget, device_choice, full_resolution, notify_error
 
 
@@ -74,14 +74,14 @@ class SegmentWidget(WorkerWidget):
         extra = [str(p) for p in (self.ensemble.value or ()) if str(p) not in ("", ".")]
         return [self.model.value, *extra] if extra else self.model.value
 
-    def _job(self, layer, model_name: str, device: str, parameters: dict):
+    def _job(self, layer, source: SourceInfo, model_name: str, device: str, parameters: dict):
         from ..core.pipeline import Progress, segment_iter
 
         yield Progress(0, 1, 0, 1, "loading model")
         model = self._cache.get(model_name, device)  # in the worker thread, cached for re-runs
         result = yield from segment_iter(full_resolution(layer), model, rgb=layer.rgb, **parameters)
         precompute_hashes(result)  # hashing a large result here keeps it off the GUI thread
-        return result
+        return result, build_new_layers(result, source)
 
     def run(self):
         layer = self.image.value
@@ -95,17 +95,23 @@ class SegmentWidget(WorkerWidget):
             except ValueError as exc:
                 notify_error(exc)
                 return
-            self._start(self._job, layer, self.model_spec(), self.device.value, parameters,
-                        on_done=lambda result: self._on_done(layer, result))
+            self._start(self._job, layer, SourceInfo(layer), self.model_spec(), self.device.value, parameters,
+                        on_done=lambda out: self._on_done(layer, *out))
 
-    def _on_done(self, layer, result):
-        from ._layers import write_result_layers
+    def _on_done(self, layer, result, new_layers):
+        """GUI steps, one per event-loop turn: napari's adding of a layer is the slow part."""
+        from ._layers import write_labels_layer, write_points_layer
 
         if layer not in self._viewer.layers:
             notify_error(ValueError(f"the image '{layer.name}' was closed during the run; result discarded"))
             return
         self.last_result = result
-        write_result_layers(self._viewer, layer, result)
+        write_labels_layer(self._viewer, layer, result, new_layer=new_layers["labels"])
+        yield
+        if layer not in self._viewer.layers:
+            return
+        write_points_layer(self._viewer, layer, result, new_layer=new_layers["points"])
+        yield
         counts = result.counts_per_frame()
         if result.stack_shape:  # a count per frame: only stacks get the plot (drawing it stalls the GUI)
             self.counts_plot.show(range(len(counts)), counts, xlabel="frame", ylabel="objects",
