@@ -105,6 +105,18 @@ def _points_style(result, features) -> tuple[dict, list[str]]:
     return colouring, color_cycle
 
 
+def _warm_vispy_line_patterns() -> None:
+    """vispy computes its line dash patterns (about 170 ms of numpy, then cached for the process)
+    when the first line visual is made: the first Labels layer's polygon overlay, on the GUI
+    thread. Computing them in the worker takes that off the GUI thread; a vispy without this
+    module just skips the warm-up."""
+    try:
+        from vispy.visuals.line.dash_atlas import DashAtlas
+    except ImportError:
+        return
+    DashAtlas()
+
+
 def build_new_layers(result, source, *, kind: str = "segment", name_suffix: str = "",
                      roles=("labels", "points")) -> dict:
     """The Labels and Points layer objects a first run adds, built in the worker thread.
@@ -116,6 +128,7 @@ def build_new_layers(result, source, *, kind: str = "segment", name_suffix: str 
     """
     from napari.layers import Labels, Points
 
+    _warm_vispy_line_patterns()
     transform = spatial_transform(source, result.labels.ndim)
     features = result.metadata.get("_features")
     features = features_of(result) if features is None else features
