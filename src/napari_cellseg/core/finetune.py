@@ -120,6 +120,10 @@ def finetune_iter(
     yolo.add_callback("on_train_batch_end", on_batch_end)
     yolo.add_callback("on_fit_epoch_end", on_epoch_end)
 
+    # one optimiser step per batch: ultralytics otherwise accumulates gradients up to 64 images
+    # (nbs), which on a few corrected images is fewer steps than epochs
+    train_args.setdefault("nbs", batch)
+
     def train():
         try:
             yolo.train(data=str(data), epochs=epochs, batch=batch, imgsz=imgsz, device=device, workers=0,
