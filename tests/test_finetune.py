@@ -63,6 +63,11 @@ def test_finetune_at_another_zoom_records_it_and_keeps_the_mask_calibration(tmp_
     assert tuned.info.mask_erosion == tiny_yolo_model.info.mask_erosion
     # 200 px images at zoom 0.5 and imgsz 128: tiles of 256 px, so one tile per image
     assert len(list((tmp_path / "w" / "tiles" / "images" / "train").glob("*.png"))) == 3
+    # one optimiser step per batch: ultralytics' own default would accumulate to 64 images
+    import yaml
+
+    trainer_args = yaml.safe_load((tmp_path / "w" / "run" / "args.yaml").read_text())
+    assert trainer_args["nbs"] == trainer_args["batch"] == 4
 
 
 def test_architecture_follows_the_starting_model(tiny_yolo, tmp_path):
