@@ -194,3 +194,15 @@ def write_result_layers(viewer, source, result, *, kind: str = "segment", name_s
     points = write_points_layer(viewer, source, result, kind=kind, name_suffix=name_suffix,
                                 new_layer=new_layers.get("points"))
     return labels, points
+
+
+def write_result_layers_in_steps(viewer, source, result, *, kind: str = "segment", name_suffix: str = "",
+                                 new_layers=None):
+    """``write_result_layers`` as GUI steps: a generator that yields after each layer, so that a
+    widget adds them in separate event-loop turns (see ``WorkerWidget._gui_steps``)."""
+    new_layers = new_layers or {}
+    write_labels_layer(viewer, source, result, kind=kind, name_suffix=name_suffix, new_layer=new_layers.get("labels"))
+    yield
+    if source in viewer.layers:
+        write_points_layer(viewer, source, result, kind=kind, name_suffix=name_suffix,
+                           new_layer=new_layers.get("points"))

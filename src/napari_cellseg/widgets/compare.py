@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from magicgui import widgets
 
-from ._layers import precompute_hashes
+from ._layers import SourceInfo, build_new_layers, precompute_hashes
 from ._common import ModelCache, ModelChooser, WorkerWidget, device_choice, full_resolution, notify_error
 
 
@@ -25,7 +25,13 @@ class CompareWidget(WorkerWidget):
         viewer.layers.events.inserted.connect(self.image.reset_choices)
         viewer.layers.events.removed.connect(self.image.reset_choices)
 
-    def _job(self, layer, models: list[str], device: str, conf: float, match_iou: float):
+    @staticmethod
+    def _layer_naming(tag: str, result) -> dict:
+        from pathlib import Path
+
+        return {"kind": f"compare-{tag}", "name_suffix": f" [{tag}: {Path(str(result.metadata['model']['path'])).name}]"}
+
+    def _job(self, layer, source: SourceInfo, models: list[str], device: str, conf: float, match_iou: float):
         from ..core.metrics import agreement
         from ..core.pipeline import Progress, segment_iter
 
@@ -36,7 +42,9 @@ class CompareWidget(WorkerWidget):
             result = yield from segment_iter(full_resolution(layer), model, rgb=layer.rgb, conf=conf)
             results.append(result)
             precompute_hashes(results[-1])
-        return results, agreement(results[0].labels, results[1].labels, match_iou)
+        # the layer objects are built here, off the GUI thread (see build_new_layers)
+        new_layers = [build_new_layers(r, source, **self._layer_naming(tag, r)) for tag, r in zip("AB", results)]
+        return results, agreement(results[0].labels, results[1].labels, match_iou), new_layers
 
     def run(self):
         layer = self.image.value
@@ -44,19 +52,19 @@ class CompareWidget(WorkerWidget):
         if layer is None or not all(models):
             notify_error(ValueError("choose an image and two models"))
             return
-        self._start(self._job, layer, models, self.device.value, self.conf.value, self.match_iou.value,
-                    on_done=lambda out: self._on_done(layer, *out))
+        self._start(self._job, layer, SourceInfo(layer), models, self.device.value, self.conf.value,
+                    self.match_iou.value, on_done=lambda out: self._on_done(layer, *out))
 
-    def _on_done(self, layer, results, agreement):
-        from pathlib import Path
+    def _on_done(self, layer, results, agreement, new_layers):
+        """GUI steps, one layer per event-loop turn."""
+        from ._layers import write_result_layers_in_steps
 
-        from ._layers import write_result_layers
-
-        if layer not in self._viewer.layers:
-            return
-        for tag, result in zip("AB", results):
-            name = Path(str(result.metadata["model"]["path"])).name
-            write_result_layers(self._viewer, layer, result, kind=f"compare-{tag}", name_suffix=f" [{tag}: {name}]")
+        for tag, result, layers in zip("AB", results, new_layers):
+            if layer not in self._viewer.layers:
+                return
+            yield from write_result_layers_in_steps(self._viewer, layer, result, new_layers=layers,
+                                                    **self._layer_naming(tag, result))
+            yield
         self.last_agreement = agreement
         if self.side_by_side.value:
             self._viewer.grid.enabled = True

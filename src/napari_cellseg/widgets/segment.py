@@ -100,17 +100,13 @@ class SegmentWidget(WorkerWidget):
 
     def _on_done(self, layer, result, new_layers):
         """GUI steps, one per event-loop turn: napari's adding of a layer is the slow part."""
-        from ._layers import write_labels_layer, write_points_layer
+        from ._layers import write_result_layers_in_steps
 
         if layer not in self._viewer.layers:
             notify_error(ValueError(f"the image '{layer.name}' was closed during the run; result discarded"))
             return
         self.last_result = result
-        write_labels_layer(self._viewer, layer, result, new_layer=new_layers["labels"])
-        yield
-        if layer not in self._viewer.layers:
-            return
-        write_points_layer(self._viewer, layer, result, new_layer=new_layers["points"])
+        yield from write_result_layers_in_steps(self._viewer, layer, result, new_layers=new_layers)
         yield
         counts = result.counts_per_frame()
         if result.stack_shape:  # a count per frame: only stacks get the plot (drawing it stalls the GUI)
