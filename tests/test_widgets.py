@@ -110,6 +110,66 @@ def test_bad_input_is_notified_and_the_viewer_lives(qtbot, make_napari_viewer, t
     assert len(viewer.layers) == 1 and not _own(viewer, "labels")
 
 
+def test_chosen_model_is_loaded_in_the_background_and_reused_by_the_run(qtbot, viewer_with_image, tiny_yolo):
+    viewer, _, _ = viewer_with_image
+    widget = SegmentWidget(viewer)
+    widget.device.value = "cpu"
+    widget.model.value = str(tiny_yolo)
+    widget.preload_thread.join(120)
+    assert not widget.preload_thread.is_alive()
+    ((names, device, _),) = widget._cache._models
+    assert names == (str(tiny_yolo.resolve()),) and device == "cpu"
+    preloaded = next(iter(widget._cache._models.values()))
+    _run(qtbot, widget)
+    assert next(iter(widget._cache._models.values())) is preloaded  # the run found it ready
+    assert widget.last_result.metadata["model"]["path"] == str(tiny_yolo.resolve())
+
+
+def test_a_model_that_fails_to_preload_is_reported_by_the_run(qtbot, make_napari_viewer, tmp_path, monkeypatch):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((64, 64), np.uint8), name="blank")
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"PK\x03\x04 truncated")
+    widget = SegmentWidget(viewer)
+    widget.model.value = str(broken)
+    widget.preload_thread.join(60)  # fails quietly: nothing to report until the user runs
+    errors = []
+    monkeypatch.setattr("napari_cellseg.widgets._common.notify_error", lambda exc: errors.append(str(exc)))
+    _run(qtbot, widget)
+    assert errors and "broken.pt" in errors[0] and "failed" in widget.status.value
+    assert not _own(viewer, "labels")
+
+
+def test_new_layers_get_their_overlays_and_visuals_back_after_the_steps(qtbot, viewer_with_image):
+    from napari_cellseg import segment
+    from napari_cellseg.widgets._layers import (
+        DEFERRABLE_OVERLAYS, SourceInfo, build_new_layers, write_result_layers_in_steps)
+
+    viewer, image_layer, _ = viewer_with_image
+    widget = SegmentWidget(viewer)
+    widget.model.combo.value = "otsu-watershed"
+    _run(qtbot, widget)
+    (labels,), (points,) = _own(viewer, "labels"), _own(viewer, "points")
+    overlays = {"polygon", "brush_stroke", "bounding_box", "transform_box"}
+    assert overlays <= set(labels._overlays)
+    canvas = viewer.window._qt_viewer.canvas  # napari draws the visible overlays: here, the given-back ones
+    shown = {overlay for overlay in labels._overlays.values() if overlay.visible}
+    assert shown == {labels._overlays[key] for key in DEFERRABLE_OVERLAYS}
+    assert shown <= set(canvas._layer_overlay_to_visual[labels])
+    for mode in ("polygon", "paint", "transform", "pan_zoom"):  # napari's tools find their overlays
+        labels.mode = mode
+
+    # steps abandoned after the first one (e.g. the widget closed): the overlays still come back
+    result = segment(image_layer.data, "otsu-watershed")
+    layers = build_new_layers(result, SourceInfo(image_layer))
+    labels.data = labels.data.copy() + (labels.data > 0)  # edited: the next result needs a new layer
+    steps = write_result_layers_in_steps(viewer, image_layer, result, new_layers=layers)
+    next(steps)
+    assert layers["labels"] in viewer.layers and not set(DEFERRABLE_OVERLAYS) & set(layers["labels"]._overlays)
+    steps.close()
+    assert overlays <= set(layers["labels"]._overlays)
+
+
 def test_recent_models_are_offered(qtbot, make_napari_viewer, tiny_yolo):
     viewer = make_napari_viewer()
     widget = SegmentWidget(viewer)

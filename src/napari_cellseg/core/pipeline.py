@@ -163,6 +163,13 @@ def apply_class_conf(detections, conf: float, class_conf: dict[int, float]):
                             None if detections.boxes is None else detections.boxes[keep])
 
 
+def warm_up(model: SegmentationBackend, side: int = 64) -> None:
+    """One inference on a small noise image: the backend's lazily imported modules and first-call
+    set-up (e.g. ultralytics' predictor) are then ready for the first real run."""
+    noise = np.random.default_rng(0).integers(0, 256, (side, side), dtype=np.uint8)
+    run(segment_iter(noise, model))
+
+
 def run(generator: Generator, on_progress: Callable[[Progress], None] | None = None):
     """Drive a compute generator to its end and return its result."""
     while True:

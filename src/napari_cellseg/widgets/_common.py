@@ -48,14 +48,25 @@ class ModelChooser(widgets.Container):
 
 
 class ModelCache:
-    """Models loaded in worker threads, kept for re-runs (per widget, not global)."""
+    """Models loaded in worker threads, kept for re-runs (per widget, not global).
+
+    Thread-safe: a run that asks for a model while ``preload`` is still loading it waits for
+    that load instead of starting a second one.
+    """
 
     def __init__(self):
+        import threading
+
         self._models: dict = {}
+        self._lock = threading.Lock()
 
-    def get(self, model: str, device: str):
+    def get(self, model: str, device: str, warm_up: bool = False):
+        """The loaded model; ``warm_up``: a newly loaded one also makes one tiny inference."""
         from ..backends import load_model
+        from ..backends.base import resolve_device
+        from ..core.pipeline import warm_up as warm_up_model
 
+        device = resolve_device(device)  # 'auto' and the device it picks share one entry
         names = tuple(model) if isinstance(model, (list, tuple)) else (model,)  # a list: an ensemble
         stamps = []
         for name in names:
@@ -64,10 +75,43 @@ class ModelCache:
             except OSError:
                 stamps.append(None)  # a shipped name or a built-in
         key = (names, device, tuple(stamps))
-        if key not in self._models:
-            self._models.clear()  # one model resident at a time keeps memory bounded
-            self._models[key] = load_model(list(names) if len(names) > 1 else names[0], device=device)
-        return self._models[key]
+        with self._lock:
+            if key not in self._models:
+                self._models.clear()  # one model resident at a time keeps memory bounded
+                loaded = load_model(list(names) if len(names) > 1 else names[0], device=device)
+                if warm_up:  # under the lock: no run uses the model before its warm-up is over
+                    try:
+                        warm_up_model(loaded)
+                    except Exception:  # noqa: BLE001 - only a head start: a run reports real problems
+                        pass
+                self._models[key] = loaded
+            return self._models[key]
+
+    def preload(self, model: str | None, device: str):
+        """Load ``model`` in a background thread, so that a later run finds it ready.
+
+        The first model of a session imports torch and its backend's libraries, its first
+        inference sets up more (e.g. ultralytics' predictor), and Python's full garbage
+        collections over a heap that size hold the interpreter lock for a few hundred ms each:
+        done here, as soon as a model is chosen, with one tiny inference and one collection at
+        the end, those stalls fall outside the runs. Errors are left for the run to report.
+        Returns the thread (None without a model).
+        """
+        import gc
+        import threading
+
+        def load():
+            try:
+                self.get(model, device, warm_up=True)
+            except Exception:  # noqa: BLE001 - the run reports the same error with context
+                return
+            gc.collect()  # the collection the imports have made due, now rather than during a run
+
+        if not model:
+            return None
+        thread = threading.Thread(target=load, name="napari-cellseg-preload", daemon=True)
+        thread.start()
+        return thread
 
 
 def full_resolution(layer):

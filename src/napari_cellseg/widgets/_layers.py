@@ -196,13 +196,54 @@ def write_result_layers(viewer, source, result, *, kind: str = "segment", name_s
     return labels, points
 
 
+# A Labels layer's painting overlays (polygon tool, brush outline): visible from the start, so
+# napari builds their vispy visuals as the layer joins a viewer (invisible overlays wait until shown)
+DEFERRABLE_OVERLAYS = ("polygon", "brush_stroke")
+
+
+def detach_overlays(layer) -> dict:
+    """Take the painting overlays off a Labels layer that is not in a viewer yet; give them back
+    with ``reattach_overlays``. Building their visuals is about a third of the cost of adding the
+    layer, which can then be paid in an event-loop turn of its own. napari reads them only in the
+    paint and polygon modes. Uses napari's private ``_overlays`` mapping: where a napari version
+    lacks it, nothing is detached and the layer is added whole."""
+    overlays = getattr(layer, "_overlays", None)
+    if overlays is None or not hasattr(overlays, "update"):
+        return {}
+    detached = {key: overlays[key] for key in DEFERRABLE_OVERLAYS if key in overlays}
+    for key in detached:
+        del overlays[key]
+    return detached
+
+
+def reattach_overlays(layer, detached: dict) -> None:
+    if detached:
+        layer._overlays.update(detached)
+
+
+def _add_in_two_steps(write, new_layer):
+    """``write(new_layer)`` (which adds it, or updates our earlier layer instead) as GUI steps: the
+    layer without its overlays in this turn, its overlays in the next."""
+    detached = detach_overlays(new_layer)
+    try:
+        if write(new_layer) is new_layer and detached:
+            yield
+    finally:  # also when the steps are abandoned: the layer always gets its overlays back
+        reattach_overlays(new_layer, detached)
+
+
 def write_result_layers_in_steps(viewer, source, result, *, kind: str = "segment", name_suffix: str = "",
                                  new_layers=None):
-    """``write_result_layers`` as GUI steps: a generator that yields after each layer, so that a
-    widget adds them in separate event-loop turns (see ``WorkerWidget._gui_steps``)."""
+    """``write_result_layers`` as GUI steps: a generator that yields after each slow napari call, so
+    that a widget makes them in separate event-loop turns (see ``WorkerWidget._gui_steps``): a new
+    Labels layer, its overlays, the Points layer, its overlays."""
     new_layers = new_layers or {}
-    write_labels_layer(viewer, source, result, kind=kind, name_suffix=name_suffix, new_layer=new_layers.get("labels"))
+    yield from _add_in_two_steps(
+        lambda new: write_labels_layer(viewer, source, result, kind=kind, name_suffix=name_suffix, new_layer=new),
+        new_layers.get("labels"))
     yield
     if source in viewer.layers:
-        write_points_layer(viewer, source, result, kind=kind, name_suffix=name_suffix,
-                           new_layer=new_layers.get("points"))
+        yield from _add_in_two_steps(
+            lambda new: write_points_layer(viewer, source, result, kind=kind, name_suffix=name_suffix,
+                                           new_layer=new),
+            new_layers.get("points"))

@@ -56,6 +56,13 @@ class SegmentWidget(WorkerWidget):
         self.counts_plot.canvas.setVisible(False)
         viewer.layers.events.inserted.connect(self.image.reset_choices)
         viewer.layers.events.removed.connect(self.image.reset_choices)
+        # the chosen model loads in the background at once: a run finds it ready
+        self.model.combo.changed.connect(self._preload)
+        self.device.changed.connect(self._preload)
+        self._preload()
+
+    def _preload(self, *_):
+        self.preload_thread = self._cache.preload(self.model.value, self.device.value)
 
     def parameters(self) -> dict:
         return {
