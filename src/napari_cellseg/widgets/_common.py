@@ -60,8 +60,12 @@ class ModelCache:
         self._models: dict = {}
         self._lock = threading.Lock()
 
-    def get(self, model: str, device: str, warm_up: bool = False):
-        """The loaded model; ``warm_up``: a newly loaded one also makes one tiny inference."""
+    def get(self, model: str, device: str):
+        return self._get(model, device)[0]
+
+    def _get(self, model, device: str, warm_up: bool = False):
+        """(the loaded model, whether it was loaded just now); ``warm_up``: a newly loaded model
+        also makes one tiny inference."""
         from ..backends import load_model
         from ..backends.base import resolve_device
         from ..core.pipeline import warm_up as warm_up_model
@@ -85,7 +89,8 @@ class ModelCache:
                     except Exception:  # noqa: BLE001 - only a head start: a run reports real problems
                         pass
                 self._models[key] = loaded
-            return self._models[key]
+                return loaded, True
+            return self._models[key], False
 
     def preload(self, model: str | None, device: str):
         """Load ``model`` in a background thread, so that a later run finds it ready.
@@ -102,10 +107,11 @@ class ModelCache:
 
         def load():
             try:
-                self.get(model, device, warm_up=True)
+                _, loaded_now = self._get(model, device, warm_up=True)
             except Exception:  # noqa: BLE001 - the run reports the same error with context
                 return
-            gc.collect()  # the collection the imports have made due, now rather than during a run
+            if loaded_now:
+                gc.collect()  # the collection the imports have made due, now rather than during a run
 
         if not model:
             return None

@@ -236,7 +236,7 @@ def write_result_layers_in_steps(viewer, source, result, *, kind: str = "segment
                                  new_layers=None):
     """``write_result_layers`` as GUI steps: a generator that yields after each slow napari call, so
     that a widget makes them in separate event-loop turns (see ``WorkerWidget._gui_steps``): a new
-    Labels layer, its overlays, the Points layer, its overlays."""
+    Labels layer, its painting overlays, then the Points layer."""
     new_layers = new_layers or {}
     yield from _add_in_two_steps(
         lambda new: write_labels_layer(viewer, source, result, kind=kind, name_suffix=name_suffix, new_layer=new),
