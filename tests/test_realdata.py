@@ -35,7 +35,8 @@ def _validation_fluorescence(data: Path, n: int):
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_nuclei_model_keeps_its_validation_quality(shared_data):
-    """A regression floor a little under the model card's figures (F1 0.85, DSB 0.46 on fluorescence)."""
+    """A regression floor a little under what the shipped model scores on these 12 images
+    (F1 0.82, DSB score 0.46, count error 0.11; the card's figures are over all 61 fluorescence images)."""
     data = shared_data / "dsb2018"
     model = load_model("nuclei", device="cpu")
     f1, dsb, count_error = [], [], []
@@ -46,9 +47,9 @@ def test_nuclei_model_keeps_its_validation_quality(shared_data):
         f1.append(row["f1_50"])
         dsb.append(row["dsb_score"])
         count_error.append(abs(row["relative_count_error"]))
-    assert np.mean(f1) >= 0.75
-    assert np.mean(dsb) >= 0.35
-    assert np.mean(count_error) <= 0.3
+    assert np.mean(f1) >= 0.78
+    assert np.mean(dsb) >= 0.42
+    assert np.mean(count_error) <= 0.2
 
 
 @pytest.mark.slow
