@@ -170,6 +170,36 @@ def test_new_layers_get_their_overlays_and_visuals_back_after_the_steps(qtbot, v
     assert overlays <= set(layers["labels"]._overlays)
 
 
+def test_new_layers_are_sliced_in_the_worker_and_selected_after_their_steps(qtbot, viewer_with_image):
+    from napari_cellseg import segment
+    from napari_cellseg.widgets._layers import (
+        SourceInfo, build_new_layers, roles_to_build, write_result_layers_in_steps)
+
+    viewer, image_layer, _ = viewer_with_image
+    result = segment(image_layer.data, "otsu-watershed")
+    assert roles_to_build(viewer, image_layer) == ("labels", "points")
+    unsliced = build_new_layers(result, SourceInfo(image_layer))["points"]  # no dims: napari slices on adding
+    layers = build_new_layers(result, SourceInfo(image_layer, viewer.dims))
+    slicings = []
+    for layer in (unsliced, *layers.values()):
+        layer.events.set_data.connect(lambda event: slicings.append(event.source))
+    steps = write_result_layers_in_steps(viewer, image_layer, result, new_layers=layers)
+    next(steps)  # the Labels layer is in, but not selected yet
+    assert layers["labels"] in viewer.layers and viewer.layers.selection.active is image_layer
+    for _ in steps:
+        pass
+    assert viewer.layers.selection.active is layers["points"]  # the last new layer, as napari leaves it
+    assert slicings == []  # napari used the slices made beforehand
+    viewer.layers.append(unsliced)
+    assert slicings == [unsliced]
+
+    # a re-run builds no layers: it updates these in place, unless the user has edited one
+    viewer.layers.remove(unsliced)
+    assert roles_to_build(viewer, image_layer) == ()
+    layers["labels"].data = layers["labels"].data.copy() + (layers["labels"].data > 0)
+    assert roles_to_build(viewer, image_layer) == ("labels",)
+
+
 def test_recent_models_are_offered(qtbot, make_napari_viewer, tiny_yolo):
     viewer = make_napari_viewer()
     widget = SegmentWidget(viewer)

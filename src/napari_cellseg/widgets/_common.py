@@ -146,6 +146,9 @@ def reporting_errors(action, status: widgets.Label):
     return run
 
 
+GUI_STEP_GAP_MS = 2  # between two GUI steps of a result: the event loop's other work runs there
+
+
 def _delegate(generator):
     return (yield from generator)
 
@@ -225,7 +228,9 @@ class WorkerWidget(widgets.Container):
             self._steps = None
             self._on_error(exc)
         if self._steps is not None:
-            QTimer.singleShot(0, self._next_gui_step)
+            # not 0: a zero-delay call can run before timers and paint events that fell due during
+            # this step, which fuses two steps into one stall of the event loop
+            QTimer.singleShot(GUI_STEP_GAP_MS, self._next_gui_step)
         elif self._finish_after_steps:
             self._finish_after_steps = False
             self._on_finished()

@@ -58,6 +58,15 @@ def find_replaceable(viewer, source, role: str, kind: str):
     return None
 
 
+def roles_to_build(viewer, source, kind: str = "segment") -> tuple[str, ...]:
+    """The output roles a run must build new layers for: those without an earlier unedited layer
+    of ours to update in place. Checked on the GUI thread as a run starts, so that the worker
+    builds only layers that will be used (a discarded napari layer is freed only by a full
+    garbage collection); if the user edits a layer during the run, its replacement is built
+    then, on the GUI thread."""
+    return tuple(role for role in ("labels", "points") if find_replaceable(viewer, source, role, kind) is None)
+
+
 def spatial_transform(source, result_ndim: int) -> dict:
     """Scale and translate of the source's non-channel axes, for outputs of ``result_ndim`` axes."""
     scale = list(source.scale)[-result_ndim:]
@@ -90,11 +99,40 @@ def features_of(result):
 
 
 class SourceInfo:
-    """What the writers need of the source image layer, captured on the GUI thread for the worker."""
+    """What the writers need of the source image layer (and of the viewer's dims, if given),
+    captured on the GUI thread for the worker."""
 
-    def __init__(self, layer):
+    def __init__(self, layer, dims=None):
         self.name, self.unique_id = layer.name, layer.unique_id
         self.scale, self.translate = tuple(layer.scale), tuple(layer.translate)
+        self.dims = _snapshot(dims)
+
+
+def _snapshot(dims):
+    """A new dims model with the viewer's values (not a copy, which would share the viewer's event
+    emitters), for the worker to read while the user moves the sliders."""
+    if dims is None:
+        return None
+    values = getattr(dims, "model_dump", None) or getattr(dims, "dict", None)
+    try:
+        return type(dims)(**values())
+    except Exception:  # noqa: BLE001 - only an optimisation: napari slices the layer when it is added
+        return None
+
+
+def slice_ahead(layer, dims) -> None:
+    """Slice a new layer for the viewer's current dims in the worker thread. napari slices a layer
+    as it joins the viewer (for Labels: colour-mapping every pixel of the view, about 130 ms on
+    the GUI thread for a 4096x4096 image) unless the layer already holds the slice for those dims,
+    which it checks itself; if the dims have changed meanwhile, napari just slices again. Uses
+    napari's private ``Layer._slice_dims``: where a napari version lacks it, nothing is done here."""
+    slice_dims = getattr(layer, "_slice_dims", None)
+    if dims is None or slice_dims is None:
+        return
+    try:
+        slice_dims(dims)
+    except Exception:  # noqa: BLE001 - only an optimisation
+        pass
 
 
 def _points_style(result, features) -> tuple[dict, list[str]]:
@@ -144,6 +182,8 @@ def build_new_layers(result, source, *, kind: str = "segment", name_suffix: str 
             coords, ndim=result.labels.ndim, name=f"{source.name} centroids{name_suffix}", features=features, size=6,
             border_width=0, metadata={META_KEY: _provenance(result, source, "points", kind, coords)},
             **colouring, **transform)
+    for layer in layers.values():
+        slice_ahead(layer, getattr(source, "dims", None))
     return layers
 
 
@@ -221,29 +261,53 @@ def reattach_overlays(layer, detached: dict) -> None:
         layer._overlays.update(detached)
 
 
-def _add_in_two_steps(write, new_layer):
+def _insert_without_activating(viewer, write, new_layer):
+    """``write(new_layer)`` with napari's activation of an inserted layer held back: making it the
+    active layer (its controls shown, the viewer's active-layer state updated) is a further cost
+    of adding it, which can be paid in a later event-loop turn. Returns (the written layer, whether
+    to activate it later). Uses napari's private ``_activate_on_insert`` flag: where a napari
+    version lacks it, the layer is activated as it is added."""
+    layer_list = viewer.layers
+    activates = getattr(layer_list, "_activate_on_insert", None)
+    if not isinstance(activates, bool):
+        return write(new_layer), False
+    layer_list._activate_on_insert = False
+    try:
+        written = write(new_layer)
+    finally:
+        layer_list._activate_on_insert = activates
+    return written, activates and written is new_layer
+
+
+def _add_in_steps(viewer, write, new_layer):
     """``write(new_layer)`` (which adds it, or updates our earlier layer instead) as GUI steps: the
-    layer without its overlays in this turn, its overlays in the next."""
+    layer without its overlays and unselected in this turn, its overlays in the next, then its
+    selection as the active layer (as napari does for any new layer)."""
     detached = detach_overlays(new_layer)
     try:
-        if write(new_layer) is new_layer and detached:
+        written, activate = _insert_without_activating(viewer, write, new_layer)
+        if written is new_layer and detached:
             yield
     finally:  # also when the steps are abandoned: the layer always gets its overlays back
         reattach_overlays(new_layer, detached)
+    if activate:
+        yield
+        if new_layer in viewer.layers:
+            viewer.layers.selection.active = new_layer
 
 
 def write_result_layers_in_steps(viewer, source, result, *, kind: str = "segment", name_suffix: str = "",
                                  new_layers=None):
     """``write_result_layers`` as GUI steps: a generator that yields after each slow napari call, so
     that a widget makes them in separate event-loop turns (see ``WorkerWidget._gui_steps``): a new
-    Labels layer, its painting overlays, then the Points layer."""
+    Labels layer, its painting overlays, its selection, then the same for the Points layer."""
     new_layers = new_layers or {}
-    yield from _add_in_two_steps(
-        lambda new: write_labels_layer(viewer, source, result, kind=kind, name_suffix=name_suffix, new_layer=new),
+    yield from _add_in_steps(
+        viewer, lambda new: write_labels_layer(viewer, source, result, kind=kind, name_suffix=name_suffix, new_layer=new),
         new_layers.get("labels"))
     yield
     if source in viewer.layers:
-        yield from _add_in_two_steps(
-            lambda new: write_points_layer(viewer, source, result, kind=kind, name_suffix=name_suffix,
+        yield from _add_in_steps(
+            viewer, lambda new: write_points_layer(viewer, source, result, kind=kind, name_suffix=name_suffix,
                                            new_layer=new),
             new_layers.get("points"))

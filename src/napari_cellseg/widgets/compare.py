@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from magicgui import widgets
 
-from ._layers import SourceInfo, build_new_layers, precompute_hashes
+from ._layers import SourceInfo, build_new_layers, precompute_hashes, roles_to_build
 from ._common import ModelCache, ModelChooser, WorkerWidget, device_choice, full_resolution, notify_error
 
 
@@ -31,7 +31,8 @@ class CompareWidget(WorkerWidget):
 
         return {"kind": f"compare-{tag}", "name_suffix": f" [{tag}: {Path(str(result.metadata['model']['path'])).name}]"}
 
-    def _job(self, layer, source: SourceInfo, models: list[str], device: str, conf: float, match_iou: float):
+    def _job(self, layer, source: SourceInfo, roles: dict, models: list[str], device: str, conf: float,
+             match_iou: float):
         from ..core.metrics import agreement
         from ..core.pipeline import Progress, segment_iter
 
@@ -43,7 +44,8 @@ class CompareWidget(WorkerWidget):
             results.append(result)
             precompute_hashes(results[-1])
         # the layer objects are built here, off the GUI thread (see build_new_layers)
-        new_layers = [build_new_layers(r, source, **self._layer_naming(tag, r)) for tag, r in zip("AB", results)]
+        new_layers = [build_new_layers(r, source, roles=roles[tag], **self._layer_naming(tag, r))
+                      for tag, r in zip("AB", results)]
         return results, agreement(results[0].labels, results[1].labels, match_iou), new_layers
 
     def run(self):
@@ -52,8 +54,9 @@ class CompareWidget(WorkerWidget):
         if layer is None or not all(models):
             notify_error(ValueError("choose an image and two models"))
             return
-        self._start(self._job, layer, SourceInfo(layer), models, self.device.value, self.conf.value,
-                    self.match_iou.value, on_done=lambda out: self._on_done(layer, *out))
+        roles = {tag: roles_to_build(self._viewer, layer, f"compare-{tag}") for tag in "AB"}
+        self._start(self._job, layer, SourceInfo(layer, self._viewer.dims), roles, models, self.device.value,
+                    self.conf.value, self.match_iou.value, on_done=lambda out: self._on_done(layer, *out))
 
     def _on_done(self, layer, results, agreement, new_layers):
         """GUI steps, one layer per event-loop turn."""

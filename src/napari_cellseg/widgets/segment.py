@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from magicgui import widgets
 
-from ._layers import SourceInfo, build_new_layers, precompute_hashes
+from ._layers import SourceInfo, build_new_layers, precompute_hashes, roles_to_build
 from ._common import ModelCache, ModelChooser, WorkerWidget, device_choice, full_resolution, notify_error
 
 
@@ -81,14 +81,14 @@ class SegmentWidget(WorkerWidget):
         extra = [str(p) for p in (self.ensemble.value or ()) if str(p) not in ("", ".")]
         return [self.model.value, *extra] if extra else self.model.value
 
-    def _job(self, layer, source: SourceInfo, model_name: str, device: str, parameters: dict):
+    def _job(self, layer, source: SourceInfo, roles: tuple, model_name: str, device: str, parameters: dict):
         from ..core.pipeline import Progress, segment_iter
 
         yield Progress(0, 1, 0, 1, "loading model")
         model = self._cache.get(model_name, device)  # in the worker thread, cached for re-runs
         result = yield from segment_iter(full_resolution(layer), model, rgb=layer.rgb, **parameters)
         precompute_hashes(result)  # hashing a large result here keeps it off the GUI thread
-        return result, build_new_layers(result, source)
+        return result, build_new_layers(result, source, roles=roles)
 
     def run(self):
         layer = self.image.value
@@ -102,8 +102,8 @@ class SegmentWidget(WorkerWidget):
             except ValueError as exc:
                 notify_error(exc)
                 return
-            self._start(self._job, layer, SourceInfo(layer), self.model_spec(), self.device.value, parameters,
-                        on_done=lambda out: self._on_done(layer, *out))
+            self._start(self._job, layer, SourceInfo(layer, self._viewer.dims), roles_to_build(self._viewer, layer),
+                        self.model_spec(), self.device.value, parameters, on_done=lambda out: self._on_done(layer, *out))
 
     def _on_done(self, layer, result, new_layers):
         """GUI steps, one per event-loop turn: napari's adding of a layer is the slow part."""
