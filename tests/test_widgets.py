@@ -198,6 +198,12 @@ def test_new_layers_are_sliced_in_the_worker_and_selected_after_their_steps(qtbo
     assert roles_to_build(viewer, image_layer) == ()
     layers["labels"].data = layers["labels"].data.copy() + (layers["labels"].data > 0)
     assert roles_to_build(viewer, image_layer) == ("labels",)
+    # edited during a run whose worker built nothing: the new Labels layer is built here, and selected
+    for _ in write_result_layers_in_steps(viewer, image_layer, result, new_layers=None):
+        pass
+    (_, new_labels), (points,) = _own(viewer, "labels"), _own(viewer, "points")
+    assert new_labels is not layers["labels"] and points is layers["points"]
+    assert viewer.layers.selection.active is new_labels
 
 
 def test_recent_models_are_offered(qtbot, make_napari_viewer, tiny_yolo):

@@ -271,29 +271,33 @@ def _insert_without_activating(viewer, write, new_layer):
     activates = getattr(layer_list, "_activate_on_insert", None)
     if not isinstance(activates, bool):
         return write(new_layer), False
+    earlier = list(layer_list)
     layer_list._activate_on_insert = False
     try:
         written = write(new_layer)
     finally:
         layer_list._activate_on_insert = activates
-    return written, activates and written is new_layer
+    added = all(written is not layer for layer in earlier)  # not an earlier layer updated in place
+    return written, activates and added
 
 
 def _add_in_steps(viewer, write, new_layer):
     """``write(new_layer)`` (which adds it, or updates our earlier layer instead) as GUI steps: the
-    layer without its overlays and unselected in this turn, its overlays in the next, then its
-    selection as the active layer (as napari does for any new layer)."""
+    layer without its overlays and unselected in this turn, then each overlay in a turn of its own,
+    then its selection as the active layer (as napari does for any new layer)."""
     detached = detach_overlays(new_layer)
     try:
         written, activate = _insert_without_activating(viewer, write, new_layer)
-        if written is new_layer and detached:
+        while written is new_layer and detached:
             yield
+            key = next(iter(detached))
+            reattach_overlays(new_layer, {key: detached.pop(key)})
     finally:  # also when the steps are abandoned: the layer always gets its overlays back
         reattach_overlays(new_layer, detached)
     if activate:
         yield
-        if new_layer in viewer.layers:
-            viewer.layers.selection.active = new_layer
+        if written in viewer.layers:
+            viewer.layers.selection.active = written
 
 
 def write_result_layers_in_steps(viewer, source, result, *, kind: str = "segment", name_suffix: str = "",
