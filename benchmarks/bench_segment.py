@@ -229,7 +229,8 @@ def event_loop_in_fresh_sessions(model_name: str, sessions: int, click_at_once: 
         if isinstance(figures, dict):
             summary[phase] = {key: [round(float(f(values)), 2) for f in (np.min, np.median, np.max)]
                               for key in figures for values in [[sample[phase][key] for sample in samples]]}
-    return {"sessions": sessions, "min_median_max": summary}
+    longest = {phase: [sample[phase]["max_stall_ms"] for sample in samples] for phase in summary}
+    return {"sessions": sessions, "min_median_max": summary, "max_stall_ms_per_session": longest}
 
 
 def main(argv=None):
