@@ -53,7 +53,7 @@ def bench_overhead(model, repeats: int, size: int) -> dict:
                   verbose=False)
     for tile in tiles[:1]:  # warm-up both paths
         raw_model.predict(tile, **kwargs)
-        segment(images[0], model, tile=size)
+        segment(images[0], model, tile=size, conf=0.25)
     raw, plugin = [], []
     for _ in range(repeats):
         for image, tile in zip(images, tiles):
@@ -63,7 +63,7 @@ def bench_overhead(model, repeats: int, size: int) -> dict:
                 result.masks.data.cpu().numpy()  # the raw path also has to fetch the masks
             raw.append(time.perf_counter() - t)
             t = time.perf_counter()
-            segment(image, model, tile=size)
+            segment(image, model, tile=size, conf=0.25)
             plugin.append(time.perf_counter() - t)
     return {"tile": size, "network_input": net, "raw_ultralytics_s": float(np.median(raw)), "plugin_s": float(np.median(plugin)),
             "ratio": float(np.median(plugin) / np.median(raw))}

@@ -50,8 +50,9 @@ def samples(data: Path, crop: int, max_crops: int, rng: np.random.Generator):
             yield f"{image_id[:16]}_{k}", image[tile.slices], labels[tile.slices], is_validation(image_id)
 
 
-def package_model(weights: Path, out: Path, zoom: float, notes: dict, mask_erosion: int = 1) -> str:
-    """Strip the optimizer, record the zoom the model was trained at, write atomically; returns sha256."""
+def package_model(weights: Path, out: Path, zoom: float, notes: dict, mask_erosion: int = 1, conf: float = 0.25) -> str:
+    """Strip the optimizer, record the zoom the model was trained at and its calibrated mask erosion
+    and score threshold, write atomically; returns sha256."""
     import torch
     from ultralytics.utils.torch_utils import strip_optimizer
 
@@ -59,7 +60,7 @@ def package_model(weights: Path, out: Path, zoom: float, notes: dict, mask_erosi
 
     with atomic_path(out) as tmp:
         ckpt = torch.load(weights, map_location="cpu", weights_only=False)
-        ckpt["napari_cellseg"] = {"zoom": zoom, "mask_erosion": mask_erosion, **notes}
+        ckpt["napari_cellseg"] = {"zoom": zoom, "mask_erosion": mask_erosion, "conf": conf, **notes}
         torch.save(ckpt, tmp)
         strip_optimizer(str(tmp))
     return sha256_of(out)
@@ -83,13 +84,15 @@ def main(argv=None):
     parser.add_argument("--package-only", type=Path, default=None, help="only package these weights")
     parser.add_argument("--mask-erosion", type=int, default=1,
                         help="pixels to peel off predicted masks (calibrated on training images)")
+    parser.add_argument("--conf", type=float, default=0.25,
+                        help="default score threshold (calibrated on training images: calibrate_nuclei_model.py)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1]
                         / "src/napari_cellseg/models/nuclei_yolo11n_seg.pt")
     args = parser.parse_args(argv)
     notes = {"training_data": "DSB2018 stage1_train (BBBC038, corrected), CC0", "crop": args.crop,
              "split": "validation: sha1(image id)[0] < 38"}
     if args.package_only:
-        print("sha256:", package_model(args.package_only, args.out, args.zoom, notes, args.mask_erosion))
+        print("sha256:", package_model(args.package_only, args.out, args.zoom, notes, args.mask_erosion, args.conf))
         return
 
     data_yaml = args.work / "dataset" / "data.yaml"
@@ -121,7 +124,8 @@ def train(args, data_yaml: Path, notes: dict) -> None:
         scale=0.3, hsv_h=0.0, hsv_s=0.3, hsv_v=0.3, max_det=1000, overlap_mask=True,
     )
     best = args.work / args.name / "weights" / "best.pt"
-    print("best weights:", best, "sha256 of the packaged model:", package_model(best, args.out, args.zoom, notes, args.mask_erosion))
+    sha256 = package_model(best, args.out, args.zoom, notes, args.mask_erosion, args.conf)
+    print("best weights:", best, "sha256 of the packaged model:", sha256)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Validation figures of a nuclei model on the fixed DSB2018 validation split.
 
-    python scripts/validate_nuclei_model.py --model nuclei --data ../shared/data/dsb2018 [--conf 0.25]
+    python scripts/validate_nuclei_model.py --model nuclei --data ../shared/data/dsb2018 [--conf T]
 
 Runs the plugin's own ``segment`` (full-resolution tiling) on every validation
 image (see train_nuclei_model.is_validation), and prints the DSB score over all
@@ -27,7 +27,7 @@ from napari_cellseg.core.io import read_image  # noqa: E402
 from napari_cellseg.core.metrics import evaluate  # noqa: E402
 
 
-def validate(model, data: Path, conf: float, limit: int | None = None, **options) -> dict:
+def validate(model, data: Path, conf: float | None, limit: int | None = None, **options) -> dict:
     modality = {r["id"]: r["modality_guess"] for r in csv.DictReader(open(data / "metadata.csv"))}
     ids = sorted(p.stem for p in (data / "images").glob("*.png") if is_validation(p.stem))[:limit]
     rows = []
@@ -53,7 +53,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="nuclei")
     parser.add_argument("--data", type=Path, default=Path("../shared/data/dsb2018"))
-    parser.add_argument("--conf", type=float, default=0.25)
+    parser.add_argument("--conf", type=float, default=None, help="score threshold (default: the model's)")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--baseline", action="store_true", help="also score Otsu + watershed")
     parser.add_argument("--tile", type=int, default=None)
@@ -61,8 +61,9 @@ def main(argv=None):
     parser.add_argument("--tta", action="store_true")
     args = parser.parse_args(argv)
     options = {"tile": args.tile, "imgsz": args.imgsz, "tta": args.tta}
-    figures = {"settings": {"conf": args.conf, **options},
-               "model": validate(load_model(args.model, device="cpu"), args.data, args.conf, args.limit, **options)}
+    model = load_model(args.model, device="cpu")
+    figures = {"settings": {"conf": model.info.conf if args.conf is None else args.conf, **options},
+               "model": validate(model, args.data, args.conf, args.limit, **options)}
     if args.baseline:
         figures["otsu-watershed"] = validate(load_model("otsu-watershed"), args.data, args.conf, args.limit)
     print(json.dumps(figures, indent=2))

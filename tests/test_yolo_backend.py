@@ -36,6 +36,27 @@ def test_full_path_on_a_16bit_image_larger_than_a_tile(tiny_yolo_model):
     assert result.metadata["model"]["sha256"] == tiny_yolo_model.info.sha256
 
 
+def test_a_checkpoints_calibrated_score_threshold_is_the_default(tmp_path, tiny_yolo):
+    import torch
+
+    ckpt = torch.load(tiny_yolo, map_location="cpu", weights_only=False)
+    ckpt["napari_cellseg"] = {**(ckpt.get("napari_cellseg") or {}), "conf": 0.3}
+    torch.save(ckpt, tmp_path / "calibrated.pt")
+    model = load_model(tmp_path / "calibrated.pt", device="cpu")
+    assert model.info.conf == 0.3 and "conf" not in model.info.extra
+    assert load_model(tiny_yolo, device="cpu").info.conf == 0.25  # a checkpoint without one
+
+    handed = []  # the threshold the backend is given for each tile
+    predict_tile = model.predict_tile
+    model.predict_tile = lambda tile, settings: handed.append(settings.conf) or predict_tile(tile, settings)
+    image, _ = disc_image((200, 300), n=20, radius=(7, 12), seed=3)
+    assert segment(image, model).metadata["parameters"]["conf"] == 0.3
+    assert handed and set(handed) == {0.3}
+    handed.clear()
+    assert segment(image, model, conf=0.01).metadata["parameters"]["conf"] == 0.01  # an explicit value wins
+    assert set(handed) == {0.01}
+
+
 def test_max_det_cap_is_reported_not_silent(tiny_yolo_model):
     image, _ = disc_image((128, 128), n=8, seed=4)
     result = segment(image, tiny_yolo_model, conf=0.0001, max_det=1)

@@ -40,6 +40,8 @@ class ModelInfo:
     # pixels to peel off every instance: ultralytics rasterises training polygons with their
     # boundary pixels included, so its masks come out inflated; calibrated on training images
     mask_erosion: int = 0
+    # score threshold used when the caller gives none; calibrated on training images where stored
+    conf: float = 0.25
     extra: dict = field(default_factory=dict)
 
 

@@ -71,8 +71,9 @@ class YoloBackend:
             train_imgsz=int(train_imgsz) if train_imgsz else None,
             zoom=float(extra.get("zoom", 1.0)),
             mask_erosion=int(extra.get("mask_erosion", 0)),
+            conf=float(extra.get("conf", 0.25)),
             extra={"ultralytics_version": ckpt.get("version"),
-                   **{k: v for k, v in extra.items() if k not in ("zoom", "mask_erosion")}},
+                   **{k: v for k, v in extra.items() if k not in ("zoom", "mask_erosion", "conf")}},
         )
 
     def predict_tile(self, tile: np.ndarray, settings: InferenceSettings) -> TileDetections:

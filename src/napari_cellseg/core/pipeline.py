@@ -60,7 +60,7 @@ def segment_iter(
     imgsz: int | None = None,
     tile: int | None = None,
     overlap: int | None = None,
-    conf: float = 0.25,
+    conf: float | None = None,
     iou: float = 0.7,
     max_det: int = 3000,
     match_iou: float = 0.5,
@@ -74,6 +74,8 @@ def segment_iter(
 ) -> Generator[Progress, None, SegmentationResult]:
     """Segment a 2-D image or a stack frame by frame, tile by tile.
 
+    ``conf``: score threshold; ``None`` uses the model's own calibration (0.25 for checkpoints
+    that carry none).
     ``mask_erosion``: pixels peeled off every object after stitching; ``None`` uses
     the model's own calibration (0 for checkpoints that carry none).
 
@@ -86,6 +88,7 @@ def segment_iter(
     """
     from .. import __version__
 
+    conf = model.info.conf if conf is None else float(conf)
     if not 0 <= conf <= 1 or not 0 <= iou <= 1:
         raise ValueError(f"conf and iou must lie in [0, 1] (got conf={conf}, iou={iou})")
     mask_erosion = model.info.mask_erosion if mask_erosion is None else int(mask_erosion)

@@ -16,7 +16,8 @@ class CompareWidget(WorkerWidget):
         self.image = widgets.create_widget(annotation=napari.layers.Image, label="image")
         self.model_a = ModelChooser(label="model A")
         self.model_b = ModelChooser(label="model B")
-        self.conf = widgets.FloatSpinBox(label="confidence", value=0.25, min=0.0, max=1.0, step=0.05)
+        self.conf = widgets.FloatSpinBox(label="confidence (0 = each model's)", value=0.0, min=0.0, max=1.0, step=0.05,
+                                         tooltip="score threshold; 0 uses each model's calibrated one (else 0.25)")
         self.match_iou = widgets.FloatSpinBox(label="match IoU", value=0.5, min=0.05, max=0.95, step=0.05)
         self.device = device_choice()
         self.side_by_side = widgets.CheckBox(label="side by side (grid view)", value=True)
@@ -31,7 +32,7 @@ class CompareWidget(WorkerWidget):
 
         return {"kind": f"compare-{tag}", "name_suffix": f" [{tag}: {Path(str(result.metadata['model']['path'])).name}]"}
 
-    def _job(self, layer, source: SourceInfo, roles: dict, models: list[str], device: str, conf: float,
+    def _job(self, layer, source: SourceInfo, roles: dict, models: list[str], device: str, conf: float | None,
              match_iou: float):
         from ..core.metrics import agreement
         from ..core.pipeline import Progress, segment_iter
@@ -56,7 +57,7 @@ class CompareWidget(WorkerWidget):
             return
         roles = {tag: roles_to_build(self._viewer, layer, f"compare-{tag}") for tag in "AB"}
         self._start(self._job, layer, SourceInfo(layer, self._viewer.dims), roles, models, self.device.value,
-                    self.conf.value, self.match_iou.value, on_done=lambda out: self._on_done(layer, *out))
+                    self.conf.value or None, self.match_iou.value, on_done=lambda out: self._on_done(layer, *out))
 
     def _on_done(self, layer, results, agreement, new_layers):
         """GUI steps, one layer per event-loop turn."""
