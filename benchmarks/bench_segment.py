@@ -224,11 +224,12 @@ def event_loop_in_fresh_sessions(model_name: str, sessions: int, click_at_once: 
         done = subprocess.run(command + (["--click-at-once"] if click_at_once else []), capture_output=True,
                               text=True, check=True)
         samples.append(json.loads(done.stdout.strip().splitlines()[0]))
-    summary = {}
-    for phase, figures in samples[0].items():
-        if isinstance(figures, dict):
-            summary[phase] = {key: [round(float(f(values)), 2) for f in (np.min, np.median, np.max)]
-                              for key in figures for values in [[sample[phase][key] for sample in samples]]}
+    def spread(phase, key):
+        values = [sample[phase][key] for sample in samples]
+        return [round(float(f(values)), 2) for f in (np.min, np.median, np.max)]
+
+    summary = {phase: {key: spread(phase, key) for key in figures}
+               for phase, figures in samples[0].items() if isinstance(figures, dict)}
     longest = {phase: [sample[phase]["max_stall_ms"] for sample in samples] for phase in summary}
     return {"sessions": sessions, "min_median_max": summary, "max_stall_ms_per_session": longest}
 

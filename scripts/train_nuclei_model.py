@@ -20,6 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from napari_cellseg.backends.base import DEFAULT_CONF  # noqa: E402
 from napari_cellseg.core.datasets import write_yolo_dataset  # noqa: E402
 from napari_cellseg.core.io import read_image  # noqa: E402
 from napari_cellseg.core.normalize import normalize_to_uint8, to_stack_of_frames  # noqa: E402
@@ -50,7 +51,7 @@ def samples(data: Path, crop: int, max_crops: int, rng: np.random.Generator):
             yield f"{image_id[:16]}_{k}", image[tile.slices], labels[tile.slices], is_validation(image_id)
 
 
-def package_model(weights: Path, out: Path, zoom: float, notes: dict, mask_erosion: int = 1, conf: float = 0.25) -> str:
+def package_model(weights: Path, out: Path, zoom: float, notes: dict, mask_erosion: int = 1, conf: float = DEFAULT_CONF) -> str:
     """Strip the optimizer, record the zoom the model was trained at and its calibrated mask erosion
     and score threshold, write atomically; returns sha256."""
     import torch
@@ -84,7 +85,7 @@ def main(argv=None):
     parser.add_argument("--package-only", type=Path, default=None, help="only package these weights")
     parser.add_argument("--mask-erosion", type=int, default=1,
                         help="pixels to peel off predicted masks (calibrated on training images)")
-    parser.add_argument("--conf", type=float, default=0.25,
+    parser.add_argument("--conf", type=float, default=DEFAULT_CONF,
                         help="default score threshold (calibrated on training images: calibrate_nuclei_model.py)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1]
                         / "src/napari_cellseg/models/nuclei_yolo11n_seg.pt")

@@ -414,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--tile", type=int, default=None, help="tile size in image pixels (default: full resolution)")
     seg.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default: tile/4, at most 128)")
     seg.add_argument("--conf", type=float, default=None,
-                     help="confidence threshold (default: the model's calibrated one; 0.4 for nuclei, else 0.25)")
+                     help="confidence threshold (default: the model's calibrated one, see its card; else 0.25)")
     seg.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold (default 0.7)")
     seg.add_argument("--max-det", type=int, default=3000, help="maximum detections per tile (default 3000)")
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")

@@ -26,6 +26,9 @@ class InferenceSettings:
     normalization: str = "model"
 
 
+DEFAULT_CONF = 0.25  # score threshold of a checkpoint that carries no calibrated one (ultralytics' default)
+
+
 @dataclass
 class ModelInfo:
     """What the model is, for layer metadata and provenance files."""
@@ -41,7 +44,7 @@ class ModelInfo:
     # boundary pixels included, so its masks come out inflated; calibrated on training images
     mask_erosion: int = 0
     # score threshold used when the caller gives none; calibrated on training images where stored
-    conf: float = 0.25
+    conf: float = DEFAULT_CONF
     extra: dict = field(default_factory=dict)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..core.io import sha256_of
 from ..core.tiling import TileDetections
-from .base import InferenceSettings, ModelInfo, ModelLoadError, checkpoint_pickle, resolve_device
+from .base import DEFAULT_CONF, InferenceSettings, ModelInfo, ModelLoadError, checkpoint_pickle, resolve_device
 
 NAME = "yolo"
 STRIDE = 32  # YOLO11 input sides must be multiples of the largest stride
@@ -71,7 +71,7 @@ class YoloBackend:
             train_imgsz=int(train_imgsz) if train_imgsz else None,
             zoom=float(extra.get("zoom", 1.0)),
             mask_erosion=int(extra.get("mask_erosion", 0)),
-            conf=float(extra.get("conf", 0.25)),
+            conf=float(extra.get("conf", DEFAULT_CONF)),
             extra={"ultralytics_version": ckpt.get("version"),
                    **{k: v for k, v in extra.items() if k not in ("zoom", "mask_erosion", "conf")}},
         )

@@ -182,7 +182,7 @@ def build_new_layers(result, source, *, kind: str = "segment", name_suffix: str 
             coords, ndim=result.labels.ndim, name=f"{source.name} centroids{name_suffix}", features=features, size=6,
             border_width=0, metadata={META_KEY: _provenance(result, source, "points", kind, coords)},
             **colouring, **transform)
-    for layer in layers.values():
+    for layer in layers.values():  # a napari layer as ``source`` (built on the GUI thread) has no dims
         slice_ahead(layer, getattr(source, "dims", None))
     return layers
 
