@@ -2,11 +2,12 @@
 
     python scripts/train_nuclei_student.py --data ../shared/data/dsb2018 --out /tmp/student/student.pt
 
-The teacher (``load_model("nuclei")``) segments every DSB2018 image with the settings of
-scripts/validate_nuclei_model.py (conf 0.25, full-resolution tiling); its masks are cached and
-become the student's targets. The split is the fixed one of the nuclei model
+The teacher (``load_model("nuclei")``) segments every DSB2018 image with its own calibrated
+settings (the score threshold and mask erosion stored in its checkpoint, full-resolution tiling;
+``--conf`` overrides the threshold); its masks are cached and become the student's targets. The split is the fixed one of the nuclei model
 (train_nuclei_model.is_validation: sha1 of the image id); the ground truth is not used.
-``--max-minutes`` stops training (keeping the best checkpoint) when the time is up.
+``--init student.pt`` starts from an earlier student's weights (e.g. the shipped one, when the
+teacher has been retrained). ``--max-minutes`` stops training (keeping the best checkpoint) when the time is up.
 """
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--crop", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--conf", type=float, default=None, help="teacher's score threshold (default: its own)")
+    parser.add_argument("--init", default=None, help="start from this student's weights")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--max-minutes", type=float, default=None)
     args = parser.parse_args(argv)
@@ -41,8 +44,9 @@ def main(argv=None):
     val = [p for p in images if is_validation(p.stem)]
     print(f"{len(train)} training and {len(val)} validation images; teacher {args.teacher}", flush=True)
     teacher = load_model(args.teacher, device="cpu")
-    gen = distill_iter(teacher, train, val, args.out, segment_options={"conf": 0.25}, teacher_name=args.teacher,
+    gen = distill_iter(teacher, train, val, args.out, segment_options={} if args.conf is None else {"conf": args.conf}, teacher_name=args.teacher,
                        epochs=args.epochs, batch=args.batch, crop=args.crop, lr=args.lr, resume=args.resume,
+                       init=args.init,
                        info={"data": "DSB2018 stage1_train (corrected), train split of train_nuclei_model.is_validation"})
     started = time.time()
     train_started = None

@@ -164,8 +164,9 @@ def test_new_layers_get_their_overlays_and_visuals_back_after_the_steps(qtbot, v
     layers = build_new_layers(result, SourceInfo(image_layer))
     labels.data = labels.data.copy() + (labels.data > 0)  # edited: the next result needs a new layer
     steps = write_result_layers_in_steps(viewer, image_layer, result, new_layers=layers)
-    next(steps)
-    assert layers["labels"] in viewer.layers and not set(DEFERRABLE_OVERLAYS) & set(layers["labels"]._overlays)
+    while layers["labels"] not in viewer.layers:  # its visual and controls come first
+        next(steps)
+    assert not set(DEFERRABLE_OVERLAYS) & set(layers["labels"]._overlays)
     steps.close()
     assert overlays <= set(layers["labels"]._overlays)
 
@@ -184,8 +185,9 @@ def test_new_layers_are_sliced_in_the_worker_and_selected_after_their_steps(qtbo
     for layer in (unsliced, *layers.values()):
         layer.events.set_data.connect(lambda event: slicings.append(event.source))
     steps = write_result_layers_in_steps(viewer, image_layer, result, new_layers=layers)
-    next(steps)  # the Labels layer is in, but not selected yet
-    assert layers["labels"] in viewer.layers and viewer.layers.selection.active is image_layer
+    while layers["labels"] not in viewer.layers:
+        next(steps)
+    assert viewer.layers.selection.active is image_layer  # the Labels layer is in, but not selected yet
     for _ in steps:
         pass
     assert viewer.layers.selection.active is layers["points"]  # the last new layer, as napari leaves it
@@ -204,6 +206,84 @@ def test_new_layers_are_sliced_in_the_worker_and_selected_after_their_steps(qtbo
     (_, new_labels), (points,) = _own(viewer, "labels"), _own(viewer, "points")
     assert new_labels is not layers["labels"] and points is layers["points"]
     assert viewer.layers.selection.active is new_labels
+
+
+@pytest.fixture
+def gui_part_factories(monkeypatch):
+    """napari's factories of a layer's visual and controls, spied on: {factory: [(layer, part, added yet)]}."""
+    from napari_cellseg.widgets._layers import GUI_PART_FACTORIES
+
+    calls = {}
+    for module_name, factory_name, _ in GUI_PART_FACTORIES:
+        module = __import__(module_name, fromlist=[factory_name])
+        original = getattr(module, factory_name)
+
+        def spy(layer, *args, _original=original, _calls=calls.setdefault(factory_name, []), **kwargs):
+            part = _original(layer, *args, **kwargs)
+            released = []
+            for release in ("close", "deleteLater"):
+                if hasattr(part, release):
+                    def counted(_release=getattr(part, release), _name=release):
+                        released.append(_name)
+                        return _release()
+                    setattr(part, release, counted)
+            _calls.append({"layer": layer, "part": part, "added": layer in _viewers[0].layers, "released": released})
+            return part
+        monkeypatch.setattr(module, factory_name, spy)
+    _viewers = []
+    return calls, _viewers
+
+
+def test_a_new_layers_visual_and_controls_are_built_in_turns_before_it_joins(qtbot, viewer_with_image,
+                                                                             gui_part_factories, monkeypatch):
+    from napari_cellseg import segment
+    from napari_cellseg.widgets import _layers
+    from napari_cellseg.widgets._layers import SourceInfo, build_new_layers, write_result_layers_in_steps
+
+    viewer, image_layer, _ = viewer_with_image
+    calls, viewers = gui_part_factories
+    viewers.append(viewer)
+    spies = {name: getattr(__import__(module, fromlist=[name]), name) for module, name, _ in _layers.GUI_PART_FACTORIES}
+    result = segment(image_layer.data, "otsu-watershed")
+    layers = build_new_layers(result, SourceInfo(image_layer, viewer.dims))
+    steps = write_result_layers_in_steps(viewer, image_layer, result, new_layers=layers)
+    next(steps)
+    assert [c["layer"] for c in calls["create_vispy_layer"]] == [layers["labels"]] and not calls["create_qt_layer_controls"]
+    next(steps)
+    assert [c["layer"] for c in calls["create_qt_layer_controls"]] == [layers["labels"]]
+    assert layers["labels"] not in viewer.layers
+    for _ in steps:
+        pass
+    qt_viewer = viewer.window._qt_viewer
+    for layer in layers.values():  # each part built once, before the layer joined, and used by napari
+        (visual,) = [c for c in calls["create_vispy_layer"] if c["layer"] is layer]
+        (controls,) = [c for c in calls["create_qt_layer_controls"] if c["layer"] is layer]
+        assert not visual["added"] and not controls["added"]
+        assert qt_viewer.canvas.layer_to_visual[layer] is visual["part"]
+        assert qt_viewer.controls.widgets[layer] is controls["part"]
+        assert not visual["released"] and not controls["released"]
+    for (module, name, _), spy in zip(_layers.GUI_PART_FACTORIES, spies.values()):  # napari's factories are back
+        assert getattr(__import__(module, fromlist=[name]), name) is spy
+
+    # steps abandoned after the visual was built: it is released, and the layer never added
+    edited = layers["labels"]
+    edited.data = edited.data.copy() + (edited.data > 0)
+    again = build_new_layers(result, SourceInfo(image_layer, viewer.dims), roles=("labels",))
+    steps = write_result_layers_in_steps(viewer, image_layer, result, new_layers=again)
+    next(steps)
+    steps.close()
+    (visual,) = [c for c in calls["create_vispy_layer"] if c["layer"] is again["labels"]]
+    assert visual["released"] == ["close"] and again["labels"] not in viewer.layers
+
+    # napari asks with other arguments than the part was built with: it gets a part of its own
+    monkeypatch.setattr(_layers, "GUI_PART_FACTORIES", tuple(
+        (module, name, (lambda qt: {"font_info": None}) if name == "create_vispy_layer" else arguments)
+        for module, name, arguments in _layers.GUI_PART_FACTORIES))
+    for _ in write_result_layers_in_steps(viewer, image_layer, result, new_layers=again):
+        pass
+    prebuilt, used = [c for c in calls["create_vispy_layer"] if c["layer"] is again["labels"]][1:]
+    assert not prebuilt["added"] and prebuilt["released"] == ["close"]
+    assert qt_viewer.canvas.layer_to_visual[again["labels"]] is used["part"]
 
 
 def test_recent_models_are_offered(qtbot, make_napari_viewer, tiny_yolo):
