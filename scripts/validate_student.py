@@ -4,8 +4,9 @@
 
 On every image of the fixed validation split (train_nuclei_model.is_validation, the split of
 scripts/validate_nuclei_model.py) both models run through the plugin's own ``segment`` with the
-same settings (conf 0.25, full-resolution tiling). Printed: the foreground Dice of the student
-against the teacher (mean over images, and pooled over pixels), F1 at IoU 0.5 and DSB score
+settings the plugin gives them by default (each model's own calibrated score threshold unless
+``--conf`` is given; full-resolution tiling). Printed: the foreground Dice of the student against
+the teacher (mean over images, pooled over pixels, and the mean per modality), F1 at IoU 0.5 and DSB score
 against the ground truth for both (all modalities and fluorescence), the student's F1 as a
 fraction of the teacher's, and the seconds per image of each.
 """
@@ -41,7 +42,7 @@ def _summary(rows, key):
     }
 
 
-def validate(student, teacher, data: Path, conf: float = 0.25, limit: int | None = None) -> dict:
+def validate(student, teacher, data: Path, conf: float | None = None, limit: int | None = None) -> dict:
     modality = {r["id"]: r["modality_guess"] for r in csv.DictReader(open(data / "metadata.csv"))}
     ids = sorted(p.stem for p in (data / "images").glob("*.png") if is_validation(p.stem))[:limit]
     rows = []
@@ -67,6 +68,9 @@ def validate(student, teacher, data: Path, conf: float = 0.25, limit: int | None
         "n_fluorescence": sum(r["modality"] == "fluorescence" for r in rows),
         "dice_student_vs_teacher_mean": float(np.mean([r["dice_vs_teacher"] for r in rows])),
         "dice_student_vs_teacher_pooled": 2 * inter / total if total else 1.0,
+        "dice_student_vs_teacher_mean_per_modality": {
+            modality: float(np.mean([r["dice_vs_teacher"] for r in rows if r["modality"] == modality]))
+            for modality in sorted({r["modality"] for r in rows})},
         "student": student_summary,
         "teacher": teacher_summary,
         "student_f1_fraction_of_teacher_all": student_summary["f1_50_all"] / teacher_summary["f1_50_all"],
@@ -82,7 +86,7 @@ def main(argv=None):
     parser.add_argument("--student", required=True)
     parser.add_argument("--teacher", default="nuclei")
     parser.add_argument("--data", type=Path, default=Path("../shared/data/dsb2018"))
-    parser.add_argument("--conf", type=float, default=0.25)
+    parser.add_argument("--conf", type=float, default=None, help="score threshold (default: each model's own)")
     parser.add_argument("--limit", type=int, default=None)
     args = parser.parse_args(argv)
     figures = validate(load_model(args.student, device="cpu"), load_model(args.teacher, device="cpu"),
