@@ -32,7 +32,10 @@ def test_segment_widget_adds_labels_and_points_with_provenance(qtbot, viewer_wit
     viewer, image_layer, truth = viewer_with_image
     widget = SegmentWidget(viewer)
     widget.model.combo.value = "otsu-watershed"
+    shown = []  # what the viewer holds when the widget says the result is shown
+    widget.result_shown.connect(lambda: shown.append((len(_own(viewer, "labels")), len(_own(viewer, "points")))))
     _run(qtbot, widget)
+    assert shown == [(1, 1)]
     (labels,), (points,) = _own(viewer, "labels"), _own(viewer, "points")
     assert labels.data.shape == image_layer.data.shape
     assert labels.data.max() == truth.max()

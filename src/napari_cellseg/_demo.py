@@ -29,9 +29,8 @@ def build_demo(viewer, sample: str = "dense", model: str = "nuclei", device: str
             evaluate.ground_truth.value = truth_layer
             evaluate.run()
 
+    segment.result_shown.connect(score)  # also after a re-run from the widget
     segment.run()
-    if segment.worker is not None:
-        segment.worker.returned.connect(score)
     return segment, evaluate
 
 

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 from magicgui import widgets
+from psygnal import Signal
 
 from ..backends import available_models
 from ..backends.base import DEVICES
@@ -156,6 +157,9 @@ def _delegate(generator):
 class WorkerWidget(widgets.Container):
     """A dock widget that runs one compute generator at a time with progress and cancel."""
 
+    # a run's result is in the viewer: emitted after its last GUI step (not on error or cancel)
+    result_shown = Signal()
+
     def __init__(self, viewer, controls: list, run_text: str):
         self._viewer = viewer
         self.worker = None
@@ -213,6 +217,7 @@ class WorkerWidget(widgets.Container):
         between steps), so that several slow napari calls never block the loop together; the run
         counts as finished only after its last step."""
         if not hasattr(steps, "__next__"):
+            self.result_shown.emit()
             return
         self._steps = steps
         self._next_gui_step()
@@ -224,6 +229,7 @@ class WorkerWidget(widgets.Container):
             next(self._steps)
         except StopIteration:
             self._steps = None
+            self.result_shown.emit()
         except Exception as exc:  # a failed step must not leave the widget stuck in "running"
             self._steps = None
             self._on_error(exc)
