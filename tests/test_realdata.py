@@ -64,3 +64,41 @@ def test_usiigaci_16bit_phase_contrast_runs_tiled_at_full_resolution(shared_data
     result = segment(image, "nuclei", device="cpu")
     assert result.labels.shape == image.shape
     assert result.metadata["parameters"]["tile"] == 256  # full resolution, never shrunk to imgsz
+
+
+def test_shipped_student_is_distilled_from_the_shipped_teacher_and_matches_its_card():
+    student = load_model("nuclei-student", device="cpu")
+    teacher = load_model("nuclei", device="cpu")
+    card = (MODELS_DIR / "STUDENT_CARD.md").read_text()
+    assert student.info.sha256 in card
+    assert student.info.extra["teacher"] == "nuclei"
+    from napari_cellseg.student.model import CHECKPOINT_KEY, load_checkpoint
+
+    meta = load_checkpoint(MODELS_DIR / NAMED_MODELS["nuclei-student"])[CHECKPOINT_KEY]
+    assert meta["info"]["teacher_sha256"] == teacher.info.sha256  # the teacher that ships now
+    assert f"foreground threshold {student.postprocess.fg_threshold}" in card
+
+
+def _foreground_dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum() + b.sum())
+    return 2 * int((a & b).sum()) / total if total else 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_student_keeps_its_agreement_with_its_teacher(shared_data):
+    """A regression floor a little under what the shipped student scores on these 12 images
+    (foreground Dice against its teacher 0.922; F1 at IoU 0.5 96 % of the teacher's, where issue 5
+    asks for 90 %). The card's figures are over all 76 validation images."""
+    data = shared_data / "dsb2018"
+    student, teacher = load_model("nuclei-student", device="cpu"), load_model("nuclei", device="cpu")
+    dice, f1_student, f1_teacher = [], [], []
+    for image_id in _validation_fluorescence(data, 12):
+        image = read_image(data / "images" / f"{image_id}.png")
+        truth = read_image(data / "labels" / f"{image_id}.png")
+        learned, taught = segment(image, student).labels, segment(image, teacher).labels
+        dice.append(_foreground_dice(learned > 0, taught > 0))
+        f1_student.append(evaluate(learned, truth, with_coco=False)["f1_50"])
+        f1_teacher.append(evaluate(taught, truth, with_coco=False)["f1_50"])
+    assert np.mean(dice) >= 0.90
+    assert np.mean(f1_student) >= 0.90 * np.mean(f1_teacher)
