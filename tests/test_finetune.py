@@ -31,6 +31,11 @@ def test_finetune_cli_writes_a_loadable_model_with_lineage(tmp_path, tiny_yolo, 
     assert tuned.info.train_imgsz == 128 and tuned.info.zoom == tiny_yolo_model.info.zoom
     assert tuned.info.extra["fine_tuned_from_sha256"] == tiny_yolo_model.info.sha256
     assert tuned.info.sha256 != tiny_yolo_model.info.sha256
+    # the score threshold was calibrated on the dataset's validation image and is now the model's own
+    calibration = tuned.info.extra["conf_calibration"]
+    assert tuned.info.conf == calibration["conf"] == max(calibration["f1_50_by_conf"],
+                                                         key=lambda c: (calibration["f1_50_by_conf"][c], -abs(c - 0.25)))
+    assert len(calibration["images"]) == 1 and "score threshold" in capsys.readouterr().out
 
 
 def test_cancel_stops_at_the_next_batch_and_keeps_weights(tmp_path, tiny_yolo, disc_dataset):
@@ -88,3 +93,44 @@ def test_finetune_cli_trains_a_new_mask_rcnn(tmp_path, disc_dataset, capsys):
     assert "maskrcnn model written" in capsys.readouterr().out
     model = load_model(out, device="cpu")
     assert model.info.backend == "maskrcnn" and model.config.min_size_test == 96
+
+
+class _ScoredDiscs:
+    """A backend that finds every true disc at score 0.8 and three spurious squares at 0.3."""
+
+    device = "cpu"
+
+    def __init__(self, truth):
+        from napari_cellseg.backends.base import ModelInfo
+
+        self.truth = truth
+        self.info = ModelInfo(backend="stub", path="", sha256=None, task="segment", class_names={0: "cell"},
+                              train_imgsz=256, zoom=1.0)
+
+    def predict_tile(self, tile, settings):
+        import numpy as np
+
+        from napari_cellseg.core.tiling import TileDetections
+
+        assert tile.shape[:2] == self.truth.shape  # one tile: the whole image
+        masks = [self.truth == k for k in range(1, int(self.truth.max()) + 1)]
+        free = [(y, x) for y in range(0, 190, 10) for x in range(0, 190, 10) if not self.truth[y:y + 10, x:x + 10].any()]
+        for y, x in free[:3]:
+            square = np.zeros(self.truth.shape, bool)
+            square[y:y + 10, x:x + 10] = True
+            masks.append(square)
+        scores = [0.8] * (len(masks) - 3) + [0.3] * 3
+        return TileDetections(np.array(masks), np.array(scores, np.float32), np.zeros(len(masks), int))
+
+
+def test_score_threshold_calibration_drops_low_scoring_false_objects():
+    from napari_cellseg.core.finetune import calibrate_conf_iter
+    from napari_cellseg.core.pipeline import run
+
+    image, truth = disc_image((200, 200), n=8, seed=61)
+    progress = []
+    calibration = run(calibrate_conf_iter(_ScoredDiscs(truth), [("im", image, truth)]), progress.append)
+    assert progress == [(1, 1)]
+    f1 = calibration["f1_50_by_conf"]
+    assert f1[0.3] < 1.0 and f1[0.35] == f1[0.7] == 1.0  # the spurious squares go above 0.3
+    assert calibration["conf"] == 0.35  # of the equally good thresholds, the nearest to 0.25

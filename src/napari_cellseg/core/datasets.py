@@ -175,8 +175,9 @@ def read_coco_dataset(json_path: str | os.PathLike):
         yield Path(info["file_name"]).stem, read_image(json_path.parent / info["file_name"]), labels
 
 
-def read_yolo_dataset(data_yaml: str | os.PathLike):
-    """Yield (name, image, labels) from an ultralytics segmentation dataset (polygons rasterised)."""
+def read_yolo_dataset(data_yaml: str | os.PathLike, splits: Sequence[str] = ("train", "val", "test")):
+    """Yield (name, image, labels) from an ultralytics segmentation dataset (polygons rasterised);
+    ``splits``: which of its image folders to read (a folder named by two splits is read once)."""
     import yaml
     from skimage.draw import polygon as fill_polygon
 
@@ -188,7 +189,7 @@ def read_yolo_dataset(data_yaml: str | os.PathLike):
     if not root.is_absolute():
         root = data_yaml.parent / root
     seen = set()
-    for split in ("train", "val", "test"):
+    for split in splits:
         if not config.get(split):
             continue
         image_dir = root / config[split]

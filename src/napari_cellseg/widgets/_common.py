@@ -272,6 +272,9 @@ class TrainingWidget(WorkerWidget):
     def _on_done(self, result):
         self.last_result = result
         self._register(result.path)
+        calibration = getattr(result, "calibration", None)
+        if calibration and result.path is not None:
+            self.status.value += f"; score threshold {calibration['conf']} (calibrated on the validation images)"
 
     def _on_aborted(self):
         super()._on_aborted()
