@@ -48,10 +48,8 @@ def main(argv=None):
         image = read_image(args.data / "images" / f"{image_id}.png")
         truth = read_image(args.data / "labels" / f"{image_id}.png")
         result = segment(image, model, conf=min(THRESHOLDS), mask_erosion=0)
-        object_scores = np.zeros(int(result.labels.max()) + 1, np.float32)
-        object_scores[result.objects["label"].astype(np.int64)] = result.objects["score"]
         for t in THRESHOLDS:
-            kept = np.where(object_scores[result.labels] >= t, result.labels, 0)
+            kept = result.labels_scoring_at_least(t)
             for k in EROSIONS:
                 eroded = kept.copy()
                 for _ in range(k):

@@ -29,14 +29,9 @@ from train_nuclei_model import is_validation  # noqa: E402
 
 from napari_cellseg import load_model, segment  # noqa: E402
 from napari_cellseg.core.io import read_image  # noqa: E402
-from napari_cellseg.core.metrics import evaluate  # noqa: E402
+from napari_cellseg.core.metrics import dice, evaluate  # noqa: E402
 
 THRESHOLDS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum() + b.sum())
-    return 2 * int((a & b).sum()) / total if total else 1.0
 
 
 def cache_probabilities(backend) -> None:
@@ -71,11 +66,11 @@ def main(argv=None):
     for image_id in ids:
         image = read_image(args.data / "images" / f"{image_id}.png")
         truth = read_image(args.data / "labels" / f"{image_id}.png")
-        taught = segment(image, teacher).labels > 0
+        taught = segment(image, teacher).labels
         for t in THRESHOLDS:
             student.postprocess = dataclasses.replace(default, fg_threshold=t)
             labels = segment(image, student).labels
-            scores[t].append((dice(labels > 0, taught), evaluate(labels, truth, with_coco=False)["f1_50"]))
+            scores[t].append((dice(labels, taught), evaluate(labels, truth, with_coco=False)["f1_50"]))
     table = {t: {"dice_vs_teacher": round(float(np.mean([s[0] for s in v])), 4),
                  "f1_50_vs_truth": round(float(np.mean([s[1] for s in v])), 4)} for t, v in scores.items()}
     best = max(table, key=lambda t: table[t]["dice_vs_teacher"])

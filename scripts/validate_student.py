@@ -28,7 +28,7 @@ from train_nuclei_model import is_validation  # noqa: E402
 
 from napari_cellseg import load_model, segment  # noqa: E402
 from napari_cellseg.core.io import read_image  # noqa: E402
-from napari_cellseg.core.metrics import evaluate  # noqa: E402
+from napari_cellseg.core.metrics import dice, evaluate  # noqa: E402
 
 
 def _summary(rows, key):
@@ -56,11 +56,10 @@ def validate(student, teacher, data: Path, conf: float | None = None, limit: int
             started = time.perf_counter()
             labels[key] = segment(image, model, conf=conf).labels
             row[key] = {**evaluate(labels[key], truth, with_coco=False), "seconds": time.perf_counter() - started}
-        s, t = labels["student"] > 0, labels["teacher"] > 0
-        denominator = int(s.sum() + t.sum())
-        row["dice_vs_teacher"] = 2 * int((s & t).sum()) / denominator if denominator else 1.0
+        row["dice_vs_teacher"] = dice(labels["student"], labels["teacher"])
+        s, t = labels["student"] > 0, labels["teacher"] > 0  # pooled over all images below
         inter += int((s & t).sum())
-        total += denominator
+        total += int(s.sum() + t.sum())
         rows.append(row)
     student_summary, teacher_summary = _summary(rows, "student"), _summary(rows, "teacher")
     return {

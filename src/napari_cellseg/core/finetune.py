@@ -50,8 +50,8 @@ CONF_GRID = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0
 def calibrate_conf_iter(model, samples, grid=CONF_GRID) -> Generator[tuple[int, int], None, dict]:
     """The score threshold with the best mean F1 at IoU 0.5 on ``samples`` ((name, image, labels)),
     yielding (images done, images) after each image. Each image is segmented once at the lowest
-    threshold; a higher one keeps the objects scoring at least that (NMS and stitching rank by
-    score, so a run at that threshold keeps the same objects). Ties go to the threshold nearest
+    threshold; a higher one keeps the objects scoring at least that
+    (``SegmentationResult.labels_scoring_at_least``). Ties go to the threshold nearest
     ultralytics' default 0.25."""
     import numpy as np
 
@@ -64,11 +64,8 @@ def calibrate_conf_iter(model, samples, grid=CONF_GRID) -> Generator[tuple[int, 
     f1 = {conf: [] for conf in grid}
     for k, (_, image, truth) in enumerate(samples):
         result = run(segment_iter(image, model, conf=min(grid)))
-        scores = np.zeros(int(result.labels.max()) + 1, np.float32)
-        scores[result.objects["label"].astype(np.int64)] = result.objects["score"]
         for conf in grid:
-            kept = np.where(scores[result.labels] >= conf, result.labels, 0)
-            f1[conf].append(matching_stats(kept, truth)[0].f1)
+            f1[conf].append(matching_stats(result.labels_scoring_at_least(conf), truth)[0].f1)
         yield k + 1, len(samples)
     mean_f1 = {conf: round(float(np.mean(values)), 4) for conf, values in f1.items()}
     best = max(grid, key=lambda conf: (mean_f1[conf], -abs(conf - DEFAULT_CONF)))

@@ -40,6 +40,13 @@ class SegmentationResult:
         n_frames = int(np.prod(self.stack_shape)) if self.stack_shape else 1
         return np.bincount(self.objects["frame"].astype(np.int64), minlength=n_frames)
 
+    def labels_scoring_at_least(self, conf: float) -> np.ndarray:
+        """The labels with the objects scoring below ``conf`` set to 0: what a run at that score
+        threshold gives (NMS and stitching rank by score), without running the model again."""
+        object_scores = np.zeros(int(self.labels.max()) + 1, np.float32)
+        object_scores[self.objects["label"].astype(np.int64)] = self.objects["score"]
+        return np.where(object_scores[self.labels] >= conf, self.labels, 0)
+
     def centroid_coordinates(self) -> np.ndarray:
         """(N, ndim) centroids in layer coordinates: stack indices, then y, x."""
         yx = np.stack([self.objects["centroid_y"], self.objects["centroid_x"]], axis=1)

@@ -358,12 +358,11 @@ def _add_in_steps(viewer, write, new_layer):
         yield from prebuild_gui_parts(viewer, new_layer, parts)
         with use_prebuilt_gui_parts(new_layer, parts):
             written, activate = _insert_without_activating(viewer, write, new_layer)
-        release_gui_parts(parts)
         while written is new_layer and detached:
             yield
             key = next(iter(detached))
             reattach_overlays(new_layer, {key: detached.pop(key)})
-    finally:  # also when the steps are abandoned: the layer always gets its overlays back
+    finally:  # also when the steps are abandoned: overlays come back, parts napari did not take go
         release_gui_parts(parts)
         reattach_overlays(new_layer, detached)
     if activate:
