@@ -8,6 +8,9 @@ the threshold are dropped (a run at that threshold keeps the same objects: NMS a
 by score) and 0, 1 or 2 boundary pixels are peeled off every object. Prints the mean DSB score and
 F1 at IoU 0.5 of each pair and the pair with the best DSB score; package the model with them
 (``train_nuclei_model.py --package-only WEIGHTS --mask-erosion K --conf T``).
+
+With ``--tta`` the images are segmented with test-time augmentation: the threshold it picks (at the
+model's own erosion) is the one for TTA runs (``--package-only ... --conf-tta T`` where it differs).
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ def main(argv=None):
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", type=Path, default=Path("../shared/data/dsb2018"))
     parser.add_argument("--images", type=int, default=40)
+    parser.add_argument("--tta", action="store_true", help="calibrate for test-time augmented runs")
     args = parser.parse_args(argv)
     from skimage.segmentation import find_boundaries
 
@@ -47,7 +51,7 @@ def main(argv=None):
     for image_id in ids:
         image = read_image(args.data / "images" / f"{image_id}.png")
         truth = read_image(args.data / "labels" / f"{image_id}.png")
-        result = segment(image, model, conf=min(THRESHOLDS), mask_erosion=0)
+        result = segment(image, model, conf=min(THRESHOLDS), mask_erosion=0, tta=args.tta)
         for t in THRESHOLDS:
             kept = result.labels_scoring_at_least(t)
             for k in EROSIONS:
@@ -59,7 +63,11 @@ def main(argv=None):
     table = [{"conf": t, "mask_erosion": k, "dsb_score": round(float(np.mean([s[0] for s in v])), 4),
               "f1_50": round(float(np.mean([s[1] for s in v])), 4)} for (t, k), v in scores.items()]
     best = max(table, key=lambda row: row["dsb_score"])
-    print(json.dumps({"training_images": len(ids), "table": table, "best": best}, indent=2))
+    # a TTA threshold goes with the erosion the model already runs at
+    best_at_model_erosion = max((row for row in table if row["mask_erosion"] == model.info.mask_erosion),
+                                key=lambda row: row["dsb_score"])
+    print(json.dumps({"training_images": len(ids), "tta": args.tta, "table": table, "best": best,
+                      "best_at_model_erosion": best_at_model_erosion}, indent=2))
 
 
 if __name__ == "__main__":

@@ -51,9 +51,10 @@ def samples(data: Path, crop: int, max_crops: int, rng: np.random.Generator):
             yield f"{image_id[:16]}_{k}", image[tile.slices], labels[tile.slices], is_validation(image_id)
 
 
-def package_model(weights: Path, out: Path, zoom: float, notes: dict, mask_erosion: int = 1, conf: float = DEFAULT_CONF) -> str:
+def package_model(weights: Path, out: Path, zoom: float, notes: dict, mask_erosion: int = 1, conf: float = DEFAULT_CONF,
+                  conf_tta: float | None = None) -> str:
     """Strip the optimizer, record the zoom the model was trained at and its calibrated mask erosion
-    and score threshold, write atomically; returns sha256."""
+    and score threshold(s), write atomically; returns sha256."""
     import torch
     from ultralytics.utils.torch_utils import strip_optimizer
 
@@ -62,6 +63,8 @@ def package_model(weights: Path, out: Path, zoom: float, notes: dict, mask_erosi
     with atomic_path(out) as tmp:
         ckpt = torch.load(weights, map_location="cpu", weights_only=False)
         ckpt["napari_cellseg"] = {"zoom": zoom, "mask_erosion": mask_erosion, "conf": conf, **notes}
+        if conf_tta is not None:  # else TTA runs use conf
+            ckpt["napari_cellseg"]["conf_tta"] = conf_tta
         torch.save(ckpt, tmp)
         strip_optimizer(str(tmp))
     return sha256_of(out)
@@ -87,13 +90,17 @@ def main(argv=None):
                         help="pixels to peel off predicted masks (calibrated on training images)")
     parser.add_argument("--conf", type=float, default=DEFAULT_CONF,
                         help="default score threshold (calibrated on training images: calibrate_nuclei_model.py)")
+    parser.add_argument("--conf-tta", type=float, default=None,
+                        help="the same for test-time augmented runs, where it differs "
+                             "(calibrate_nuclei_model.py --tta)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1]
                         / "src/napari_cellseg/models/nuclei_yolo11n_seg.pt")
     args = parser.parse_args(argv)
     notes = {"training_data": "DSB2018 stage1_train (BBBC038, corrected), CC0", "crop": args.crop,
              "split": "validation: sha1(image id)[0] < 38"}
     if args.package_only:
-        print("sha256:", package_model(args.package_only, args.out, args.zoom, notes, args.mask_erosion, args.conf))
+        print("sha256:", package_model(args.package_only, args.out, args.zoom, notes, args.mask_erosion, args.conf,
+                                       args.conf_tta))
         return
 
     data_yaml = args.work / "dataset" / "data.yaml"
@@ -125,7 +132,7 @@ def train(args, data_yaml: Path, notes: dict) -> None:
         scale=0.3, hsv_h=0.0, hsv_s=0.3, hsv_v=0.3, max_det=1000, overlap_mask=True,
     )
     best = args.work / args.name / "weights" / "best.pt"
-    sha256 = package_model(best, args.out, args.zoom, notes, args.mask_erosion, args.conf)
+    sha256 = package_model(best, args.out, args.zoom, notes, args.mask_erosion, args.conf, args.conf_tta)
     print("best weights:", best, "sha256 of the packaged model:", sha256)
 
 

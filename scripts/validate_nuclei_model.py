@@ -59,10 +59,12 @@ def main(argv=None):
     parser.add_argument("--tile", type=int, default=None)
     parser.add_argument("--imgsz", type=int, default=None)
     parser.add_argument("--tta", action="store_true")
+    parser.add_argument("--mask-erosion", type=int, default=None, help="default: the model's")
     args = parser.parse_args(argv)
-    options = {"tile": args.tile, "imgsz": args.imgsz, "tta": args.tta}
+    options = {"tile": args.tile, "imgsz": args.imgsz, "tta": args.tta, "mask_erosion": args.mask_erosion}
     model = load_model(args.model, device="cpu")
-    figures = {"settings": {"conf": model.info.conf if args.conf is None else args.conf, **options},
+    conf = model.info.default_conf(args.tta) if args.conf is None else args.conf
+    figures = {"settings": {**options, "conf": conf},
                "model": validate(model, args.data, args.conf, args.limit, **options)}
     if args.baseline:
         figures["otsu-watershed"] = validate(load_model("otsu-watershed"), args.data, args.conf, args.limit)

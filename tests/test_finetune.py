@@ -35,7 +35,14 @@ def test_finetune_cli_writes_a_loadable_model_with_lineage(tmp_path, tiny_yolo, 
     calibration = tuned.info.extra["conf_calibration"]
     assert tuned.info.conf == calibration["conf"] == max(calibration["f1_50_by_conf"],
                                                          key=lambda c: (calibration["f1_50_by_conf"][c], -abs(c - 0.25)))
-    assert len(calibration["images"]) == 1 and "score threshold" in capsys.readouterr().out
+    assert len(calibration["images"]) == 1 and not calibration["tta"]
+    # and one for test-time augmented runs, made with TTA on the same images
+    calibration_tta = tuned.info.extra["conf_tta_calibration"]
+    assert calibration_tta["tta"] and calibration_tta["images"] == calibration["images"]
+    assert tuned.info.conf_tta == calibration_tta["conf"] == max(
+        calibration_tta["f1_50_by_conf"], key=lambda c: (calibration_tta["f1_50_by_conf"][c], -abs(c - 0.25)))
+    out = capsys.readouterr().out
+    assert "score threshold " in out and "score threshold for test-time augmented runs" in out
 
 
 def test_cancel_stops_at_the_next_batch_and_keeps_weights(tmp_path, tiny_yolo, disc_dataset):

@@ -87,3 +87,17 @@ def test_ensemble_cli_records_every_member(tmp_path, tiny_yolo):
     provenance = json.loads((tmp_path / "a_provenance.json").read_text())
     members = provenance["model"]["extra"]["members"]
     assert [m["backend"] for m in members] == ["classical", "yolo"] and len(members[1]["sha256"]) == 64
+
+
+def test_mask_probabilities_are_averaged_where_binary_votes_would_tie():
+    # four runs see one square; along its last two columns two runs say 0.7 and two say 0.1
+    certain = _square(4, 4, s=8).astype(np.float32)
+    rim = np.zeros((32, 32), np.float32)
+    rim[4:12, 12:14] = 1
+    high, low = certain + 0.7 * rim, certain + 0.1 * rim
+    runs = [TileDetections(m[None], np.array([0.9], np.float32), np.zeros(1, int)) for m in (high, high, low, low)]
+    fused = fuse_detections(runs)
+    assert np.array_equal(fused.masks[0], certain.astype(bool))  # mean 0.4: out
+    # as binary masks the rim has two votes of four, which the 0.5 threshold keeps
+    votes = fuse_detections([_dets([m >= 0.5], [0.9]) for m in (high, high, low, low)])
+    assert votes.masks[0][4:12, 12:14].all()

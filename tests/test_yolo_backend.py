@@ -55,6 +55,24 @@ def test_a_checkpoints_calibrated_score_threshold_is_the_default(tmp_path, tiny_
     handed.clear()
     assert segment(image, model, conf=0.01).metadata["parameters"]["conf"] == 0.01  # an explicit value wins
     assert set(handed) == {0.01}
+    # without a TTA calibration a TTA run uses the plain one
+    assert model.info.conf_tta is None and model.info.default_conf(tta=True) == 0.3
+
+
+def test_a_tta_calibration_is_stored_apart_and_used_only_by_tta_runs(tmp_path, tiny_yolo):
+    import shutil
+
+    from napari_cellseg.core.finetune import store_calibration
+
+    path = shutil.copy(tiny_yolo, tmp_path / "tta.pt")
+    store_calibration(path, {"conf": 0.4, "tta": True, "f1_50_by_conf": {0.4: 1.0}, "images": ["a"]})
+    model = load_model(path, device="cpu")
+    assert (model.info.conf, model.info.conf_tta) == (0.25, 0.4)
+    assert model.info.extra["conf_tta_calibration"]["conf"] == 0.4 and "conf_tta" not in model.info.extra
+    image, _ = disc_image((128, 128), n=5, seed=4)
+    assert segment(image, model, tta=True).metadata["parameters"]["conf"] == 0.4
+    assert segment(image, model).metadata["parameters"]["conf"] == 0.25
+    assert segment(image, model, tta=True, conf=0.1).metadata["parameters"]["conf"] == 0.1
 
 
 def test_max_det_cap_is_reported_not_silent(tiny_yolo_model):
@@ -152,3 +170,23 @@ def test_unavailable_device_is_an_error(tiny_yolo):
         pytest.skip("a GPU is present")
     with pytest.raises(ModelLoadError, match="no CUDA GPU"):
         load_model(tiny_yolo, device="cuda")
+
+
+def test_soft_masks_are_the_probabilities_behind_the_binary_ones(tiny_yolo_model):
+    from napari_cellseg.backends.base import InferenceSettings
+
+    image, _ = disc_image((128, 128), n=8, radius=(7, 12), seed=5, dtype=np.uint8)
+    tile = np.repeat(image[..., None], 3, axis=-1)
+    settings = InferenceSettings(zoom=1.0, conf=0.01)
+    hard, soft = tiny_yolo_model.predict_tile(tile, settings), tiny_yolo_model.predict_tile_soft(tile, settings)
+    assert len(hard) > 0 and len(soft) == len(hard)
+    assert hard.masks.dtype == bool and soft.masks.dtype == np.float16
+    assert soft.masks.min() >= 0 and soft.masks.max() <= 1
+    assert ((soft.masks > 0) & (soft.masks < 1)).any()  # real probabilities, not 0/1
+    # the same objects; thresholded at 0.5 the same masks up to float16 rounding at the boundary
+    np.testing.assert_array_equal(soft.scores, hard.scores)
+    assert ((soft.masks >= 0.5) != hard.masks).sum() <= 0.001 * hard.masks.size
+    for mask, (x0, y0, x1, y1) in zip(soft.masks, soft.boxes):  # nothing outside the object's box
+        outside = np.ones(mask.shape, bool)
+        outside[int(np.ceil(y0)):int(np.ceil(y1)), int(np.ceil(x0)):int(np.ceil(x1))] = False
+        assert not mask[outside].any()

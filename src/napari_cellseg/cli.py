@@ -220,11 +220,12 @@ def cmd_finetune(args) -> int:
     if result.path is None:
         raise CliError("training produced no weights")
     print(f"fine-tuned {arch} model written: {result.path} ({result.epochs_done} epochs)")
-    calibration = getattr(result, "calibration", None)
-    if calibration:
-        print(f"score threshold {calibration['conf']} (best mean F1@0.5 "
-              f"{calibration['f1_50_by_conf'][calibration['conf']]:.3f} on {len(calibration['images'])} validation "
-              "images), stored as the model's own")
+    for calibration, runs in ((getattr(result, "calibration", None), ""),
+                              (getattr(result, "calibration_tta", None), " for test-time augmented runs")):
+        if calibration:
+            print(f"score threshold{runs} {calibration['conf']} (best mean F1@0.5 "
+                  f"{calibration['f1_50_by_conf'][calibration['conf']]:.3f} on {len(calibration['images'])} "
+                  "validation images), stored as the model's own")
     return 0
 
 

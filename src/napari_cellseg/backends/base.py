@@ -45,7 +45,13 @@ class ModelInfo:
     mask_erosion: int = 0
     # score threshold used when the caller gives none; calibrated on training images where stored
     conf: float = DEFAULT_CONF
+    # the same for test-time augmented runs, whose fused scores differ; None: ``conf``
+    conf_tta: float | None = None
     extra: dict = field(default_factory=dict)
+
+    def default_conf(self, tta: bool = False) -> float:
+        """The score threshold a run uses when the caller gives none."""
+        return self.conf_tta if tta and self.conf_tta is not None else self.conf
 
 
 @runtime_checkable

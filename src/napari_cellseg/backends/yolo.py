@@ -72,11 +72,21 @@ class YoloBackend:
             zoom=float(extra.get("zoom", 1.0)),
             mask_erosion=int(extra.get("mask_erosion", 0)),
             conf=float(extra.get("conf", DEFAULT_CONF)),
+            conf_tta=None if extra.get("conf_tta") is None else float(extra["conf_tta"]),
             extra={"ultralytics_version": ckpt.get("version"),
-                   **{k: v for k, v in extra.items() if k not in ("zoom", "mask_erosion", "conf")}},
+                   **{k: v for k, v in extra.items() if k not in ("zoom", "mask_erosion", "conf", "conf_tta")}},
         )
 
     def predict_tile(self, tile: np.ndarray, settings: InferenceSettings) -> TileDetections:
+        return self._predict(tile, settings, soft=False)
+
+    def predict_tile_soft(self, tile: np.ndarray, settings: InferenceSettings) -> TileDetections:
+        """Instances with mask probabilities (float16) instead of binary masks, for fusion: averaged
+        probabilities give the flips of test-time augmentation an even say along the boundary,
+        where a vote among four binary masks would tie."""
+        return self._predict(tile, settings, soft=True)
+
+    def _predict(self, tile: np.ndarray, settings: InferenceSettings, soft: bool) -> TileDetections:
         import cv2
 
         h, w = tile.shape[:2]
@@ -95,8 +105,9 @@ class YoloBackend:
         if len(result.boxes) == 0:
             return TileDetections.empty((h, w))
         boxes = result.boxes.xyxy / settings.zoom  # network pixels -> tile pixels
-        masks = _assemble_masks(result.protos, result.mask_coefficients, boxes, (ph, pw), settings.zoom, (h, w))
-        keep = masks.flatten(1).any(1)  # as ultralytics: drop detections whose mask is empty
+        masks = _assemble_masks(result.protos, result.mask_coefficients, boxes, (ph, pw), settings.zoom, (h, w),
+                                soft=soft)
+        keep = (masks >= 0.5).flatten(1).any(1) if soft else masks.flatten(1).any(1)  # as ultralytics: drop empty masks
         return TileDetections(
             masks=masks[keep].numpy(),
             scores=result.boxes.conf[keep].cpu().numpy().astype(np.float32),
@@ -125,8 +136,9 @@ def _prototype_predictor():
     return PrototypePredictor
 
 
-def _assemble_masks(protos, coefficients, boxes, network_shape, zoom, tile_shape, budget=16_000_000):
-    """(N, h, w) bool CPU masks at tile resolution: prototype logits upsampled once, thresholded at 0, box-cropped."""
+def _assemble_masks(protos, coefficients, boxes, network_shape, zoom, tile_shape, budget=16_000_000, soft=False):
+    """(N, h, w) bool CPU masks at tile resolution: prototype logits upsampled once, thresholded at 0, box-cropped.
+    ``soft``: float16 probabilities (the logits' sigmoid) instead, 0 outside the box."""
     import torch
     import torch.nn.functional as F
 
@@ -135,15 +147,19 @@ def _assemble_masks(protos, coefficients, boxes, network_shape, zoom, tile_shape
     # the prototypes span the padded network input: scale them to that input's size in tile pixels
     out_h, out_w = max(h, round(network_shape[0] / zoom)), max(w, round(network_shape[1] / zoom))
     logits = (coefficients.float() @ protos.float().reshape(c, -1)).reshape(1, -1, mh, mw)
-    masks = torch.empty((logits.shape[1], h, w), dtype=torch.bool)
+    masks = torch.empty((logits.shape[1], h, w), dtype=torch.float16 if soft else torch.bool)
     step = max(1, budget // (out_h * out_w))  # bound the float intermediate on large tiles
     for start in range(0, logits.shape[1], step):
         up = F.interpolate(logits[:, start:start + step], size=(out_h, out_w), mode="bilinear", align_corners=False)
-        masks[start:start + step] = (up[0, :, :h, :w] > 0).cpu()
+        up = up[0, :, :h, :w]
+        masks[start:start + step] = (up.sigmoid() if soft else up > 0).cpu()
     boxes = boxes.cpu()
     cols = torch.arange(w, dtype=boxes.dtype)[None, None, :]
     rows = torch.arange(h, dtype=boxes.dtype)[None, :, None]
     x0, y0, x1, y1 = (boxes[:, i, None, None] for i in range(4))
-    masks &= (cols >= x0) & (cols < x1)
-    masks &= (rows >= y0) & (rows < y1)
+    for inside in ((cols >= x0) & (cols < x1), (rows >= y0) & (rows < y1)):  # in place: no (N, h, w) temporary
+        if soft:
+            masks *= inside
+        else:
+            masks &= inside
     return masks

@@ -6,7 +6,8 @@ epoch). Closing the generator (Cancel) stops training at the next batch; the bes
 weights saved so far are kept. The result carries its training zoom, so it is
 run at the scale it was trained at, and with a score threshold calibrated on the dataset's
 validation images (the threshold with the best mean F1 at IoU 0.5), stored in the checkpoint as
-the model's own. (Mask R-CNN: :mod:`.finetune_maskrcnn`.)
+the model's own; a second one is calibrated for test-time augmented runs, whose fused scores
+differ. (Mask R-CNN: :mod:`.finetune_maskrcnn`.)
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ class FinetuneResult:
     cancelled: bool
     history: list[dict] = field(default_factory=list)
     calibration: dict | None = None  # the score threshold chosen on the validation images, and why
+    calibration_tta: dict | None = None  # the same for test-time augmented runs
 
 
 # score thresholds tried by the calibration: ultralytics' 0.25 is often too low for a model
@@ -47,12 +49,13 @@ class FinetuneResult:
 CONF_GRID = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
 
 
-def calibrate_conf_iter(model, samples, grid=CONF_GRID) -> Generator[tuple[int, int], None, dict]:
+def calibrate_conf_iter(model, samples, grid=CONF_GRID, *, tta: bool = False
+                        ) -> Generator[tuple[int, int], None, dict]:
     """The score threshold with the best mean F1 at IoU 0.5 on ``samples`` ((name, image, labels)),
     yielding (images done, images) after each image. Each image is segmented once at the lowest
-    threshold; a higher one keeps the objects scoring at least that
-    (``SegmentationResult.labels_scoring_at_least``). Ties go to the threshold nearest
-    ultralytics' default 0.25."""
+    threshold (with test-time augmentation when ``tta``); a higher one keeps the objects scoring
+    at least that (``SegmentationResult.labels_scoring_at_least``). Ties go to the threshold
+    nearest ultralytics' default 0.25."""
     import numpy as np
 
     from ..backends import load_model
@@ -63,24 +66,26 @@ def calibrate_conf_iter(model, samples, grid=CONF_GRID) -> Generator[tuple[int, 
     model = load_model(model, device="cpu") if isinstance(model, (str, Path)) else model
     f1 = {conf: [] for conf in grid}
     for k, (_, image, truth) in enumerate(samples):
-        result = run(segment_iter(image, model, conf=min(grid)))
+        result = run(segment_iter(image, model, conf=min(grid), tta=tta))
         for conf in grid:
             f1[conf].append(matching_stats(result.labels_scoring_at_least(conf), truth)[0].f1)
         yield k + 1, len(samples)
     mean_f1 = {conf: round(float(np.mean(values)), 4) for conf, values in f1.items()}
     best = max(grid, key=lambda conf: (mean_f1[conf], -abs(conf - DEFAULT_CONF)))
-    return {"conf": best, "objective": "mean F1 at IoU 0.5 on the validation images",
+    return {"conf": best, "tta": tta, "objective": "mean F1 at IoU 0.5 on the validation images",
             "images": [name for name, _, _ in samples], "f1_50_by_conf": mean_f1}
 
 
 def store_calibration(path: str | Path, calibration: dict) -> None:
-    """Write the chosen threshold into a packaged checkpoint (atomically) as the model's own."""
+    """Write the chosen threshold into a packaged checkpoint (atomically) as the model's own:
+    ``conf``, or ``conf_tta`` for a calibration made with test-time augmentation."""
     import torch
 
     from .io import atomic_path
 
+    key = "conf_tta" if calibration.get("tta") else "conf"
     ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own file, just written
-    ckpt.setdefault("napari_cellseg", {}).update(conf=calibration["conf"], conf_calibration=calibration)
+    ckpt.setdefault("napari_cellseg", {}).update({key: calibration["conf"], f"{key}_calibration": calibration})
     with atomic_path(Path(path)) as tmp:
         torch.save(ckpt, tmp)
 
@@ -124,9 +129,12 @@ def finetune_architecture(model: str | os.PathLike | None, arch: str = "auto") -
 def finetune_iter(
     model: str | Path, data_yaml: str | Path, out: str | Path, *, epochs: int = 10, batch: int = 8,
     imgsz: int | None = None, zoom: float | None = None, device: str = "cpu", workdir: str | Path | None = None,
-    calibrate_conf: bool = True, **train_args,
+    calibrate_conf: bool = True, calibrate_tta: bool = True, **train_args,
 ) -> Generator[TrainProgress, None, FinetuneResult]:
     """Fine-tune a YOLO segmentation model on a YOLO dataset; yields progress per batch and epoch.
+
+    ``calibrate_conf``: afterwards, choose the score threshold on the validation images;
+    ``calibrate_tta``: choose one for test-time augmented runs too (4 times as long again).
 
     ``zoom`` (network pixels per image pixel; default: the base model's) sets the scale the
     new images are seen at: pick it so the new cells appear about as large as the objects the
@@ -215,13 +223,16 @@ def finetune_iter(
         stop.set()
         thread.join()
     result_path = _keep_best(workdir, Path(out), base.info, history, zoom)
-    calibration = None
+    calibration = calibration_tta = None
     if calibrate_conf and result_path is not None and not cancelled:
         calibration = yield from _calibrate(result_path, Path(data_yaml), done, epochs * n_batches, epochs)
-    return FinetuneResult(result_path, len(history), cancelled, history, calibration)
+        if calibration is not None and calibrate_tta:
+            calibration_tta = yield from _calibrate(result_path, Path(data_yaml), done, epochs * n_batches, epochs,
+                                                    tta=True)
+    return FinetuneResult(result_path, len(history), cancelled, history, calibration, calibration_tta)
 
 
-def _calibrate(path: Path, data_yaml: Path, done: int, total: int, epochs: int):
+def _calibrate(path: Path, data_yaml: Path, done: int, total: int, epochs: int, tta: bool = False):
     """Calibrate the packaged model's score threshold on the dataset's validation images (full
     images, not tiles), where it has validation images of its own."""
     import yaml
@@ -234,14 +245,15 @@ def _calibrate(path: Path, data_yaml: Path, done: int, total: int, epochs: int):
     samples = list(read_yolo_dataset(data_yaml, splits=("val",)))
     if not samples:
         return None
-    gen = calibrate_conf_iter(path, samples)
+    gen = calibrate_conf_iter(path, samples, tta=tta)
+    what = "the score threshold for test-time augmentation" if tta else "the score threshold"
     while True:
         try:
             k, n = next(gen)
         except StopIteration as stop:
             calibration = stop.value
             break
-        yield TrainProgress(done, total, epochs, epochs, f"calibrating the score threshold: image {k}/{n}")
+        yield TrainProgress(done, total, epochs, epochs, f"calibrating {what}: image {k}/{n}")
     store_calibration(path, calibration)
     return calibration
 

@@ -74,8 +74,8 @@ def segment_iter(
 ) -> Generator[Progress, None, SegmentationResult]:
     """Segment a 2-D image or a stack frame by frame, tile by tile.
 
-    ``conf``: score threshold; ``None`` uses the model's own calibration (0.25 for checkpoints
-    that carry none).
+    ``conf``: score threshold; ``None`` uses the model's own calibration, its TTA one when ``tta``
+    (0.25 for checkpoints that carry none).
     ``mask_erosion``: pixels peeled off every object after stitching; ``None`` uses
     the model's own calibration (0 for checkpoints that carry none).
 
@@ -88,7 +88,7 @@ def segment_iter(
     """
     from .. import __version__
 
-    conf = model.info.conf if conf is None else float(conf)
+    conf = model.info.default_conf(tta) if conf is None else float(conf)
     if not 0 <= conf <= 1 or not 0 <= iou <= 1:
         raise ValueError(f"conf and iou must lie in [0, 1] (got conf={conf}, iou={iou})")
     mask_erosion = model.info.mask_erosion if mask_erosion is None else int(mask_erosion)

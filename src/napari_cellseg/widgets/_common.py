@@ -275,6 +275,9 @@ class TrainingWidget(WorkerWidget):
         calibration = getattr(result, "calibration", None)
         if calibration and result.path is not None:
             self.status.value += f"; score threshold {calibration['conf']} (calibrated on the validation images)"
+            calibration_tta = getattr(result, "calibration_tta", None)
+            if calibration_tta:
+                self.status.value += f", {calibration_tta['conf']} with test-time augmentation"
 
     def _on_aborted(self):
         super()._on_aborted()

@@ -36,7 +36,8 @@ class SegmentWidget(WorkerWidget):
         self.imgsz = widgets.SpinBox(label="imgsz (0 = model's)", value=0, min=0, max=4096, step=32)
         self.tile = widgets.SpinBox(label="tile px (0 = auto)", value=0, min=0, max=8192, step=32)
         self.conf = widgets.FloatSpinBox(label="confidence (0 = model's)", value=0.0, min=0.0, max=1.0, step=0.05,
-                                         tooltip="score threshold; 0 uses the model's calibrated one (else 0.25)")
+                                         tooltip="score threshold; 0 uses the model's calibrated one (with TTA, its "
+                                                 "TTA one where it has one; else 0.25)")
         self.iou = widgets.FloatSpinBox(label="NMS IoU", value=0.7, min=0.0, max=1.0, step=0.05)
         self.erosion = widgets.SpinBox(label="mask erosion px (-1 = model's)", value=-1, min=-1, max=10)
         self.tta = widgets.CheckBox(label="test-time augmentation (4x slower)", value=False)
