@@ -71,3 +71,16 @@ def test_finetune_widget_trains_a_mask_rcnn_checkpoint(qtbot, make_napari_viewer
     tuned = load_model(tmp_path / "tuned.pth", device="cpu")
     assert tuned.info.backend == "maskrcnn" and tuned.config.min_size_test == 128
     assert str((tmp_path / "tuned.pth").resolve()) in recent_models()
+
+
+def test_the_status_reports_both_calibrated_thresholds(make_napari_viewer, tiny_yolo, tmp_path):
+    import shutil
+
+    from napari_cellseg.core.finetune import FinetuneResult
+
+    widget = FinetuneWidget(make_napari_viewer())
+    path = shutil.copy(tiny_yolo, tmp_path / "tuned.pt")
+    calibration = {"conf": 0.35, "tta": False, "images": ["a"], "f1_50_by_conf": {0.35: 0.9}}
+    widget._on_done(FinetuneResult(tmp_path / "tuned.pt", 2, False, [], calibration, {**calibration, "conf": 0.3, "tta": True}))
+    assert widget.status.value == ("saved tuned.pt; listed in Segment cells; score threshold 0.35 "
+                                   "(calibrated on the validation images), 0.3 with test-time augmentation")
