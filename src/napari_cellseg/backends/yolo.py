@@ -107,7 +107,8 @@ class YoloBackend:
         boxes = result.boxes.xyxy / settings.zoom  # network pixels -> tile pixels
         masks = _assemble_masks(result.protos, result.mask_coefficients, boxes, (ph, pw), settings.zoom, (h, w),
                                 soft=soft)
-        keep = (masks >= 0.5).flatten(1).any(1) if soft else masks.flatten(1).any(1)  # as ultralytics: drop empty masks
+        # as ultralytics: drop detections whose mask is empty
+        keep = (masks >= 0.5).flatten(1).any(1) if soft else masks.flatten(1).any(1)
         return TileDetections(
             masks=masks[keep].numpy(),
             scores=result.boxes.conf[keep].cpu().numpy().astype(np.float32),
