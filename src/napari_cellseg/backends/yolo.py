@@ -105,10 +105,8 @@ class YoloBackend:
         if len(result.boxes) == 0:
             return TileDetections.empty((h, w))
         boxes = result.boxes.xyxy / settings.zoom  # network pixels -> tile pixels
-        masks = _assemble_masks(result.protos, result.mask_coefficients, boxes, (ph, pw), settings.zoom, (h, w),
-                                soft=soft)
-        # as ultralytics: drop detections whose mask is empty
-        keep = (masks >= 0.5).flatten(1).any(1) if soft else masks.flatten(1).any(1)
+        masks, keep = _assemble_masks(result.protos, result.mask_coefficients, boxes, (ph, pw), settings.zoom,
+                                      (h, w), soft=soft)  # as ultralytics, keep only non-empty masks
         return TileDetections(
             masks=masks[keep].numpy(),
             scores=result.boxes.conf[keep].cpu().numpy().astype(np.float32),
@@ -138,8 +136,9 @@ def _prototype_predictor():
 
 
 def _assemble_masks(protos, coefficients, boxes, network_shape, zoom, tile_shape, budget=16_000_000, soft=False):
-    """(N, h, w) bool CPU masks at tile resolution: prototype logits upsampled once, thresholded at 0, box-cropped.
-    ``soft``: float16 probabilities (the logits' sigmoid) instead, 0 outside the box."""
+    """(N, h, w) bool CPU masks at tile resolution: prototype logits upsampled once, thresholded at 0, box-cropped;
+    and (N,) whether each is non-empty. ``soft``: float16 probabilities (the logits' sigmoid) instead, 0 outside
+    the box."""
     import torch
     import torch.nn.functional as F
 
@@ -148,19 +147,22 @@ def _assemble_masks(protos, coefficients, boxes, network_shape, zoom, tile_shape
     # the prototypes span the padded network input: scale them to that input's size in tile pixels
     out_h, out_w = max(h, round(network_shape[0] / zoom)), max(w, round(network_shape[1] / zoom))
     logits = (coefficients.float() @ protos.float().reshape(c, -1)).reshape(1, -1, mh, mw)
-    masks = torch.empty((logits.shape[1], h, w), dtype=torch.float16 if soft else torch.bool)
-    step = max(1, budget // (out_h * out_w))  # bound the float intermediate on large tiles
-    for start in range(0, logits.shape[1], step):
-        up = F.interpolate(logits[:, start:start + step], size=(out_h, out_w), mode="bilinear", align_corners=False)
-        up = up[0, :, :h, :w]
-        masks[start:start + step] = (up.sigmoid() if soft else up > 0).cpu()
     boxes = boxes.cpu()
     cols = torch.arange(w, dtype=boxes.dtype)[None, None, :]
     rows = torch.arange(h, dtype=boxes.dtype)[None, :, None]
     x0, y0, x1, y1 = (boxes[:, i, None, None] for i in range(4))
-    for inside in ((cols >= x0) & (cols < x1), (rows >= y0) & (rows < y1)):  # in place: no (N, h, w) temporary
-        if soft:
-            masks *= inside
+    in_cols, in_rows = (cols >= x0) & (cols < x1), (rows >= y0) & (rows < y1)  # (N, 1, w), (N, h, 1)
+    masks = torch.empty((logits.shape[1], h, w), dtype=torch.float16 if soft else torch.bool)
+    nonempty = torch.empty(logits.shape[1], dtype=torch.bool)
+    step = max(1, budget // (out_h * out_w))  # bound the float intermediate on large tiles
+    for start in range(0, logits.shape[1], step):
+        chunk = slice(start, start + step)
+        up = F.interpolate(logits[:, chunk], size=(out_h, out_w), mode="bilinear", align_corners=False)
+        up = up[0, :, :h, :w].cpu()
+        binary = (up > 0) & in_cols[chunk] & in_rows[chunk]
+        nonempty[chunk] = binary.flatten(1).any(1)
+        if soft:  # cropped while still float32: float16 arithmetic is slow on CPUs
+            masks[chunk] = up.sigmoid_().mul_(in_cols[chunk]).mul_(in_rows[chunk])
         else:
-            masks &= inside
-    return masks
+            masks[chunk] = binary
+    return masks, nonempty

@@ -56,6 +56,8 @@ def fuse_detections(runs: list[TileDetections], match_iou: float = 0.5, min_vote
     for score, r, i in items:
         values = np.asarray(runs[r].masks[i])
         soft = values.dtype.kind == "f"
+        if soft:
+            values = values.astype(np.float32, copy=False)  # numpy's float16 arithmetic is slow
         mask = values >= 0.5 if soft else values.astype(bool, copy=False)
         box = _box(mask)
         if box is None:
