@@ -81,7 +81,7 @@ class YoloBackend:
         return self._predict(tile, settings, soft=False)
 
     def predict_tile_soft(self, tile: np.ndarray, settings: InferenceSettings) -> TileDetections:
-        """Instances with mask probabilities (float16) instead of binary masks, for fusion: averaged
+        """Instances with mask probabilities (float32) instead of binary masks, for fusion: averaged
         probabilities give the flips of test-time augmentation an even say along the boundary,
         where a vote among four binary masks would tie."""
         return self._predict(tile, settings, soft=True)
@@ -137,7 +137,7 @@ def _prototype_predictor():
 
 def _assemble_masks(protos, coefficients, boxes, network_shape, zoom, tile_shape, budget=16_000_000, soft=False):
     """(N, h, w) bool CPU masks at tile resolution: prototype logits upsampled once, thresholded at 0, box-cropped;
-    and (N,) whether each is non-empty. ``soft``: float16 probabilities (the logits' sigmoid) instead, 0 outside
+    and (N,) whether each is non-empty. ``soft``: float32 probabilities (the logits' sigmoid) instead, 0 outside
     the box."""
     import torch
     import torch.nn.functional as F
@@ -152,7 +152,7 @@ def _assemble_masks(protos, coefficients, boxes, network_shape, zoom, tile_shape
     rows = torch.arange(h, dtype=boxes.dtype)[None, :, None]
     x0, y0, x1, y1 = (boxes[:, i, None, None] for i in range(4))
     in_cols, in_rows = (cols >= x0) & (cols < x1), (rows >= y0) & (rows < y1)  # (N, 1, w), (N, h, 1)
-    masks = torch.empty((logits.shape[1], h, w), dtype=torch.float16 if soft else torch.bool)
+    masks = torch.empty((logits.shape[1], h, w), dtype=torch.float32 if soft else torch.bool)
     nonempty = torch.empty(logits.shape[1], dtype=torch.bool)
     step = max(1, budget // (out_h * out_w))  # bound the float intermediate on large tiles
     for start in range(0, logits.shape[1], step):
@@ -161,7 +161,7 @@ def _assemble_masks(protos, coefficients, boxes, network_shape, zoom, tile_shape
         up = up[0, :, :h, :w].cpu()
         binary = (up > 0) & in_cols[chunk] & in_rows[chunk]
         nonempty[chunk] = binary.flatten(1).any(1)
-        if soft:  # cropped while still float32: float16 arithmetic is slow on CPUs
+        if soft:
             masks[chunk] = up.sigmoid_().mul_(in_cols[chunk]).mul_(in_rows[chunk])
         else:
             masks[chunk] = binary
