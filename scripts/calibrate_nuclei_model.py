@@ -5,9 +5,10 @@
 Segments every other training image of DSB2018 (40 images) once, at a low score threshold and
 without erosion, then scores the labels for each pair of (score threshold, erosion): objects below
 the threshold are dropped (a run at that threshold keeps the same objects: NMS and stitching rank
-by score) and 0, 1 or 2 boundary pixels are peeled off every object. Prints the mean DSB score and
-F1 at IoU 0.5 of each pair and the pair with the best DSB score; package the model with them
-(``train_nuclei_model.py --package-only WEIGHTS --mask-erosion K --conf T``).
+by score) and 0, 1 or 2 boundary pixels are peeled off every object. ``--mask-thresholds 0.5,0.6,0.7``
+repeats this for each mask probability threshold. Prints the mean DSB score and F1 at IoU 0.5 of each
+combination and the best by DSB score; package the model with them (``train_nuclei_model.py
+--package-only WEIGHTS --mask-erosion K --conf T --mask-threshold M``).
 
 With ``--tta`` the images are segmented with test-time augmentation: the threshold it picks (at the
 model's own erosion) is the one for TTA runs (``--package-only ... --conf-tta T`` where it differs).
@@ -41,27 +42,32 @@ def main(argv=None):
     parser.add_argument("--data", type=Path, default=Path("../shared/data/dsb2018"))
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--tta", action="store_true", help="calibrate for test-time augmented runs")
+    parser.add_argument("--mask-thresholds", default="0.5",
+                        help="comma-separated mask probability thresholds to try (each one segments every image again)")
     args = parser.parse_args(argv)
+    mask_thresholds = [float(m) for m in args.mask_thresholds.split(",")]
     from skimage.segmentation import find_boundaries
 
     ids = [r["id"] for r in csv.DictReader(open(args.data / "metadata.csv")) if not is_validation(r["id"])]
     ids = sorted(ids)[: 2 * args.images: 2]
     model = load_model(args.model, device="cpu")
-    scores = {(t, k): [] for t in THRESHOLDS for k in EROSIONS}
+    scores = {(m, t, k): [] for m in mask_thresholds for t in THRESHOLDS for k in EROSIONS}
     for image_id in ids:
         image = read_image(args.data / "images" / f"{image_id}.png")
         truth = read_image(args.data / "labels" / f"{image_id}.png")
-        result = segment(image, model, conf=min(THRESHOLDS), mask_erosion=0, tta=args.tta)
-        for t in THRESHOLDS:
-            kept = result.labels_scoring_at_least(t)
-            for k in EROSIONS:
-                eroded = kept.copy()
-                for _ in range(k):
-                    eroded[find_boundaries(eroded, mode="inner")] = 0
-                row = evaluate(eroded, truth, with_coco=False)
-                scores[t, k].append((row["dsb_score"], row["f1_50"]))
-    table = [{"conf": t, "mask_erosion": k, "dsb_score": round(float(np.mean([s[0] for s in v])), 4),
-              "f1_50": round(float(np.mean([s[1] for s in v])), 4)} for (t, k), v in scores.items()]
+        for m in mask_thresholds:
+            result = segment(image, model, conf=min(THRESHOLDS), mask_erosion=0, mask_threshold=m, tta=args.tta)
+            for t in THRESHOLDS:
+                kept = result.labels_scoring_at_least(t)
+                for k in EROSIONS:
+                    eroded = kept.copy()
+                    for _ in range(k):
+                        eroded[find_boundaries(eroded, mode="inner")] = 0
+                    row = evaluate(eroded, truth, with_coco=False)
+                    scores[m, t, k].append((row["dsb_score"], row["f1_50"]))
+    table = [{"mask_threshold": m, "conf": t, "mask_erosion": k,
+              "dsb_score": round(float(np.mean([s[0] for s in v])), 4),
+              "f1_50": round(float(np.mean([s[1] for s in v])), 4)} for (m, t, k), v in scores.items()]
     best = max(table, key=lambda row: row["dsb_score"])
     # a TTA threshold goes with the erosion the model already runs at
     best_at_model_erosion = max((row for row in table if row["mask_erosion"] == model.info.mask_erosion),

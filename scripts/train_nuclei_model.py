@@ -52,7 +52,7 @@ def samples(data: Path, crop: int, max_crops: int, rng: np.random.Generator):
 
 
 def package_model(weights: Path, out: Path, zoom: float, notes: dict, mask_erosion: int = 1, conf: float = DEFAULT_CONF,
-                  conf_tta: float | None = None) -> str:
+                  conf_tta: float | None = None, mask_threshold: float = 0.5) -> str:
     """Strip the optimizer, record the zoom the model was trained at and its calibrated mask erosion
     and score threshold(s), write atomically; returns sha256."""
     import torch
@@ -62,7 +62,8 @@ def package_model(weights: Path, out: Path, zoom: float, notes: dict, mask_erosi
 
     with atomic_path(out) as tmp:
         ckpt = torch.load(weights, map_location="cpu", weights_only=False)
-        ckpt["napari_cellseg"] = {"zoom": zoom, "mask_erosion": mask_erosion, "conf": conf, **notes}
+        ckpt["napari_cellseg"] = {"zoom": zoom, "mask_erosion": mask_erosion, "conf": conf,
+                                  "mask_threshold": mask_threshold, **notes}
         if conf_tta is not None:  # else TTA runs use conf
             ckpt["napari_cellseg"]["conf_tta"] = conf_tta
         torch.save(ckpt, tmp)
@@ -90,6 +91,8 @@ def main(argv=None):
                         help="pixels to peel off predicted masks (calibrated on training images)")
     parser.add_argument("--conf", type=float, default=DEFAULT_CONF,
                         help="default score threshold (calibrated on training images: calibrate_nuclei_model.py)")
+    parser.add_argument("--mask-threshold", type=float, default=0.5,
+                        help="mask probability a pixel needs (calibrate_nuclei_model.py --mask-thresholds)")
     parser.add_argument("--conf-tta", type=float, default=None,
                         help="the same for test-time augmented runs, where it differs "
                              "(calibrate_nuclei_model.py --tta)")
@@ -100,7 +103,7 @@ def main(argv=None):
              "split": "validation: sha1(image id)[0] < 38"}
     if args.package_only:
         print("sha256:", package_model(args.package_only, args.out, args.zoom, notes, args.mask_erosion, args.conf,
-                                       args.conf_tta))
+                                       args.conf_tta, args.mask_threshold))
         return
 
     data_yaml = args.work / "dataset" / "data.yaml"
@@ -132,7 +135,8 @@ def train(args, data_yaml: Path, notes: dict) -> None:
         scale=0.3, hsv_h=0.0, hsv_s=0.3, hsv_v=0.3, max_det=1000, overlap_mask=True,
     )
     best = args.work / args.name / "weights" / "best.pt"
-    sha256 = package_model(best, args.out, args.zoom, notes, args.mask_erosion, args.conf, args.conf_tta)
+    sha256 = package_model(best, args.out, args.zoom, notes, args.mask_erosion, args.conf, args.conf_tta,
+                           args.mask_threshold)
     print("best weights:", best, "sha256 of the packaged model:", sha256)
 
 

@@ -101,3 +101,13 @@ def test_mask_probabilities_are_averaged_where_binary_votes_would_tie():
     # as binary masks the rim has two votes of four, which the 0.5 threshold keeps
     votes = fuse_detections([_dets([m >= 0.5], [0.9]) for m in (high, high, low, low)])
     assert votes.masks[0][4:12, 12:14].all()
+
+
+def test_a_lower_mask_threshold_takes_in_what_the_mean_probability_reaches():
+    certain = _square(4, 4, s=8).astype(np.float32)
+    rim = np.zeros((32, 32), np.float32)
+    rim[4:12, 12:14] = 1
+    runs = [TileDetections(m[None], np.array([0.9], np.float32), np.zeros(1, int))
+            for m in (certain + 0.7 * rim, certain + 0.7 * rim, certain + 0.1 * rim, certain + 0.1 * rim)]
+    assert fuse_detections(runs, mask_threshold=0.35).masks[0][4:12, 12:14].all()  # mean 0.4
+    assert not fuse_detections(runs, mask_threshold=0.5).masks[0][4:12, 12:14].any()

@@ -23,7 +23,8 @@ def test_shipped_nuclei_model_loads_with_its_card():
     card = (MODELS_DIR / "MODEL_CARD.md").read_text()
     assert sha256_of(SHIPPED) in card
     # the calibration the card reports is the one the checkpoint carries
-    assert f"`conf = {model.info.conf}` and `mask_erosion = {model.info.mask_erosion}`" in card
+    assert (f"`conf = {model.info.conf}` and `mask_erosion = {model.info.mask_erosion}` and "
+            f"`mask_threshold = {model.info.mask_threshold}`") in card
 
 
 def _validation_fluorescence(data: Path, n: int):
@@ -38,9 +39,9 @@ def _validation_fluorescence(data: Path, n: int):
 @pytest.mark.realdata
 def test_nuclei_model_keeps_its_validation_quality(shared_data):
     """A regression floor a little under what the shipped model scores on these 12 images
-    (F1 0.854, DSB score 0.474, count error 0.13 at the model's calibrated threshold and erosion; with
-    test-time augmentation at its TTA threshold F1 0.869 and DSB 0.519, higher on every image; the
-    card's figures are over all 61 fluorescence images)."""
+    (F1 0.854, DSB score 0.516 at the model's calibrated thresholds and erosion; 0.474 at ultralytics'
+    mask threshold 0.5; with test-time augmentation F1 0.863 and DSB 0.535; the card's figures are
+    over all 61 fluorescence images)."""
     data = shared_data / "dsb2018"
     model = load_model("nuclei", device="cpu")
     f1, dsb, count_error, f1_tta, dsb_tta = [], [], [], [], []
@@ -55,9 +56,9 @@ def test_nuclei_model_keeps_its_validation_quality(shared_data):
         f1_tta.append(row["f1_50"])
         dsb_tta.append(row["dsb_score"])
     assert np.mean(f1) >= 0.82
-    assert np.mean(dsb) >= 0.44
+    assert np.mean(dsb) >= 0.48
     assert np.mean(count_error) <= 0.2
-    assert np.mean(f1_tta) >= np.mean(f1) and np.mean(dsb_tta) >= np.mean(dsb) + 0.02
+    assert np.mean(f1_tta) >= np.mean(f1) and np.mean(dsb_tta) >= np.mean(dsb) + 0.01
 
 
 @pytest.mark.slow
@@ -88,7 +89,7 @@ def test_shipped_student_is_distilled_from_the_shipped_teacher_and_matches_its_c
 @pytest.mark.realdata
 def test_student_keeps_its_agreement_with_its_teacher(shared_data):
     """A regression floor a little under what the shipped student scores on these 12 images
-    (foreground Dice against its teacher 0.922; F1 at IoU 0.5 96 % of the teacher's, where issue 5
+    (foreground Dice against its teacher 0.926; F1 at IoU 0.5 98 % of the teacher's, where issue 5
     asks for 90 %). The card's figures are over all 76 validation images."""
     data = shared_data / "dsb2018"
     student, teacher = load_model("nuclei-student", device="cpu"), load_model("nuclei", device="cpu")

@@ -190,3 +190,35 @@ def test_soft_masks_are_the_probabilities_behind_the_binary_ones(tiny_yolo_model
         outside = np.ones(mask.shape, bool)
         outside[int(np.ceil(y0)):int(np.ceil(y1)), int(np.ceil(x0)):int(np.ceil(x1))] = False
         assert not mask[outside].any()
+
+
+def test_a_checkpoints_mask_threshold_shrinks_masks_and_an_explicit_one_wins(tmp_path, tiny_yolo):
+    import torch
+
+    from napari_cellseg.backends.base import InferenceSettings
+    from napari_cellseg.core.normalize import apply_ranges, as_rgb, channel_ranges
+
+    ckpt = torch.load(tiny_yolo, map_location="cpu", weights_only=False)
+    ckpt["napari_cellseg"] = {**(ckpt.get("napari_cellseg") or {}), "mask_threshold": 0.55}
+    torch.save(ckpt, tmp_path / "strict.pt")
+    strict, plain = load_model(tmp_path / "strict.pt", device="cpu"), load_model(tiny_yolo, device="cpu")
+    assert (strict.info.mask_threshold, plain.info.mask_threshold) == (0.55, 0.5)
+    assert "mask_threshold" not in strict.info.extra
+    image, _ = disc_image((200, 300), n=20, radius=(7, 12), seed=3)
+    assert segment(image, strict).metadata["parameters"]["mask_threshold"] == 0.55
+    at_05 = segment(image, strict, conf=0.01, mask_threshold=0.5)
+    assert at_05.metadata["parameters"]["mask_threshold"] == 0.5
+    assert np.array_equal(at_05.labels, segment(image, plain, conf=0.01).labels)  # 0.5: ultralytics' own masks
+    # a stricter threshold (the median probability of the 0.5 masks' pixels): each mask inside its 0.5
+    # mask, and smaller in all
+    frame = image[..., None]
+    tile = as_rgb(apply_ranges(frame, channel_ranges(frame)))[:128, :128]
+    soft = strict.predict_tile_soft(tile, InferenceSettings(conf=0.01))
+    median = float(np.median(soft.masks[soft.masks >= 0.5]))
+    loose = strict.predict_tile(tile, InferenceSettings(conf=0.01, mask_threshold=0.5))
+    tight = strict.predict_tile(tile, InferenceSettings(conf=0.01, mask_threshold=median))
+    assert len(loose) > 0 and np.array_equal(tight.scores, loose.scores[:len(tight)])
+    assert not (tight.masks & ~loose.masks[:len(tight)]).any()
+    assert tight.masks.sum() < loose.masks[:len(tight)].sum()
+    with pytest.raises(ValueError, match="mask_threshold"):
+        segment(image, strict, mask_threshold=1.0)

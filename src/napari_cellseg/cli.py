@@ -52,7 +52,8 @@ def cmd_segment(args) -> int:
     parameters = dict(
         imgsz=args.imgsz, tile=args.tile, overlap=args.overlap, conf=args.conf, iou=args.iou,
         max_det=args.max_det, channel_axis=args.channel_axis, channel=args.channel, rgb=args.rgb, tta=args.tta,
-        mask_erosion=args.mask_erosion, class_conf=_class_conf(args.class_conf), normalization=args.normalization,
+        mask_erosion=args.mask_erosion, mask_threshold=args.mask_threshold, class_conf=_class_conf(args.class_conf),
+        normalization=args.normalization,
     )
     args.model = args.model or ["nuclei"]
     model = load_model(args.model, device=args.device)  # fails fast on a bad model, before any work
@@ -431,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     rgb.add_argument("--no-rgb", dest="rgb", action="store_false", help="last axis is not colour")
     seg.add_argument("--mask-erosion", type=int, default=None,
                      help="pixels peeled off every object (default: the model's calibration, usually 0)")
+    seg.add_argument("--mask-threshold", type=float, default=None,
+                     help="mask probability a pixel needs to belong to an object (default: the model's, else 0.5)")
     seg.add_argument("--tta", action="store_true", help="test-time augmentation: fuse 4 flips (4x slower)")
     seg.add_argument("--class-conf", action="append", default=None, metavar="CLASS=THRESHOLD",
                      help="per-class score threshold, e.g. --class-conf 0=0.3 --class-conf 2=0.6 (others: --conf)")

@@ -24,6 +24,8 @@ class InferenceSettings:
     # input statistics for backends that standardise their input themselves (Mask R-CNN):
     # "model" (the checkpoint's own), "imagenet", or "image" (the frame's own mean and std)
     normalization: str = "model"
+    # mask probability a pixel needs to belong to an object (YOLO binary masks; fusion of soft ones)
+    mask_threshold: float = 0.5
 
 
 DEFAULT_CONF = 0.25  # score threshold of a checkpoint that carries no calibrated one (ultralytics' default)
@@ -47,6 +49,8 @@ class ModelInfo:
     conf: float = DEFAULT_CONF
     # the same for test-time augmented runs, whose fused scores differ; None: ``conf``
     conf_tta: float | None = None
+    # mask probability a pixel needs to belong to an object; calibrated on training images where stored
+    mask_threshold: float = 0.5
     extra: dict = field(default_factory=dict)
 
     def default_conf(self, tta: bool = False) -> float:

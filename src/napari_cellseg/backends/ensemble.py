@@ -57,4 +57,5 @@ class EnsembleBackend:
         return runs
 
     def predict_tile(self, tile: np.ndarray, settings: InferenceSettings) -> TileDetections:
-        return fuse_detections(self.member_runs(tile, settings), min_votes=self.min_votes)
+        return fuse_detections(self.member_runs(tile, settings), min_votes=self.min_votes,
+                               mask_threshold=settings.mask_threshold)

@@ -73,8 +73,10 @@ class YoloBackend:
             mask_erosion=int(extra.get("mask_erosion", 0)),
             conf=float(extra.get("conf", DEFAULT_CONF)),
             conf_tta=None if extra.get("conf_tta") is None else float(extra["conf_tta"]),
+            mask_threshold=float(extra.get("mask_threshold", 0.5)),
             extra={"ultralytics_version": ckpt.get("version"),
-                   **{k: v for k, v in extra.items() if k not in ("zoom", "mask_erosion", "conf", "conf_tta")}},
+                   **{k: v for k, v in extra.items()
+                      if k not in ("zoom", "mask_erosion", "conf", "conf_tta", "mask_threshold")}},
         )
 
     def predict_tile(self, tile: np.ndarray, settings: InferenceSettings) -> TileDetections:
@@ -106,7 +108,7 @@ class YoloBackend:
             return TileDetections.empty((h, w))
         boxes = result.boxes.xyxy / settings.zoom  # network pixels -> tile pixels
         masks, keep = _assemble_masks(result.protos, result.mask_coefficients, boxes, (ph, pw), settings.zoom,
-                                      (h, w), soft=soft)  # as ultralytics, keep only non-empty masks
+                                      (h, w), soft=soft, threshold=settings.mask_threshold)  # non-empty ones kept
         return TileDetections(
             masks=masks[keep].numpy(),
             scores=result.boxes.conf[keep].cpu().numpy().astype(np.float32),
@@ -135,10 +137,13 @@ def _prototype_predictor():
     return PrototypePredictor
 
 
-def _assemble_masks(protos, coefficients, boxes, network_shape, zoom, tile_shape, budget=16_000_000, soft=False):
-    """(N, h, w) bool CPU masks at tile resolution: prototype logits upsampled once, thresholded at 0, box-cropped;
-    and (N,) whether each is non-empty. ``soft``: float32 probabilities (the logits' sigmoid) instead, 0 outside
-    the box."""
+def _assemble_masks(protos, coefficients, boxes, network_shape, zoom, tile_shape, budget=16_000_000, soft=False,
+                    threshold=0.5):
+    """(N, h, w) bool CPU masks at tile resolution: prototype logits upsampled once, thresholded at the logit of
+    probability ``threshold`` (0 for ultralytics' 0.5), box-cropped; and (N,) whether each is non-empty.
+    ``soft``: float32 probabilities (the logits' sigmoid) instead, 0 outside the box."""
+    import math
+
     import torch
     import torch.nn.functional as F
 
@@ -155,11 +160,12 @@ def _assemble_masks(protos, coefficients, boxes, network_shape, zoom, tile_shape
     masks = torch.empty((logits.shape[1], h, w), dtype=torch.float32 if soft else torch.bool)
     nonempty = torch.empty(logits.shape[1], dtype=torch.bool)
     step = max(1, budget // (out_h * out_w))  # bound the float intermediate on large tiles
+    threshold_logit = math.log(threshold / (1 - threshold))
     for start in range(0, logits.shape[1], step):
         chunk = slice(start, start + step)
         up = F.interpolate(logits[:, chunk], size=(out_h, out_w), mode="bilinear", align_corners=False)
         up = up[0, :, :h, :w].cpu()
-        binary = (up > 0) & in_cols[chunk] & in_rows[chunk]
+        binary = (up > threshold_logit) & in_cols[chunk] & in_rows[chunk]
         nonempty[chunk] = binary.flatten(1).any(1)
         if soft:
             masks[chunk] = up.sigmoid_().mul_(in_cols[chunk]).mul_(in_rows[chunk])

@@ -269,8 +269,9 @@ def _keep_best(workdir: Path, out: Path, base_info, history: list[dict], zoom: f
 
 
 def _package(weights: Path, out: Path, base_info, history: list[dict], zoom: float) -> None:
-    """Strip the optimizer, record the training zoom, carry the base model's mask calibration
-    (same ultralytics rasterisation, same inflation) and note the lineage; written atomically."""
+    """Strip the optimizer, record the training zoom, carry the base model's mask erosion (same
+    ultralytics rasterisation, same inflation; its mask threshold belongs to its own data and is not
+    carried) and note the lineage; written atomically."""
     import torch
     from ultralytics.utils.torch_utils import strip_optimizer
 

@@ -5,11 +5,11 @@ cluster whose first (highest-score) mask it overlaps best, at mask IoU >=
 ``match_iou``, provided that cluster has no detection from the same run yet;
 otherwise it starts a new cluster. A cluster is kept when at least
 ``min_votes`` runs contributed (default: a majority). Its mask is the pixel-wise
-mean of the member masks thresholded at 0.5, its score the sum of member scores
+mean of the member masks thresholded at ``mask_threshold`` (0.5), its score the sum of member scores
 divided by the number of runs (a run that missed the object counts as 0), and
 its class the members' most frequent class. Runs may carry mask probabilities
-(float masks, e.g. Mask R-CNN) instead of binary masks: they are matched at 0.5 and
-their probabilities are what gets averaged.
+(float masks, e.g. Mask R-CNN) instead of binary masks: they are matched at
+``mask_threshold`` and their probabilities are what gets averaged.
 """
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ def _overlaps(box_a, box_b) -> bool:
     return box_a[0] < box_b[2] and box_b[0] < box_a[2] and box_a[1] < box_b[3] and box_b[1] < box_a[3]
 
 
-def fuse_detections(runs: list[TileDetections], match_iou: float = 0.5, min_votes: int | None = None) -> TileDetections:
+def fuse_detections(runs: list[TileDetections], match_iou: float = 0.5, min_votes: int | None = None,
+                    mask_threshold: float = 0.5) -> TileDetections:
     n_runs = len(runs)
     if n_runs == 0:
         raise ValueError("nothing to fuse")
@@ -47,7 +48,7 @@ def fuse_detections(runs: list[TileDetections], match_iou: float = 0.5, min_vote
     if n_runs == 1:
         only = runs[0]
         if only.masks.dtype.kind == "f":
-            return TileDetections(only.masks >= 0.5, only.scores, only.class_ids, only.boxes)
+            return TileDetections(only.masks >= mask_threshold, only.scores, only.class_ids, only.boxes)
         return only
     min_votes = n_runs // 2 + 1 if min_votes is None else min_votes
     items = [(float(d.scores[i]), r, i) for r, d in enumerate(runs) for i in range(len(d))]
@@ -58,7 +59,7 @@ def fuse_detections(runs: list[TileDetections], match_iou: float = 0.5, min_vote
         soft = values.dtype.kind == "f"
         if soft:
             values = values.astype(np.float32, copy=False)  # numpy's float16 arithmetic is slow
-        mask = values >= 0.5 if soft else values.astype(bool, copy=False)
+        mask = values >= mask_threshold if soft else values.astype(bool, copy=False)
         box = _box(mask)
         if box is None:
             continue
@@ -78,7 +79,7 @@ def fuse_detections(runs: list[TileDetections], match_iou: float = 0.5, min_vote
             best["scores"].append(score)
             best["classes"].append(int(runs[r].class_ids[i]))
     kept = [c for c in clusters if len(c["runs"]) >= min_votes]
-    masks = [c["sum"] / len(c["runs"]) >= 0.5 for c in kept]
+    masks = [c["sum"] / len(c["runs"]) >= mask_threshold for c in kept]
     if not masks:
         return TileDetections.empty(shape)
     return TileDetections(

@@ -69,6 +69,7 @@ def segment_iter(
     channel: int | None = None,
     tta: bool = False,
     mask_erosion: int | None = None,
+    mask_threshold: float | None = None,
     class_conf: dict[int, float] | None = None,
     normalization: str = "model",
 ) -> Generator[Progress, None, SegmentationResult]:
@@ -78,6 +79,8 @@ def segment_iter(
     (0.25 for checkpoints that carry none).
     ``mask_erosion``: pixels peeled off every object after stitching; ``None`` uses
     the model's own calibration (0 for checkpoints that carry none).
+    ``mask_threshold``: probability a pixel needs to belong to an object (YOLO masks, and the
+    fused masks of TTA and ensembles); ``None`` uses the model's own calibration (else 0.5).
 
     ``tta``: also predict on horizontally, vertically and doubly flipped tiles and
     fuse the four instance sets (see :mod:`napari_cellseg.core.fusion`); 4x slower.
@@ -92,6 +95,9 @@ def segment_iter(
     if not 0 <= conf <= 1 or not 0 <= iou <= 1:
         raise ValueError(f"conf and iou must lie in [0, 1] (got conf={conf}, iou={iou})")
     mask_erosion = model.info.mask_erosion if mask_erosion is None else int(mask_erosion)
+    mask_threshold = model.info.mask_threshold if mask_threshold is None else float(mask_threshold)
+    if not 0 < mask_threshold < 1:
+        raise ValueError(f"mask_threshold must lie strictly between 0 and 1 (got {mask_threshold})")
     frames, layout = to_stack_of_frames(image, rgb=rgb, channel_axis=channel_axis, channel=channel)
     class_conf = {int(k): float(v) for k, v in (class_conf or {}).items()}
     if any(not 0 <= v <= 1 for v in class_conf.values()):
@@ -99,6 +105,7 @@ def segment_iter(
     plan = plan_tiling(model, imgsz, tile, overlap)
     # the model keeps everything above the lowest threshold; each class is then cut at its own
     settings = InferenceSettings(zoom=plan.zoom, conf=min([conf, *class_conf.values()]), iou=iou, max_det=max_det,
+                                 mask_threshold=mask_threshold,
                                  normalization=normalization)
     tiles = tile_grid(layout.height, layout.width, plan.tile, plan.overlap)
     n_frames = int(np.prod(layout.stack_shape)) if layout.stack_shape else 1
@@ -119,7 +126,8 @@ def segment_iter(
             block = as_rgb(apply_ranges(frame[t.slices], ranges))
             if tta:  # mask probabilities, where the backend has them, are what gets averaged
                 predict = getattr(model, "predict_tile_soft", model.predict_tile)
-                detections = fuse_detections(predict_with_flips(predict, block, settings))
+                detections = fuse_detections(predict_with_flips(predict, block, settings),
+                                             mask_threshold=mask_threshold)
             else:
                 detections = model.predict_tile(block, settings)
             if class_conf:
@@ -141,7 +149,7 @@ def segment_iter(
         "parameters": {
             "imgsz": plan.imgsz, "tile": plan.tile, "overlap": plan.overlap, "zoom": plan.zoom,
             "conf": conf, "iou": iou, "max_det": max_det, "match_iou": match_iou, "tta": tta,
-            "mask_erosion": mask_erosion, "class_conf": class_conf, "normalization": normalization,
+            "mask_erosion": mask_erosion, "mask_threshold": mask_threshold, "class_conf": class_conf, "normalization": normalization,
             "device": model.device, "rgb": rgb, "channel_axis": channel_axis, "channel": channel,
         },
         "input": {"shape": list(np.shape(image)), "dtype": str(image.dtype)},
