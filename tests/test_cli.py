@@ -19,7 +19,7 @@ def test_segment_writes_labels_table_and_provenance(tmp_path, tiny_yolo, capsys)
     Image.fromarray(png).save(tmp_path / "cells2.png")
     out = tmp_path / "out"
     code = main(["segment", str(tmp_path / "cells.tif"), str(tmp_path / "cells2.png"), "--model", str(tiny_yolo),
-                 "--out", str(out), "--conf", "0.01", "--device", "cpu", "-q"])
+                 "--out", str(out), "--conf", "0.01", "--mask-threshold", "0.52", "--device", "cpu", "-q"])
     assert code == 0
     for stem in ("cells", "cells2"):
         labels = tifffile.imread(out / f"{stem}_labels.tif")
@@ -30,7 +30,7 @@ def test_segment_writes_labels_table_and_provenance(tmp_path, tiny_yolo, capsys)
         assert set(rows[0]) >= {"label", "centroid_y", "centroid_x", "bbox_y0", "area", "score", "class_id", "class_name"}
         provenance = json.loads((out / f"{stem}_provenance.json").read_text())
         assert provenance["model"]["sha256"] == __import__("hashlib").sha256(tiny_yolo.read_bytes()).hexdigest()
-        assert provenance["parameters"]["conf"] == 0.01
+        assert provenance["parameters"]["conf"] == 0.01 and provenance["parameters"]["mask_threshold"] == 0.52
         assert provenance["napari_cellseg_version"]
     assert not [p for p in os.listdir(out) if ".part" in p]  # atomic writes leave no temporaries
 
