@@ -60,8 +60,10 @@ def main(argv=None):
     parser.add_argument("--imgsz", type=int, default=None)
     parser.add_argument("--tta", action="store_true")
     parser.add_argument("--mask-erosion", type=int, default=None, help="default: the model's")
+    parser.add_argument("--mask-threshold", type=float, default=None, help="default: the model's")
     args = parser.parse_args(argv)
-    options = {"tile": args.tile, "imgsz": args.imgsz, "tta": args.tta, "mask_erosion": args.mask_erosion}
+    options = {"tile": args.tile, "imgsz": args.imgsz, "tta": args.tta, "mask_erosion": args.mask_erosion,
+               "mask_threshold": args.mask_threshold}
     model = load_model(args.model, device="cpu")
     conf = model.info.default_conf(args.tta) if args.conf is None else args.conf
     figures = {"settings": {**options, "conf": conf},
