@@ -76,16 +76,17 @@ def calibrate_conf_iter(model, samples, grid=CONF_GRID, *, tta: bool = False
             "images": [name for name, _, _ in samples], "f1_50_by_conf": mean_f1}
 
 
-def store_calibration(path: str | Path, calibration: dict) -> None:
-    """Write the chosen threshold into a packaged checkpoint (atomically) as the model's own:
-    ``conf``, or ``conf_tta`` for a calibration made with test-time augmentation."""
+def store_calibration(path: str | Path, *calibrations: dict) -> None:
+    """Write the chosen thresholds into a packaged checkpoint (atomically, in one write) as the
+    model's own: ``conf``, or ``conf_tta`` for a calibration made with test-time augmentation."""
     import torch
 
     from .io import atomic_path
 
-    key = "conf_tta" if calibration.get("tta") else "conf"
     ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own file, just written
-    ckpt.setdefault("napari_cellseg", {}).update({key: calibration["conf"], f"{key}_calibration": calibration})
+    for calibration in calibrations:
+        key = "conf_tta" if calibration.get("tta") else "conf"
+        ckpt.setdefault("napari_cellseg", {}).update({key: calibration["conf"], f"{key}_calibration": calibration})
     with atomic_path(Path(path)) as tmp:
         torch.save(ckpt, tmp)
 
@@ -223,39 +224,42 @@ def finetune_iter(
         stop.set()
         thread.join()
     result_path = _keep_best(workdir, Path(out), base.info, history, zoom)
-    calibration = calibration_tta = None
+    calibrations = (None, None)
     if calibrate_conf and result_path is not None and not cancelled:
-        calibration = yield from _calibrate(result_path, Path(data_yaml), done, epochs * n_batches, epochs)
-        if calibration is not None and calibrate_tta:
-            calibration_tta = yield from _calibrate(result_path, Path(data_yaml), done, epochs * n_batches, epochs,
-                                                    tta=True)
-    return FinetuneResult(result_path, len(history), cancelled, history, calibration, calibration_tta)
+        calibrations = yield from _calibrate(result_path, Path(data_yaml), done, epochs * n_batches, epochs,
+                                             with_tta=calibrate_tta)
+    return FinetuneResult(result_path, len(history), cancelled, history, *calibrations)
 
 
-def _calibrate(path: Path, data_yaml: Path, done: int, total: int, epochs: int, tta: bool = False):
+def _calibrate(path: Path, data_yaml: Path, done: int, total: int, epochs: int, with_tta: bool):
     """Calibrate the packaged model's score threshold on the dataset's validation images (full
-    images, not tiles), where it has validation images of its own."""
+    images, not tiles), where it has validation images of its own, and with ``with_tta`` a second
+    one for test-time augmented runs. Returns (plain, TTA) calibrations, None where not made."""
     import yaml
 
+    from ..backends import load_model
     from .datasets import read_yolo_dataset
 
     config = yaml.safe_load(data_yaml.read_text())
     if not config.get("val") or config.get("val") == config.get("train"):
-        return None
+        return None, None
     samples = list(read_yolo_dataset(data_yaml, splits=("val",)))
     if not samples:
-        return None
-    gen = calibrate_conf_iter(path, samples, tta=tta)
-    what = "the score threshold for test-time augmentation" if tta else "the score threshold"
-    while True:
-        try:
-            k, n = next(gen)
-        except StopIteration as stop:
-            calibration = stop.value
-            break
-        yield TrainProgress(done, total, epochs, epochs, f"calibrating {what}: image {k}/{n}")
-    store_calibration(path, calibration)
-    return calibration
+        return None, None
+    model = load_model(path, device="cpu")  # read once for both calibrations
+    calibrations = []
+    for tta in (False, True) if with_tta else (False,):
+        gen = calibrate_conf_iter(model, samples, tta=tta)
+        what = "the score threshold for test-time augmentation" if tta else "the score threshold"
+        while True:
+            try:
+                k, n = next(gen)
+            except StopIteration as stop:
+                calibrations.append(stop.value)
+                break
+            yield TrainProgress(done, total, epochs, epochs, f"calibrating {what}: image {k}/{n}")
+    store_calibration(path, *calibrations)
+    return calibrations[0], calibrations[1] if with_tta else None
 
 
 def _keep_best(workdir: Path, out: Path, base_info, history: list[dict], zoom: float) -> Path | None:

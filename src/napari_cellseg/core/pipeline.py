@@ -149,7 +149,8 @@ def segment_iter(
         "parameters": {
             "imgsz": plan.imgsz, "tile": plan.tile, "overlap": plan.overlap, "zoom": plan.zoom,
             "conf": conf, "iou": iou, "max_det": max_det, "match_iou": match_iou, "tta": tta,
-            "mask_erosion": mask_erosion, "mask_threshold": mask_threshold, "class_conf": class_conf, "normalization": normalization,
+            "mask_erosion": mask_erosion, "mask_threshold": mask_threshold, "class_conf": class_conf,
+            "normalization": normalization,
             "device": model.device, "rgb": rgb, "channel_axis": channel_axis, "channel": channel,
         },
         "input": {"shape": list(np.shape(image)), "dtype": str(image.dtype)},
