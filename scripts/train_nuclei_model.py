@@ -52,9 +52,10 @@ def samples(data: Path, crop: int, max_crops: int, rng: np.random.Generator):
 
 
 def package_model(weights: Path, out: Path, zoom: float, notes: dict, mask_erosion: int = 1, conf: float = DEFAULT_CONF,
-                  conf_tta: float | None = None, mask_threshold: float = 0.5) -> str:
-    """Strip the optimizer, record the zoom the model was trained at and its calibrated mask erosion
-    and score threshold(s), write atomically; returns sha256."""
+                  conf_tta: float | None = None, mask_threshold: float = 0.5,
+                  object_diameter: float | None = None) -> str:
+    """Strip the optimizer, record the zoom the model was trained at and its calibrated mask erosion,
+    score threshold(s), mask threshold and reference object diameter; write atomically; returns sha256."""
     import torch
     from ultralytics.utils.torch_utils import strip_optimizer
 
@@ -66,6 +67,8 @@ def package_model(weights: Path, out: Path, zoom: float, notes: dict, mask_erosi
                                   "mask_threshold": mask_threshold, **notes}
         if conf_tta is not None:  # else TTA runs use conf
             ckpt["napari_cellseg"]["conf_tta"] = conf_tta
+        if object_diameter is not None:  # else diameter="auto" keeps the training scale
+            ckpt["napari_cellseg"]["object_diameter"] = object_diameter
         torch.save(ckpt, tmp)
         strip_optimizer(str(tmp))
     return sha256_of(out)
@@ -96,6 +99,9 @@ def main(argv=None):
     parser.add_argument("--conf-tta", type=float, default=None,
                         help="the same for test-time augmented runs, where it differs "
                              "(calibrate_nuclei_model.py --tta)")
+    parser.add_argument("--object-diameter", type=float, default=None,
+                        help="object diameter in network pixels the model segments best; diameter='auto' "
+                             "scales images to it (calibrate_nuclei_model.py --diameters)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1]
                         / "src/napari_cellseg/models/nuclei_yolo11n_seg.pt")
     args = parser.parse_args(argv)
@@ -103,7 +109,7 @@ def main(argv=None):
              "split": "validation: sha1(image id)[0] < 38"}
     if args.package_only:
         print("sha256:", package_model(args.package_only, args.out, args.zoom, notes, args.mask_erosion, args.conf,
-                                       args.conf_tta, args.mask_threshold))
+                                       args.conf_tta, args.mask_threshold, args.object_diameter))
         return
 
     data_yaml = args.work / "dataset" / "data.yaml"
@@ -136,7 +142,7 @@ def train(args, data_yaml: Path, notes: dict) -> None:
     )
     best = args.work / args.name / "weights" / "best.pt"
     sha256 = package_model(best, args.out, args.zoom, notes, args.mask_erosion, args.conf, args.conf_tta,
-                           args.mask_threshold)
+                           args.mask_threshold, args.object_diameter)
     print("best weights:", best, "sha256 of the packaged model:", sha256)
 
 

@@ -25,6 +25,7 @@ from train_nuclei_model import is_validation  # noqa: E402
 from napari_cellseg import load_model, segment  # noqa: E402
 from napari_cellseg.core.io import read_image  # noqa: E402
 from napari_cellseg.core.metrics import evaluate  # noqa: E402
+from napari_cellseg.core.pipeline import parse_diameter  # noqa: E402
 
 
 def validate(model, data: Path, conf: float | None, limit: int | None = None, **options) -> dict:
@@ -61,9 +62,11 @@ def main(argv=None):
     parser.add_argument("--tta", action="store_true")
     parser.add_argument("--mask-erosion", type=int, default=None, help="default: the model's")
     parser.add_argument("--mask-threshold", type=float, default=None, help="default: the model's")
+    parser.add_argument("--diameter", type=parse_diameter, default="auto",
+                        help="object diameter in pixels, 'auto' (default) or 'off' (the training scale)")
     args = parser.parse_args(argv)
     options = {"tile": args.tile, "imgsz": args.imgsz, "tta": args.tta, "mask_erosion": args.mask_erosion,
-               "mask_threshold": args.mask_threshold}
+               "mask_threshold": args.mask_threshold, "diameter": args.diameter}
     model = load_model(args.model, device="cpu")
     conf = model.info.default_conf(args.tta) if args.conf is None else args.conf
     figures = {"settings": {**options, "conf": conf},

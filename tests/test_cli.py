@@ -48,6 +48,21 @@ def test_stack_output_keeps_the_stack_shape(tmp_path, tiny_yolo):
     assert [int(r["count"]) for r in counts] == [len(set(np.unique(f)) - {0}) for f in labels]
 
 
+def test_diameter_sets_the_scale_and_off_keeps_the_models(tmp_path, tiny_yolo):
+    import torch
+
+    ckpt = torch.load(tiny_yolo, map_location="cpu", weights_only=False)
+    ckpt["napari_cellseg"] = {**(ckpt.get("napari_cellseg") or {}), "object_diameter": 40.0}
+    torch.save(ckpt, tmp_path / "sized.pt")
+    tifffile.imwrite(tmp_path / "cells.tif", disc_image((160, 200), n=10, seed=7)[0])
+    for diameter, tile in (("20", 64), ("off", 128)):  # 128 px network input; 20 px objects shown at 40
+        out = tmp_path / diameter
+        assert main(["segment", str(tmp_path / "cells.tif"), "--model", str(tmp_path / "sized.pt"), "--out", str(out),
+                     "--diameter", diameter, "--conf", "0.01", "--device", "cpu", "-q"]) == 0
+        parameters = json.loads((out / "cells_provenance.json").read_text())["parameters"]
+        assert parameters["tile"] == tile and parameters["diameter"] == (None if diameter == "off" else 20.0)
+
+
 @pytest.mark.parametrize(
     "make_args, message",
     [
@@ -57,6 +72,8 @@ def test_stack_output_keeps_the_stack_shape(tmp_path, tiny_yolo):
         (lambda d, m: [str(d / "ok.tif"), "--model", str(d / "notes.txt")], "not a model checkpoint"),
         (lambda d, m: [str(d / "tiny.tif"), "--model", m], "too small"),
         (lambda d, m: [str(d / "ok.tif"), "--model", m, "--conf", "3"], "conf and iou"),
+        (lambda d, m: [str(d / "ok.tif"), "--model", m, "--diameter", "-2"], "expected a positive number"),
+        (lambda d, m: [str(d / "ok.tif"), "--model", m, "--diameter", "12"], "no reference object size"),
     ],
 )
 def test_bad_input_exits_non_zero_with_one_line(tmp_path, tiny_yolo, capsys, make_args, message):

@@ -356,3 +356,24 @@ def test_multiscale_image_is_segmented_at_full_resolution(qtbot, make_napari_vie
     _run(qtbot, widget)
     (labels,) = _own(viewer, "labels")
     assert labels.data.shape == image.shape and labels.data.max() == truth.max()
+
+
+def test_diameter_field_reaches_the_run_and_a_bad_one_is_notified(qtbot, viewer_with_image, monkeypatch):
+    viewer, _, _ = viewer_with_image
+    widget = SegmentWidget(viewer)
+    widget.model.combo.value = "otsu-watershed"
+    assert widget.parameters()["diameter"] == "auto"  # the default
+    widget.diameter.value = "off"
+    assert widget.parameters()["diameter"] is None
+    widget.diameter.value = " 14 "
+    assert widget.parameters()["diameter"] == 14.0
+    errors = []
+    monkeypatch.setattr("napari_cellseg.widgets.segment.notify_error", lambda exc: errors.append(str(exc)))
+    widget.diameter.value = "large"
+    widget.run()
+    assert widget.worker is None and errors and "diameter" in errors[0]  # nothing started
+    # a number needs a model with a reference size: the run says so and adds nothing
+    widget.diameter.value = "14"
+    monkeypatch.setattr("napari_cellseg.widgets._common.notify_error", lambda exc: errors.append(str(exc)))
+    _run(qtbot, widget)
+    assert "no reference object size" in errors[-1] and not _own(viewer, "labels")

@@ -50,7 +50,7 @@ def cmd_segment(args) -> int:
     out = Path(args.out)
     _check_writable(out)
     parameters = dict(
-        imgsz=args.imgsz, tile=args.tile, overlap=args.overlap, conf=args.conf, iou=args.iou,
+        imgsz=args.imgsz, tile=args.tile, overlap=args.overlap, diameter=_diameter(args.diameter), conf=args.conf, iou=args.iou,
         max_det=args.max_det, channel_axis=args.channel_axis, channel=args.channel, rgb=args.rgb, tta=args.tta,
         mask_erosion=args.mask_erosion, mask_threshold=args.mask_threshold, class_conf=_class_conf(args.class_conf),
         normalization=args.normalization,
@@ -84,6 +84,15 @@ def cmd_segment(args) -> int:
     if args.rle_csv or args.coco:
         _write_instance_exports(inputs, out, args, class_names)
     return EXIT_BAD_INPUT if failed else 0
+
+
+def _diameter(text: str):
+    from .core.pipeline import parse_diameter
+
+    try:
+        return parse_diameter(text)
+    except ValueError as exc:
+        raise CliError(f"--{exc}") from None
 
 
 def _class_conf(items: list[str] | None) -> dict[int, float]:
@@ -420,6 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--imgsz", type=int, default=None, help="network input size (default: the model's training size)")
     seg.add_argument("--tile", type=int, default=None, help="tile size in image pixels (default: full resolution)")
     seg.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default: tile/4, at most 128)")
+    seg.add_argument("--diameter", default="auto",
+                     help="typical object diameter in pixels: the image is scaled to the size the model "
+                          "segments best; 'auto' (default) measures it in a first pass; 'off' keeps the "
+                          "model's training scale (models without a reference size, or with --tile, always do)")
     seg.add_argument("--conf", type=float, default=None,
                      help="confidence threshold (default: the model's calibrated one, see its card; else 0.25)")
     seg.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold (default 0.7)")

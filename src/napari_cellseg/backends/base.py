@@ -51,6 +51,9 @@ class ModelInfo:
     conf_tta: float | None = None
     # mask probability a pixel needs to belong to an object; calibrated on training images where stored
     mask_threshold: float = 0.5
+    # object diameter, in network pixels, the model segments best (calibrated where stored);
+    # ``segment(diameter=...)`` scales images to it
+    object_diameter: float | None = None
     extra: dict = field(default_factory=dict)
 
     def default_conf(self, tta: bool = False) -> float:

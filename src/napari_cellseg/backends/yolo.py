@@ -74,9 +74,11 @@ class YoloBackend:
             conf=float(extra.get("conf", DEFAULT_CONF)),
             conf_tta=None if extra.get("conf_tta") is None else float(extra["conf_tta"]),
             mask_threshold=float(extra.get("mask_threshold", 0.5)),
+            object_diameter=None if extra.get("object_diameter") is None else float(extra["object_diameter"]),
             extra={"ultralytics_version": ckpt.get("version"),
                    **{k: v for k, v in extra.items()
-                      if k not in ("zoom", "mask_erosion", "conf", "conf_tta", "mask_threshold")}},
+                      if k not in ("zoom", "mask_erosion", "conf", "conf_tta", "mask_threshold",
+                                  "object_diameter")}},
         )
 
     def predict_tile(self, tile: np.ndarray, settings: InferenceSettings) -> TileDetections:

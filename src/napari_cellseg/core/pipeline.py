@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import numpy as np
 
@@ -60,6 +61,7 @@ def segment_iter(
     imgsz: int | None = None,
     tile: int | None = None,
     overlap: int | None = None,
+    diameter: float | str | None = "auto",
     conf: float | None = None,
     iou: float = 0.7,
     max_det: int = 3000,
@@ -75,6 +77,14 @@ def segment_iter(
 ) -> Generator[Progress, None, SegmentationResult]:
     """Segment a 2-D image or a stack frame by frame, tile by tile.
 
+    ``diameter``: typical object diameter in image pixels; the image is scaled so that such objects
+    appear at the size the model segments best (``ModelInfo.object_diameter``, calibrated on
+    training images). ``"auto"`` (the default) measures it: a first pass at the model's own scale
+    (on the first frame of a stack; without TTA) gives the median diameter of the objects scoring at
+    least the model's threshold, and the image is segmented again at the scale that diameter calls
+    for, within 1/1.5x to 2x of the model's own (a plain run keeps the first pass when the scale would
+    change by less than 15 %). ``None``, a given ``tile``, or a model without a reference size:
+    the model's training scale (``imgsz`` / ``tile``).
     ``conf``: score threshold; ``None`` uses the model's own calibration, its TTA one when ``tta``
     (0.25 for checkpoints that carry none).
     ``mask_erosion``: pixels peeled off every object after stitching; ``None`` uses
@@ -102,21 +112,134 @@ def segment_iter(
     class_conf = {int(k): float(v) for k, v in (class_conf or {}).items()}
     if any(not 0 <= v <= 1 for v in class_conf.values()):
         raise ValueError(f"per-class thresholds must lie in [0, 1] (got {class_conf})")
-    plan = plan_tiling(model, imgsz, tile, overlap)
+    imgsz = int(imgsz or model.info.train_imgsz or DEFAULT_IMGSZ)
+    if diameter == "auto" and (tile is not None or not model.info.object_diameter):
+        diameter = None  # a given tile fixes the scale; a model without a reference size keeps its own
+    if diameter is not None:
+        if tile is not None:
+            raise ValueError("give either diameter or tile, not both: the diameter sets the tile size")
+        if diameter != "auto":
+            given = diameter
+            try:
+                diameter = float(diameter)
+            except (TypeError, ValueError):
+                diameter = float("nan")
+            if not diameter > 0:
+                raise ValueError(f"diameter must be a positive number of pixels or 'auto' (got {given!r})")
+        object_diameter = reference_diameter(model)  # fails before any work for a model without one
+    run_frames = partial(_segment_frames, frames, layout, model, conf=conf, iou=iou, max_det=max_det,
+                         match_iou=match_iou, tta=tta, mask_erosion=mask_erosion, mask_threshold=mask_threshold,
+                         class_conf=class_conf, normalization=normalization)
+    started = time.perf_counter()
+    scale = {}
+    if diameter == "auto":
+        plan = plan_tiling(model, imgsz, None, overlap)
+        # measuring needs no test-time augmentation: the first pass is plain
+        first_pass = yield from run_frames(plan, only_first_frame=True, tta=False, message="measuring object size")
+        # sized on confident objects only (at least the model's own threshold), whatever ``conf`` keeps
+        confident = ~(first_pass.objects["score"] < max(conf, model.info.conf))
+        measured = median_diameter(first_pass.objects["area"][confident])
+        zoom = auto_zoom(plan.zoom, object_diameter, measured)
+        scale = {"measured_diameter": measured, "zoom_factor": zoom / plan.zoom}
+        if zoom == plan.zoom and n_frames_of(layout) == 1 and not tta:
+            result = first_pass
+        else:
+            plan = plan_tiling(model, imgsz, round(imgsz / zoom), overlap)
+            result = yield from run_frames(plan)
+        if measured is None:
+            result.warnings.append("too few objects to measure their size; segmented at the model's own scale")
+    else:
+        if diameter is not None:
+            tile = max(32, round(imgsz * diameter / object_diameter))
+        plan = plan_tiling(model, imgsz, tile, overlap)
+        result = yield from run_frames(plan)
+    result.metadata = {
+        "model": {k: v for k, v in asdict(model.info).items()},
+        "parameters": {
+            "imgsz": plan.imgsz, "tile": plan.tile, "overlap": plan.overlap, "zoom": plan.zoom,
+            "diameter": diameter, **scale,
+            "conf": conf, "iou": iou, "max_det": max_det, "match_iou": match_iou, "tta": tta,
+            "mask_erosion": mask_erosion, "mask_threshold": mask_threshold, "class_conf": class_conf,
+            "normalization": normalization,
+            "device": model.device, "rgb": rgb, "channel_axis": channel_axis, "channel": channel,
+        },
+        "input": {"shape": list(np.shape(image)), "dtype": str(image.dtype)},
+        "napari_cellseg_version": __version__,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    return result
+AUTO_ZOOM_RANGE = (1 / 1.5, 2.0)  # the scales, relative to the model's own, that "auto" may choose
+AUTO_ZOOM_TOLERANCE = 1.15  # a smaller change keeps the first pass
+MIN_OBJECTS_TO_MEASURE = 3
+
+
+def parse_diameter(text: str) -> float | str | None:
+    """A typed diameter: a number of pixels, 'auto', or 'off' (the model's training scale)."""
+    text = str(text).strip().lower()
+    if text in ("auto", ""):
+        return "auto"
+    if text in ("off", "none"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise ValueError(f"diameter: expected a positive number of pixels, 'auto' or 'off', got '{text}'")
+    return value
+
+
+def reference_diameter(model: SegmentationBackend) -> float:
+    """The object diameter, in network pixels, the model segments best; an error if it has none."""
+    if not model.info.object_diameter:
+        raise ValueError(f"the model {model.info.path} carries no reference object size, so a diameter cannot "
+                         "set its scale; give a tile size instead")
+    return float(model.info.object_diameter)
+
+
+def median_diameter(areas) -> float | None:
+    """Median equivalent-circle diameter of objects with these pixel areas (None: too few objects)."""
+    areas = np.asarray(areas, np.float64)
+    if areas.size < MIN_OBJECTS_TO_MEASURE:
+        return None
+    return float(np.sqrt(4 * np.median(areas) / np.pi))
+
+
+def auto_zoom(model_zoom: float, object_diameter: float, measured: float | None) -> float:
+    """The zoom that shows objects of the measured diameter at the model's reference size, within
+    AUTO_ZOOM_RANGE of the model's own zoom; the model's own when the change would be small."""
+    if measured is None:
+        return model_zoom
+    factor = float(np.clip(object_diameter / (measured * model_zoom), *AUTO_ZOOM_RANGE))
+    if max(factor, 1 / factor) < AUTO_ZOOM_TOLERANCE:
+        return model_zoom
+    return model_zoom * factor
+
+
+def n_frames_of(layout) -> int:
+    return int(np.prod(layout.stack_shape)) if layout.stack_shape else 1
+
+
+def _segment_frames(frames, layout, model: SegmentationBackend, plan: TilingPlan, *, conf: float, iou: float,
+                    max_det: int, match_iou: float, tta: bool, mask_erosion: int, mask_threshold: float,
+                    class_conf: dict[int, float], normalization: str, only_first_frame: bool = False,
+                    message: str = "") -> Generator[Progress, None, SegmentationResult]:
+    """The tile-by-tile run of :func:`segment_iter` at one scale; metadata is the caller's."""
     # the model keeps everything above the lowest threshold; each class is then cut at its own
     settings = InferenceSettings(zoom=plan.zoom, conf=min([conf, *class_conf.values()]), iou=iou, max_det=max_det,
-                                 mask_threshold=mask_threshold,
-                                 normalization=normalization)
+                                 mask_threshold=mask_threshold, normalization=normalization)
     tiles = tile_grid(layout.height, layout.width, plan.tile, plan.overlap)
-    n_frames = int(np.prod(layout.stack_shape)) if layout.stack_shape else 1
+    n_frames = 1 if only_first_frame else n_frames_of(layout)
     total = n_frames * len(tiles)
     labels = np.zeros((n_frames, layout.height, layout.width), np.int32)
     tables, warnings = [], []
-    started = time.perf_counter()
+    prefix = f"{message}: " if message else ""
     done = 0
-    yield Progress(0, total, 0, n_frames, "starting")
+    yield Progress(0, total, 0, n_frames, message or "starting")
     offset = 0
     for f, index in enumerate(np.ndindex(*layout.stack_shape)):
+        if f == n_frames:
+            break
         frame = frames[index]  # stays lazy for dask/zarr input: only tiles are read
         ranges = channel_ranges(frame)
         if hasattr(model, "begin_frame"):  # optional hook: per-frame statistics
@@ -136,7 +259,7 @@ def segment_iter(
                 warnings.append(f"frame {f}: a tile reached max_det={max_det} detections; raise max_det")
             stitcher.add(t, detections)
             done += 1
-            yield Progress(done, total, f, n_frames, f"frame {f + 1}/{n_frames}, tile {done}/{total}")
+            yield Progress(done, total, f, n_frames, f"{prefix}frame {f + 1}/{n_frames}, tile {done}/{total}")
         frame_labels, scores, classes = stitcher.finish(erode=mask_erosion)
         table = object_table(frame_labels, scores, classes, model.info.class_names, frame=f)
         frame_labels[frame_labels > 0] += offset  # ids unique over the whole stack
@@ -144,23 +267,10 @@ def segment_iter(
         offset += len(table["label"])
         labels[f] = frame_labels
         tables.append(table)
-    metadata = {
-        "model": {k: v for k, v in asdict(model.info).items()},
-        "parameters": {
-            "imgsz": plan.imgsz, "tile": plan.tile, "overlap": plan.overlap, "zoom": plan.zoom,
-            "conf": conf, "iou": iou, "max_det": max_det, "match_iou": match_iou, "tta": tta,
-            "mask_erosion": mask_erosion, "mask_threshold": mask_threshold, "class_conf": class_conf,
-            "normalization": normalization,
-            "device": model.device, "rgb": rgb, "channel_axis": channel_axis, "channel": channel,
-        },
-        "input": {"shape": list(np.shape(image)), "dtype": str(image.dtype)},
-        "napari_cellseg_version": __version__,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
+    shape = layout.stack_shape if not only_first_frame else ((1,) if layout.stack_shape else ())
     return SegmentationResult(
-        labels=labels.reshape(layout.stack_shape + (layout.height, layout.width)),
+        labels=labels.reshape(shape + (layout.height, layout.width)),
         objects=concat_tables(tables),
-        metadata=metadata,
         warnings=sorted(set(warnings)),
     )
 

@@ -35,6 +35,11 @@ class SegmentWidget(WorkerWidget):
                                          tooltip="more checkpoints whose instances are fused with the model's")
         self.imgsz = widgets.SpinBox(label="imgsz (0 = model's)", value=0, min=0, max=4096, step=32)
         self.tile = widgets.SpinBox(label="tile px (0 = auto)", value=0, min=0, max=8192, step=32)
+        self.diameter = widgets.LineEdit(
+            label="object diameter px", value="auto",
+            tooltip="typical object diameter: the image is scaled to the size the model segments best. "
+                    "'auto' measures it in a first pass; 'off' keeps the model's training scale "
+                    "(as do a tile size and models without a reference size)")
         self.conf = widgets.FloatSpinBox(label="confidence (0 = model's)", value=0.0, min=0.0, max=1.0, step=0.05,
                                          tooltip="score threshold; 0 uses the model's calibrated one (with TTA, its "
                                                  "TTA one where it has one; else 0.25)")
@@ -47,8 +52,8 @@ class SegmentWidget(WorkerWidget):
                                               choices=["model", "imagenet", "image"])
         self.device = device_choice()
         super().__init__(
-            viewer, [self.image, self.model, self.ensemble, self.imgsz, self.tile, self.conf, self.iou, self.erosion,
-                     self.tta, self.class_conf, self.normalization, self.device],
+            viewer, [self.image, self.model, self.ensemble, self.imgsz, self.tile, self.diameter, self.conf, self.iou,
+                     self.erosion, self.tta, self.class_conf, self.normalization, self.device],
             "Segment",
         )
         from ._plot import LinePlot
@@ -67,9 +72,12 @@ class SegmentWidget(WorkerWidget):
         self.preload_thread = self._cache.preload(self.model.value, self.device.value)
 
     def parameters(self) -> dict:
+        from ..core.pipeline import parse_diameter
+
         return {
             "imgsz": self.imgsz.value or None,
             "tile": self.tile.value or None,
+            "diameter": parse_diameter(self.diameter.value),
             "conf": self.conf.value or None,
             "iou": self.iou.value,
             "tta": self.tta.value,

@@ -1,0 +1,137 @@
+"""The object diameter sets the inference scale: given by the user, or measured by a first pass."""
+import numpy as np
+import pytest
+
+from napari_cellseg import load_model, segment
+from napari_cellseg.core.metrics import matching_stats
+from napari_cellseg.core.pipeline import AUTO_ZOOM_RANGE
+from napari_cellseg.core.tiling import tile_grid
+
+from synthetic import disc_image
+
+
+class RecordingModel:
+    """Otsu + watershed with a reference object size; records the zoom of every tile it is handed."""
+
+    def __init__(self, object_diameter: float | None, imgsz: int = 128):
+        self._model = load_model("otsu-watershed")
+        self.info, self.device = self._model.info, self._model.device
+        self.info.object_diameter, self.info.train_imgsz = object_diameter, imgsz
+        self.zooms = []
+
+    def begin_frame(self, frame):
+        self._model.begin_frame(frame)
+
+    def predict_tile(self, tile, settings):
+        self.zooms.append(settings.zoom)
+        return self._model.predict_tile(tile, settings)
+
+
+def _true_median_diameter(labels) -> float:
+    areas = np.bincount(labels.ravel())[1:]
+    return float(np.sqrt(4 * np.median(areas[areas > 0]) / np.pi))
+
+
+def test_a_given_diameter_scales_objects_to_the_models_reference_size():
+    image, truth = disc_image((200, 240), n=10, radius=(7, 9), seed=1)
+    model = RecordingModel(object_diameter=32)
+    result = segment(image, model, diameter=16)  # objects of 16 px shown at 32 px: zoom 2
+    parameters = result.metadata["parameters"]
+    assert parameters["diameter"] == 16 and parameters["tile"] == 64 and parameters["zoom"] == 2.0
+    assert set(model.zooms) == {2.0}
+    assert matching_stats(result.labels, truth, thresholds=(0.8,))[0].tp == truth.max()
+
+
+def test_auto_measures_the_objects_and_segments_again_at_the_scale_they_call_for():
+    image, truth = disc_image((200, 240), n=10, radius=(7, 9), seed=1)
+    true_diameter = _true_median_diameter(truth)
+    model = RecordingModel(object_diameter=1.5 * true_diameter)
+    result = segment(image, model, diameter="auto")
+    parameters = result.metadata["parameters"]
+    assert parameters["measured_diameter"] == pytest.approx(true_diameter, rel=0.05)
+    assert parameters["zoom_factor"] == pytest.approx(1.5, rel=0.05)
+    first_pass_tiles = model.zooms.count(1.0)
+    assert first_pass_tiles > 0 and set(model.zooms) == {1.0, parameters["zoom"]}
+    assert parameters["zoom"] == pytest.approx(1.5, rel=0.05)
+    assert matching_stats(result.labels, truth, thresholds=(0.8,))[0].tp == truth.max()
+
+
+def test_auto_keeps_the_first_pass_when_the_scale_is_already_right_and_stays_within_range():
+    image, truth = disc_image((200, 240), n=10, radius=(7, 9), seed=1)
+    true_diameter = _true_median_diameter(truth)
+    model = RecordingModel(object_diameter=1.05 * true_diameter)
+    result = segment(image, model, diameter="auto")
+    assert result.metadata["parameters"]["zoom_factor"] == 1.0 and set(model.zooms) == {1.0}
+    plan = result.metadata["parameters"]
+    assert len(model.zooms) == len(tile_grid(200, 240, plan["tile"], plan["overlap"]))  # one pass only
+    model.zooms.clear()  # with TTA the size is measured on a plain pass, then the four flips run
+    segment(image, model, tta=True)
+    assert model.zooms == [1.0] * (5 * len(tile_grid(200, 240, plan["tile"], plan["overlap"])))
+    huge = RecordingModel(object_diameter=20 * true_diameter)  # would zoom 20x: clipped
+    assert segment(image, huge, diameter="auto").metadata["parameters"]["zoom_factor"] == AUTO_ZOOM_RANGE[1]
+
+
+def test_auto_on_a_stack_measures_the_first_frame_and_segments_every_frame_at_one_scale():
+    frames = [disc_image((128, 128), n=6, radius=(7, 9), seed=s) for s in range(3)]
+    stack = np.stack([f[0] for f in frames])
+    true_diameter = _true_median_diameter(frames[0][1])
+    model = RecordingModel(object_diameter=1.5 * true_diameter)
+    result = segment(stack, model, diameter="auto")
+    plan = result.metadata["parameters"]
+    assert result.labels.shape == stack.shape
+    assert plan["measured_diameter"] == pytest.approx(true_diameter, rel=0.05) and plan["zoom"] != 1.0
+    # the first frame once at the model's scale, then every frame at the new one
+    assert model.zooms.count(1.0) == len(tile_grid(128, 128, 128, 32))
+    assert model.zooms.count(plan["zoom"]) == 3 * len(tile_grid(128, 128, plan["tile"], plan["overlap"]))
+    for f, (_, truth) in enumerate(frames):
+        assert matching_stats(result.labels[f] > 0, truth > 0, thresholds=(0.5,))[0].tp == 1
+
+
+def test_auto_with_too_few_objects_stays_at_the_models_scale_and_says_so():
+    blank = np.full((96, 96), 100, np.uint16)
+    model = RecordingModel(object_diameter=30)
+    result = segment(blank, model, diameter="auto")
+    assert result.n_objects == 0 and set(model.zooms) == {1.0}
+    assert any("too few objects" in w for w in result.warnings)
+
+
+@pytest.mark.parametrize("diameter", [0, -3, "big", float("nan")])
+def test_a_bad_diameter_is_refused(diameter):
+    image, _ = disc_image((64, 64), n=3, seed=2)
+    with pytest.raises(ValueError, match="diameter must be a positive number"):
+        segment(image, RecordingModel(30), diameter=diameter)
+
+
+def test_diameter_and_tile_together_or_a_model_without_a_reference_size_are_refused():
+    image, _ = disc_image((64, 64), n=3, seed=2)
+    with pytest.raises(ValueError, match="either diameter or tile"):
+        segment(image, RecordingModel(30), diameter=10, tile=64)
+    model = RecordingModel(None)
+    with pytest.raises(ValueError, match="no reference object size"):
+        segment(image, model, diameter=12)
+    assert model.zooms == []  # refused before any work
+
+
+def test_auto_is_the_default_and_a_tile_or_a_model_without_a_reference_size_keep_the_models_scale():
+    image, truth = disc_image((200, 240), n=10, radius=(7, 9), seed=1)
+    sized = RecordingModel(object_diameter=1.5 * _true_median_diameter(truth))
+    assert segment(image, sized).metadata["parameters"]["zoom_factor"] == pytest.approx(1.5, rel=0.05)
+    for model, options in ((RecordingModel(object_diameter=None), {}), (sized, {"tile": 100})):
+        model.zooms.clear()
+        parameters = segment(image, model, **options).metadata["parameters"]
+        assert parameters["diameter"] is None and "measured_diameter" not in parameters
+        assert set(model.zooms) == {parameters["zoom"]} and len(model.zooms) == len(
+            tile_grid(200, 240, parameters["tile"], parameters["overlap"]))  # a single pass
+
+
+def test_a_checkpoints_reference_diameter_is_read(tmp_path, tiny_yolo):
+    import torch
+
+    ckpt = torch.load(tiny_yolo, map_location="cpu", weights_only=False)
+    ckpt["napari_cellseg"] = {**(ckpt.get("napari_cellseg") or {}), "object_diameter": 36.0}
+    torch.save(ckpt, tmp_path / "sized.pt")
+    model = load_model(tmp_path / "sized.pt", device="cpu")
+    assert model.info.object_diameter == 36.0 and "object_diameter" not in model.info.extra
+    assert load_model(tiny_yolo, device="cpu").info.object_diameter is None
+    image, _ = disc_image((128, 128), n=6, seed=4)
+    assert segment(image, model, diameter=18, conf=0.01).metadata["parameters"]["zoom"] == 2.0  # 128 / 64
