@@ -377,3 +377,16 @@ def test_diameter_field_reaches_the_run_and_a_bad_one_is_notified(qtbot, viewer_
     monkeypatch.setattr("napari_cellseg.widgets._common.notify_error", lambda exc: errors.append(str(exc)))
     _run(qtbot, widget)
     assert "no reference object size" in errors[-1] and not _own(viewer, "labels")
+
+
+def test_status_reports_the_measured_object_size_and_the_scale_used(qtbot, viewer_with_image):
+    viewer, _, truth = viewer_with_image
+    widget = SegmentWidget(viewer)
+    widget.device.value = "cpu"
+    widget.model.combo.value = "nuclei"  # the shipped model carries a reference object size
+    _run(qtbot, widget)
+    parameters = widget.last_result.metadata["parameters"]
+    true_diameter = np.sqrt(4 * np.median(np.bincount(truth.ravel())[1:]) / np.pi)
+    assert abs(parameters["measured_diameter"] - true_diameter) < 0.2 * true_diameter
+    assert (f"object size {parameters['measured_diameter']:.0f} px, segmented at "
+            f"{parameters['zoom_factor']:.2g}x the model's scale") in widget.status.value

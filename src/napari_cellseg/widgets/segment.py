@@ -131,4 +131,8 @@ class SegmentWidget(WorkerWidget):
                                   title=f"{layer.name}: {result.n_objects} objects")
         self.counts_plot.canvas.setVisible(bool(result.stack_shape))
         text = f"{result.n_objects} objects" + (f" in {len(counts)} frames" if result.stack_shape else "")
+        parameters = result.metadata.get("parameters", {})
+        if parameters.get("measured_diameter"):  # what diameter="auto" found and did with it
+            text += (f"; object size {parameters['measured_diameter']:.0f} px, segmented at "
+                     f"{parameters['zoom_factor']:.2g}x the model's scale")
         self.status.value = text + ("; " + "; ".join(result.warnings) if result.warnings else "")
