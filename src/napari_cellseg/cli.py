@@ -50,7 +50,8 @@ def cmd_segment(args) -> int:
     out = Path(args.out)
     _check_writable(out)
     parameters = dict(
-        imgsz=args.imgsz, tile=args.tile, overlap=args.overlap, diameter=_diameter(args.diameter), conf=args.conf, iou=args.iou,
+        imgsz=args.imgsz, tile=args.tile, overlap=args.overlap, diameter=_diameter(args.diameter), conf=args.conf,
+        iou=args.iou,
         max_det=args.max_det, channel_axis=args.channel_axis, channel=args.channel, rgb=args.rgb, tta=args.tta,
         mask_erosion=args.mask_erosion, mask_threshold=args.mask_threshold, class_conf=_class_conf(args.class_conf),
         normalization=args.normalization,

@@ -113,19 +113,12 @@ def segment_iter(
     if any(not 0 <= v <= 1 for v in class_conf.values()):
         raise ValueError(f"per-class thresholds must lie in [0, 1] (got {class_conf})")
     imgsz = int(imgsz or model.info.train_imgsz or DEFAULT_IMGSZ)
+    diameter = parse_diameter(diameter)
     if diameter == "auto" and (tile is not None or not model.info.object_diameter):
         diameter = None  # a given tile fixes the scale; a model without a reference size keeps its own
     if diameter is not None:
         if tile is not None:
             raise ValueError("give either diameter or tile, not both: the diameter sets the tile size")
-        if diameter != "auto":
-            given = diameter
-            try:
-                diameter = float(diameter)
-            except (TypeError, ValueError):
-                diameter = float("nan")
-            if not diameter > 0:
-                raise ValueError(f"diameter must be a positive number of pixels or 'auto' (got {given!r})")
         object_diameter = reference_diameter(model)  # fails before any work for a model without one
     run_frames = partial(_segment_frames, frames, layout, model, conf=conf, iou=iou, max_det=max_det,
                          match_iou=match_iou, tta=tta, mask_erosion=mask_erosion, mask_threshold=mask_threshold,
@@ -168,25 +161,30 @@ def segment_iter(
         "seconds": round(time.perf_counter() - started, 3),
     }
     return result
+
+
 AUTO_ZOOM_RANGE = (1 / 1.5, 2.0)  # the scales, relative to the model's own, that "auto" may choose
 AUTO_ZOOM_TOLERANCE = 1.15  # a smaller change keeps the first pass
 MIN_OBJECTS_TO_MEASURE = 3
 
 
-def parse_diameter(text: str) -> float | str | None:
-    """A typed diameter: a number of pixels, 'auto', or 'off' (the model's training scale)."""
-    text = str(text).strip().lower()
-    if text in ("auto", ""):
-        return "auto"
-    if text in ("off", "none"):
+def parse_diameter(value) -> float | str | None:
+    """A diameter as typed or passed: a positive number of pixels, 'auto', or 'off' / None (the training scale)."""
+    if value is None:
         return None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("auto", ""):
+            return "auto"
+        if text in ("off", "none"):
+            return None
     try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0:
-        raise ValueError(f"diameter: expected a positive number of pixels, 'auto' or 'off', got '{text}'")
-    return value
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not number > 0:
+        raise ValueError(f"diameter must be a positive number of pixels, 'auto' or 'off' (got {value!r})")
+    return number
 
 
 def reference_diameter(model: SegmentationBackend) -> float:
