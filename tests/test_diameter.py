@@ -87,6 +87,24 @@ def test_auto_on_a_stack_measures_the_first_frame_and_segments_every_frame_at_on
         assert matching_stats(result.labels[f] > 0, truth > 0, thresholds=(0.5,))[0].tp == 1
 
 
+def test_auto_measures_a_large_image_on_a_central_window_only(monkeypatch):
+    import napari_cellseg.core.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "MEASURING_SIDE", 96)
+    # a grid of equal discs: the 96 px window holds 16 whole ones and cuts 20 more
+    centres = [(10 + 20 * i, 10 + 20 * j) for i in range(20) for j in range(20)]
+    image, truth = disc_image((400, 400), radius=(8, 8.01), centres=centres, seed=5)
+    model = RecordingModel(object_diameter=1.05 * _true_median_diameter(truth))  # the scale stays
+    result = segment(image, model, diameter="auto")
+    plan = result.metadata["parameters"]
+    # discs cut by the window's edges are left out: the size is that of whole ones
+    assert plan["measured_diameter"] == pytest.approx(_true_median_diameter(truth), rel=0.02)
+    window_tiles, whole_tiles = len(tile_grid(96, 96, 128, 32)), len(tile_grid(400, 400, 128, 32))
+    assert len(model.zooms) == window_tiles + whole_tiles  # the window did not stand in for the image
+    assert result.labels.shape == image.shape
+    assert matching_stats(result.labels, truth, thresholds=(0.8,))[0].tp == truth.max()
+
+
 def test_auto_with_too_few_objects_stays_at_the_models_scale_and_says_so():
     blank = np.full((96, 96), 100, np.uint16)
     model = RecordingModel(object_diameter=30)

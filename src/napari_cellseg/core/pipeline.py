@@ -15,7 +15,7 @@ import numpy as np
 
 from ..backends import InferenceSettings, SegmentationBackend, load_model
 from .fusion import fuse_detections, predict_with_flips
-from .normalize import apply_ranges, as_rgb, channel_ranges, to_stack_of_frames
+from .normalize import ImageLayout, apply_ranges, as_rgb, channel_ranges, to_stack_of_frames
 from .result import SegmentationResult, concat_tables, object_table
 from .tiling import InstanceStitcher, tile_grid
 
@@ -80,10 +80,10 @@ def segment_iter(
     ``diameter``: typical object diameter in image pixels; the image is scaled so that such objects
     appear at the size the model segments best (``ModelInfo.object_diameter``, calibrated on
     training images). ``"auto"`` (the default) measures it: a first pass at the model's own scale
-    (on the first frame of a stack; without TTA) gives the median diameter of the objects scoring at
-    least the model's threshold, and the image is segmented again at the scale that diameter calls
-    for, within 1/1.5x to 2x of the model's own (a plain run keeps the first pass when the scale would
-    change by less than 15 %). ``None``, a given ``tile``, or a model without a reference size:
+    (without TTA, on the first frame of a stack, on at most its central 1024x1024 pixels) gives the
+    median diameter of the objects scoring at least the model's threshold, and the image is segmented
+    again at the scale that diameter calls for, within 1/1.5x to 2x of the model's own (a plain run of
+    a 2-D image that fits the window keeps the first pass when the scale would change by less than 15 %). ``None``, a given ``tile``, or a model without a reference size:
     the model's training scale (``imgsz`` / ``tile``).
     ``conf``: score threshold; ``None`` uses the model's own calibration, its TTA one when ``tta``
     (0.25 for checkpoints that carry none).
@@ -120,32 +120,35 @@ def segment_iter(
         if tile is not None:
             raise ValueError("give either diameter or tile, not both: the diameter sets the tile size")
         object_diameter = reference_diameter(model)  # fails before any work for a model without one
-    run_frames = partial(_segment_frames, frames, layout, model, conf=conf, iou=iou, max_det=max_det,
-                         match_iou=match_iou, tta=tta, mask_erosion=mask_erosion, mask_threshold=mask_threshold,
-                         class_conf=class_conf, normalization=normalization)
+    run_frames = partial(_segment_frames, model, conf=conf, iou=iou, max_det=max_det, match_iou=match_iou, tta=tta,
+                         mask_erosion=mask_erosion, mask_threshold=mask_threshold, class_conf=class_conf,
+                         normalization=normalization)
     started = time.perf_counter()
     scale = {}
     if diameter == "auto":
         plan = plan_tiling(model, imgsz, None, overlap)
+        window, window_layout, cut = measuring_window(frames, layout)
         # measuring needs no test-time augmentation: the first pass is plain
-        first_pass = yield from run_frames(plan, only_first_frame=True, tta=False, message="measuring object size")
-        # sized on confident objects only (at least the model's own threshold), whatever ``conf`` keeps
-        confident = ~(first_pass.objects["score"] < max(conf, model.info.conf))
-        measured = median_diameter(first_pass.objects["area"][confident])
+        first_pass = yield from run_frames(window, window_layout, plan, tta=False, message="measuring object size")
+        # sized on confident objects only (at least the model's own threshold), whatever ``conf`` keeps,
+        # and on whole ones: objects the window's cut edges truncate would bias the size down
+        objects = first_pass.objects
+        kept = ~(objects["score"] < max(conf, model.info.conf)) & ~touches(objects, window_layout, cut)
+        measured = median_diameter(objects["area"][kept])
         zoom = auto_zoom(plan.zoom, object_diameter, measured)
         scale = {"measured_diameter": measured, "zoom_factor": zoom / plan.zoom}
-        if zoom == plan.zoom and n_frames_of(layout) == 1 and not tta:
-            result = first_pass
+        if zoom == plan.zoom and window_layout == layout and not tta:
+            result = first_pass  # it saw the whole 2-D image at the scale wanted
         else:
             plan = plan_tiling(model, imgsz, round(imgsz / zoom), overlap)
-            result = yield from run_frames(plan)
+            result = yield from run_frames(frames, layout, plan)
         if measured is None:
             result.warnings.append("too few objects to measure their size; segmented at the model's own scale")
     else:
         if diameter is not None:
             tile = max(32, round(imgsz * diameter / object_diameter))
         plan = plan_tiling(model, imgsz, tile, overlap)
-        result = yield from run_frames(plan)
+        result = yield from run_frames(frames, layout, plan)
     result.metadata = {
         "model": {k: v for k, v in asdict(model.info).items()},
         "parameters": {
@@ -166,6 +169,24 @@ def segment_iter(
 AUTO_ZOOM_RANGE = (1 / 1.5, 2.0)  # the scales, relative to the model's own, that "auto" may choose
 AUTO_ZOOM_TOLERANCE = 1.15  # a smaller change keeps the first pass
 MIN_OBJECTS_TO_MEASURE = 3
+MEASURING_SIDE = 1024  # "auto" measures on at most this central square of the first frame
+
+
+def measuring_window(frames, layout: ImageLayout):
+    """The first frame, or its central MEASURING_SIDE square (a large image is not segmented whole twice);
+    its layout, and which of its edges (top, left, bottom, right) cut through the image."""
+    height, width = min(layout.height, MEASURING_SIDE), min(layout.width, MEASURING_SIDE)
+    y0, x0 = (layout.height - height) // 2, (layout.width - width) // 2
+    first = frames[(0,) * len(layout.stack_shape)]
+    cut = (y0 > 0, x0 > 0, y0 + height < layout.height, x0 + width < layout.width)
+    return first[y0:y0 + height, x0:x0 + width], ImageLayout((), height, width, layout.channels), cut
+
+
+def touches(objects: dict, layout: ImageLayout, edges: tuple[bool, bool, bool, bool]) -> np.ndarray:
+    """Which objects of a table touch the given edges (top, left, bottom, right) of a frame."""
+    top, left, bottom, right = edges
+    return ((top & (objects["bbox_y0"] <= 0)) | (left & (objects["bbox_x0"] <= 0))
+            | (bottom & (objects["bbox_y1"] >= layout.height)) | (right & (objects["bbox_x1"] >= layout.width)))
 
 
 def parse_diameter(value) -> float | str | None:
@@ -214,20 +235,16 @@ def auto_zoom(model_zoom: float, object_diameter: float, measured: float | None)
     return model_zoom * factor
 
 
-def n_frames_of(layout) -> int:
-    return int(np.prod(layout.stack_shape)) if layout.stack_shape else 1
-
-
-def _segment_frames(frames, layout, model: SegmentationBackend, plan: TilingPlan, *, conf: float, iou: float,
-                    max_det: int, match_iou: float, tta: bool, mask_erosion: int, mask_threshold: float,
-                    class_conf: dict[int, float], normalization: str, only_first_frame: bool = False,
+def _segment_frames(model: SegmentationBackend, frames, layout: ImageLayout, plan: TilingPlan, *, conf: float,
+                    iou: float, max_det: int, match_iou: float, tta: bool, mask_erosion: int, mask_threshold: float,
+                    class_conf: dict[int, float], normalization: str,
                     message: str = "") -> Generator[Progress, None, SegmentationResult]:
     """The tile-by-tile run of :func:`segment_iter` at one scale; metadata is the caller's."""
     # the model keeps everything above the lowest threshold; each class is then cut at its own
     settings = InferenceSettings(zoom=plan.zoom, conf=min([conf, *class_conf.values()]), iou=iou, max_det=max_det,
                                  mask_threshold=mask_threshold, normalization=normalization)
     tiles = tile_grid(layout.height, layout.width, plan.tile, plan.overlap)
-    n_frames = 1 if only_first_frame else n_frames_of(layout)
+    n_frames = int(np.prod(layout.stack_shape)) if layout.stack_shape else 1
     total = n_frames * len(tiles)
     labels = np.zeros((n_frames, layout.height, layout.width), np.int32)
     tables, warnings = [], []
@@ -236,8 +253,6 @@ def _segment_frames(frames, layout, model: SegmentationBackend, plan: TilingPlan
     yield Progress(0, total, 0, n_frames, message or "starting")
     offset = 0
     for f, index in enumerate(np.ndindex(*layout.stack_shape)):
-        if f == n_frames:
-            break
         frame = frames[index]  # stays lazy for dask/zarr input: only tiles are read
         ranges = channel_ranges(frame)
         if hasattr(model, "begin_frame"):  # optional hook: per-frame statistics
@@ -265,9 +280,8 @@ def _segment_frames(frames, layout, model: SegmentationBackend, plan: TilingPlan
         offset += len(table["label"])
         labels[f] = frame_labels
         tables.append(table)
-    shape = layout.stack_shape if not only_first_frame else ((1,) if layout.stack_shape else ())
     return SegmentationResult(
-        labels=labels.reshape(shape + (layout.height, layout.width)),
+        labels=labels.reshape(layout.stack_shape + (layout.height, layout.width)),
         objects=concat_tables(tables),
         warnings=sorted(set(warnings)),
     )
