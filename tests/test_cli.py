@@ -10,6 +10,7 @@ from PIL import Image
 from napari_cellseg.cli import main
 
 from synthetic import disc_image
+from tiny_yolo import with_calibration
 
 
 def test_segment_writes_labels_table_and_provenance(tmp_path, tiny_yolo, capsys):
@@ -49,11 +50,7 @@ def test_stack_output_keeps_the_stack_shape(tmp_path, tiny_yolo):
 
 
 def test_diameter_sets_the_scale_and_off_keeps_the_models(tmp_path, tiny_yolo):
-    import torch
-
-    ckpt = torch.load(tiny_yolo, map_location="cpu", weights_only=False)
-    ckpt["napari_cellseg"] = {**(ckpt.get("napari_cellseg") or {}), "object_diameter": 40.0}
-    torch.save(ckpt, tmp_path / "sized.pt")
+    with_calibration(tiny_yolo, tmp_path / "sized.pt", object_diameter=40.0)
     tifffile.imwrite(tmp_path / "cells.tif", disc_image((160, 200), n=10, seed=7)[0])
     for diameter, tile in (("20", 64), ("off", 128)):  # 128 px network input; 20 px objects shown at 40
         out = tmp_path / diameter

@@ -8,6 +8,7 @@ from napari_cellseg.core.pipeline import AUTO_ZOOM_RANGE
 from napari_cellseg.core.tiling import tile_grid
 
 from synthetic import disc_image
+from tiny_yolo import with_calibration
 
 
 class RecordingModel:
@@ -32,8 +33,14 @@ def _true_median_diameter(labels) -> float:
     return float(np.sqrt(4 * np.median(areas[areas > 0]) / np.pi))
 
 
-def test_a_given_diameter_scales_objects_to_the_models_reference_size():
+def _separate_discs():
+    """(image, labels, median diameter) of ten separate discs 14-18 px across in 200x240 pixels."""
     image, truth = disc_image((200, 240), n=10, radius=(7, 9), seed=1)
+    return image, truth, _true_median_diameter(truth)
+
+
+def test_a_given_diameter_scales_objects_to_the_models_reference_size():
+    image, truth, _ = _separate_discs()
     model = RecordingModel(object_diameter=32)
     result = segment(image, model, diameter=16)  # objects of 16 px shown at 32 px: zoom 2
     parameters = result.metadata["parameters"]
@@ -43,8 +50,7 @@ def test_a_given_diameter_scales_objects_to_the_models_reference_size():
 
 
 def test_auto_measures_the_objects_and_segments_again_at_the_scale_they_call_for():
-    image, truth = disc_image((200, 240), n=10, radius=(7, 9), seed=1)
-    true_diameter = _true_median_diameter(truth)
+    image, truth, true_diameter = _separate_discs()
     model = RecordingModel(object_diameter=1.5 * true_diameter)
     result = segment(image, model, diameter="auto")
     parameters = result.metadata["parameters"]
@@ -57,8 +63,7 @@ def test_auto_measures_the_objects_and_segments_again_at_the_scale_they_call_for
 
 
 def test_auto_keeps_the_first_pass_when_the_scale_is_already_right_and_stays_within_range():
-    image, truth = disc_image((200, 240), n=10, radius=(7, 9), seed=1)
-    true_diameter = _true_median_diameter(truth)
+    image, truth, true_diameter = _separate_discs()
     model = RecordingModel(object_diameter=1.05 * true_diameter)
     result = segment(image, model, diameter="auto")
     assert result.metadata["parameters"]["zoom_factor"] == 1.0 and set(model.zooms) == {1.0}
@@ -131,8 +136,8 @@ def test_diameter_and_tile_together_or_a_model_without_a_reference_size_are_refu
 
 
 def test_auto_is_the_default_and_a_tile_or_a_model_without_a_reference_size_keep_the_models_scale():
-    image, truth = disc_image((200, 240), n=10, radius=(7, 9), seed=1)
-    sized = RecordingModel(object_diameter=1.5 * _true_median_diameter(truth))
+    image, truth, true_diameter = _separate_discs()
+    sized = RecordingModel(object_diameter=1.5 * true_diameter)
     assert segment(image, sized).metadata["parameters"]["zoom_factor"] == pytest.approx(1.5, rel=0.05)
     for model, options in ((RecordingModel(object_diameter=None), {}), (sized, {"tile": 100})):
         model.zooms.clear()
@@ -143,12 +148,7 @@ def test_auto_is_the_default_and_a_tile_or_a_model_without_a_reference_size_keep
 
 
 def test_a_checkpoints_reference_diameter_is_read(tmp_path, tiny_yolo):
-    import torch
-
-    ckpt = torch.load(tiny_yolo, map_location="cpu", weights_only=False)
-    ckpt["napari_cellseg"] = {**(ckpt.get("napari_cellseg") or {}), "object_diameter": 36.0}
-    torch.save(ckpt, tmp_path / "sized.pt")
-    model = load_model(tmp_path / "sized.pt", device="cpu")
+    model = load_model(with_calibration(tiny_yolo, tmp_path / "sized.pt", object_diameter=36.0), device="cpu")
     assert model.info.object_diameter == 36.0 and "object_diameter" not in model.info.extra
     assert load_model(tiny_yolo, device="cpu").info.object_diameter is None
     image, _ = disc_image((128, 128), n=6, seed=4)

@@ -6,6 +6,7 @@ from napari_cellseg.backends import ModelLoadError
 from napari_cellseg.core.pipeline import plan_tiling
 
 from synthetic import disc_image
+from tiny_yolo import with_calibration
 
 
 def test_tiny_model_loads_with_its_training_size(tiny_yolo_model):
@@ -37,12 +38,7 @@ def test_full_path_on_a_16bit_image_larger_than_a_tile(tiny_yolo_model):
 
 
 def test_a_checkpoints_calibrated_score_threshold_is_the_default(tmp_path, tiny_yolo):
-    import torch
-
-    ckpt = torch.load(tiny_yolo, map_location="cpu", weights_only=False)
-    ckpt["napari_cellseg"] = {**(ckpt.get("napari_cellseg") or {}), "conf": 0.3}
-    torch.save(ckpt, tmp_path / "calibrated.pt")
-    model = load_model(tmp_path / "calibrated.pt", device="cpu")
+    model = load_model(with_calibration(tiny_yolo, tmp_path / "calibrated.pt", conf=0.3), device="cpu")
     assert model.info.conf == 0.3 and "conf" not in model.info.extra
     assert load_model(tiny_yolo, device="cpu").info.conf == 0.25  # a checkpoint without one
 
@@ -193,15 +189,11 @@ def test_soft_masks_are_the_probabilities_behind_the_binary_ones(tiny_yolo_model
 
 
 def test_a_checkpoints_mask_threshold_shrinks_masks_and_an_explicit_one_wins(tmp_path, tiny_yolo):
-    import torch
-
     from napari_cellseg.backends.base import InferenceSettings
     from napari_cellseg.core.normalize import apply_ranges, as_rgb, channel_ranges
 
-    ckpt = torch.load(tiny_yolo, map_location="cpu", weights_only=False)
-    ckpt["napari_cellseg"] = {**(ckpt.get("napari_cellseg") or {}), "mask_threshold": 0.55}
-    torch.save(ckpt, tmp_path / "strict.pt")
-    strict, plain = load_model(tmp_path / "strict.pt", device="cpu"), load_model(tiny_yolo, device="cpu")
+    strict = load_model(with_calibration(tiny_yolo, tmp_path / "strict.pt", mask_threshold=0.55), device="cpu")
+    plain = load_model(tiny_yolo, device="cpu")
     assert (strict.info.mask_threshold, plain.info.mask_threshold) == (0.55, 0.5)
     assert "mask_threshold" not in strict.info.extra
     image, _ = disc_image((200, 300), n=20, radius=(7, 12), seed=3)

@@ -28,3 +28,13 @@ def train_tiny_yolo(workdir: Path, epochs: int = 12, n_images: int = 24, imgsz: 
         mosaic=0.0, val=False, seed=0, deterministic=True, lr0=0.01, warmup_epochs=0,
     )
     return workdir / "run" / "weights" / "last.pt"
+
+
+def with_calibration(checkpoint: Path, out: Path, **calibration) -> Path:
+    """A copy of a YOLO checkpoint whose napari_cellseg entry carries these calibrated values."""
+    import torch
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    ckpt["napari_cellseg"] = {**(ckpt.get("napari_cellseg") or {}), **calibration}
+    torch.save(ckpt, out)
+    return out

@@ -83,8 +83,9 @@ def segment_iter(
     (without TTA, on the first frame of a stack, on at most its central 1024x1024 pixels) gives the
     median diameter of the objects scoring at least the model's threshold, and the image is segmented
     again at the scale that diameter calls for, within 1/1.5x to 2x of the model's own (a plain run of
-    a 2-D image that fits the window keeps the first pass when the scale would change by less than 15 %). ``None``, a given ``tile``, or a model without a reference size:
-    the model's training scale (``imgsz`` / ``tile``).
+    a 2-D image that fits the window keeps the first pass when the scale would change by less than
+    15 %). ``None``, a given ``tile``, or a model without a reference size: the model's training
+    scale (``imgsz`` / ``tile``).
     ``conf``: score threshold; ``None`` uses the model's own calibration, its TTA one when ``tta``
     (0.25 for checkpoints that carry none).
     ``mask_erosion``: pixels peeled off every object after stitching; ``None`` uses
@@ -112,7 +113,7 @@ def segment_iter(
     class_conf = {int(k): float(v) for k, v in (class_conf or {}).items()}
     if any(not 0 <= v <= 1 for v in class_conf.values()):
         raise ValueError(f"per-class thresholds must lie in [0, 1] (got {class_conf})")
-    imgsz = int(imgsz or model.info.train_imgsz or DEFAULT_IMGSZ)
+    plan = plan_tiling(model, imgsz, tile, overlap)  # the training scale, or the given tile
     diameter = parse_diameter(diameter)
     if diameter == "auto" and (tile is not None or not model.info.object_diameter):
         diameter = None  # a given tile fixes the scale; a model without a reference size keeps its own
@@ -126,7 +127,6 @@ def segment_iter(
     started = time.perf_counter()
     scale = {}
     if diameter == "auto":
-        plan = plan_tiling(model, imgsz, None, overlap)
         window, window_layout, cut = measuring_window(frames, layout)
         # measuring needs no test-time augmentation: the first pass is plain
         first_pass = yield from run_frames(window, window_layout, plan, tta=False, message="measuring object size")
@@ -140,14 +140,13 @@ def segment_iter(
         if zoom == plan.zoom and window_layout == layout and not tta:
             result = first_pass  # it saw the whole 2-D image at the scale wanted
         else:
-            plan = plan_tiling(model, imgsz, round(imgsz / zoom), overlap)
+            plan = plan_tiling(model, plan.imgsz, round(plan.imgsz / zoom), overlap)
             result = yield from run_frames(frames, layout, plan)
         if measured is None:
             result.warnings.append("too few objects to measure their size; segmented at the model's own scale")
     else:
         if diameter is not None:
-            tile = max(32, round(imgsz * diameter / object_diameter))
-        plan = plan_tiling(model, imgsz, tile, overlap)
+            plan = plan_tiling(model, plan.imgsz, max(32, round(plan.imgsz * diameter / object_diameter)), overlap)
         result = yield from run_frames(frames, layout, plan)
     result.metadata = {
         "model": {k: v for k, v in asdict(model.info).items()},
