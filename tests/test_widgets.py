@@ -340,11 +340,12 @@ def test_soak_segment_and_cancel_cycles_do_not_grow_memory():
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "soak.py"
     done = subprocess.run([sys.executable, str(script), "--cycles", "100"], capture_output=True, text=True,
                           timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    report = f"rc {done.returncode}\nstdout: {done.stdout[-2000:]}\nstderr: {done.stderr[-3000:]}"
+    assert done.returncode == 0, report
     figures = json.loads(done.stdout.strip().splitlines()[-1])
-    assert figures["cancelled"] >= 40  # cancels took effect midway
-    assert figures["output_layers"] == 2  # runs replaced their own Labels and Points
-    assert figures["memory_growth_mb"] < 50
+    assert figures["cancelled"] >= 40, report  # cancels took effect midway
+    assert figures["output_layers"] == 2, report  # runs replaced their own Labels and Points
+    assert figures["memory_growth_mb"] < 50, report
 
 
 def test_multiscale_image_is_segmented_at_full_resolution(qtbot, make_napari_viewer):
