@@ -98,9 +98,8 @@ def test_shipped_student_is_distilled_from_the_shipped_teacher_and_matches_its_c
 @pytest.mark.realdata
 def test_student_keeps_its_agreement_with_its_teacher(shared_data):
     """A regression floor a little under what the shipped student scores on these 12 images
-    (foreground Dice against its teacher 0.939 with the teacher's measured object size, 0.926 at its
-    training scale; F1 at IoU 0.5 97 % of the teacher's, where issue 5 asks for 90 %). The card's
-    figures are over all 76 validation images."""
+    (foreground Dice against its teacher 0.948; F1 at IoU 0.5 98 % of the teacher's, where issue 5
+    asks for 90 %). The card's figures are over all 76 validation images."""
     data = shared_data / "dsb2018"
     student, teacher = load_model("nuclei-student", device="cpu"), load_model("nuclei", device="cpu")
     agreement, f1_student, f1_teacher = [], [], []
@@ -111,5 +110,5 @@ def test_student_keeps_its_agreement_with_its_teacher(shared_data):
         agreement.append(dice(learned, taught))
         f1_student.append(evaluate(learned, truth, with_coco=False)["f1_50"])
         f1_teacher.append(evaluate(taught, truth, with_coco=False)["f1_50"])
-    assert np.mean(agreement) >= 0.90
+    assert np.mean(agreement) >= 0.92
     assert np.mean(f1_student) >= 0.90 * np.mean(f1_teacher)
