@@ -149,7 +149,7 @@ def segment_iter(
             plan = plan_tiling(model, plan.imgsz, max(32, round(plan.imgsz * diameter / object_diameter)), overlap)
         result = yield from run_frames(frames, layout, plan)
     result.metadata = {
-        "model": {k: v for k, v in asdict(model.info).items()},
+        "model": asdict(model.info),
         "parameters": {
             "imgsz": plan.imgsz, "tile": plan.tile, "overlap": plan.overlap, "zoom": plan.zoom,
             "diameter": diameter, **scale,
