@@ -25,6 +25,7 @@ def main(argv=None):
 
     import napari
     import psutil
+    from qtpy.QtCore import QThreadPool
     from qtpy.QtWidgets import QApplication
 
     from napari_cellseg.widgets.segment import SegmentWidget
@@ -65,8 +66,14 @@ def main(argv=None):
     print(json.dumps({
         "cycles": args.cycles, "cancelled": cancelled, "output_layers": len(own),
         "memory_growth_mb": round((process.memory_info().rss - before) / 2**20, 1),
-    }))
+    }), flush=True)
+    # an orderly end: no thread still running and the viewer's Qt objects deleted while the
+    # QApplication exists (once, under CI load, the process crashed in teardown after printing)
+    if widget.preload_thread is not None:
+        widget.preload_thread.join()
     viewer.close()
+    QThreadPool.globalInstance().waitForDone()
+    app.processEvents()
 
 
 if __name__ == "__main__":
