@@ -70,7 +70,7 @@ def main(argv=None):
         for m in mask_thresholds:
             for d in diameters:
                 model.info.object_diameter = d
-                result = segment(image, model, conf=min(THRESHOLDS), mask_erosion=0, mask_threshold=m, tta=args.tta,
+                result = segment(image, model, refine=None, conf=min(THRESHOLDS), mask_erosion=0, mask_threshold=m, tta=args.tta,
                                  diameter=None if d is None else "auto")
                 for t in THRESHOLDS:
                     kept = result.labels_scoring_at_least(t)

@@ -66,7 +66,7 @@ def main(argv=None):
     for image_id in ids:
         image = read_image(args.data / "images" / f"{image_id}.png")
         truth = read_image(args.data / "labels" / f"{image_id}.png")
-        taught = segment(image, teacher).labels
+        taught = segment(image, teacher, refine=None).labels
         for t in THRESHOLDS:
             student.postprocess = dataclasses.replace(default, fg_threshold=t)
             labels = segment(image, student).labels

@@ -13,6 +13,7 @@ import argparse
 import csv
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +36,11 @@ def validate(model, data: Path, conf: float | None, limit: int | None = None, **
     for image_id in ids:
         image = read_image(data / "images" / f"{image_id}.png")
         truth = read_image(data / "labels" / f"{image_id}.png")
+        started = time.perf_counter()
         result = segment(image, model, conf=conf, **options)
+        seconds = time.perf_counter() - started
         row = evaluate(result.labels, truth, with_coco=False)
-        rows.append({"id": image_id, "modality": modality.get(image_id, "?"), **row})
+        rows.append({"id": image_id, "modality": modality.get(image_id, "?"), "seconds": seconds, **row})
     fluo = [r for r in rows if r["modality"] == "fluorescence"]
     return {
         "n_images": len(rows),
@@ -47,6 +50,7 @@ def validate(model, data: Path, conf: float | None, limit: int | None = None, **
         "dsb_score_fluorescence": float(np.mean([r["dsb_score"] for r in fluo])),
         "f1_50_fluorescence": float(np.mean([r["f1_50"] for r in fluo])),
         "mean_abs_relative_count_error": float(np.nanmean([abs(r["relative_count_error"]) for r in rows])),
+        "seconds_per_image": float(np.mean([r["seconds"] for r in rows])),
     }
 
 
@@ -64,9 +68,11 @@ def main(argv=None):
     parser.add_argument("--mask-threshold", type=float, default=None, help="default: the model's")
     parser.add_argument("--diameter", type=parse_diameter, default="auto",
                         help="object diameter in pixels, 'auto' (default) or 'off' (the training scale)")
+    parser.add_argument("--no-refine", action="store_true", help="keep the detector's outlines (no contour refinement)")
     args = parser.parse_args(argv)
     options = {"tile": args.tile, "imgsz": args.imgsz, "tta": args.tta, "mask_erosion": args.mask_erosion,
-               "mask_threshold": args.mask_threshold, "diameter": args.diameter}
+               "mask_threshold": args.mask_threshold, "diameter": args.diameter,
+               "refine": None if args.no_refine else "auto"}
     model = load_model(args.model, device="cpu")
     conf = model.info.default_conf(args.tta) if args.conf is None else args.conf
     figures = {"settings": {**options, "conf": conf},

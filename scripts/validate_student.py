@@ -54,7 +54,7 @@ def validate(student, teacher, data: Path, conf: float | None = None, limit: int
         labels = {}
         for key, model in (("student", student), ("teacher", teacher)):
             started = time.perf_counter()
-            labels[key] = segment(image, model, conf=conf).labels
+            labels[key] = segment(image, model, conf=conf, refine=None).labels  # the teacher's own masks
             row[key] = {**evaluate(labels[key], truth, with_coco=False), "seconds": time.perf_counter() - started}
         row["dice_vs_teacher"] = dice(labels["student"], labels["teacher"])
         s, t = labels["student"] > 0, labels["teacher"] > 0  # pooled over all images below

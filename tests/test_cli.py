@@ -135,3 +135,17 @@ def test_unexpected_failures_are_one_line_too(tmp_path, capsys, monkeypatch):
     code = main(["segment", str(tmp_path / "a.tif"), "--model", "otsu-watershed", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "internal error: RuntimeError: kernel exploded" in err[0]
+
+
+def test_the_default_model_refines_its_contours_and_no_refine_keeps_its_own(tmp_path):
+    from napari_cellseg._sample_data import load_sample
+
+    image, _ = load_sample("small")
+    tifffile.imwrite(tmp_path / "nuclei.tif", image)
+    refine = {}
+    for flag in ([], ["--no-refine"]):
+        out = tmp_path / ("plain" if flag else "refined")
+        assert main(["segment", str(tmp_path / "nuclei.tif"), "--out", str(out), "--device", "cpu", "-q", *flag]) == 0
+        refine[bool(flag)] = json.loads((out / "nuclei_provenance.json").read_text())["parameters"]["refine"]
+    assert refine[False]["model"].endswith("nuclei_unet_student.pt") and refine[False]["refined_frames"] == [True]
+    assert refine[True] is None

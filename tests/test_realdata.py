@@ -106,7 +106,8 @@ def test_student_keeps_its_agreement_with_its_teacher(shared_data):
     for image_id in _validation_fluorescence(data, 12):
         image = read_image(data / "images" / f"{image_id}.png")
         truth = read_image(data / "labels" / f"{image_id}.png")
-        learned, taught = segment(image, student).labels, segment(image, teacher).labels
+        # the teacher's own masks: its default contour refinement is drawn by this very student
+        learned, taught = segment(image, student).labels, segment(image, teacher, refine=None).labels
         agreement.append(dice(learned, taught))
         f1_student.append(evaluate(learned, truth, with_coco=False)["f1_50"])
         f1_teacher.append(evaluate(taught, truth, with_coco=False)["f1_50"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from .base import InferenceSettings, ModelInfo, ModelLoadError, SegmentationBackend
@@ -24,6 +25,8 @@ MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 NAMED_MODELS: dict[str, str] = {"nuclei": "nuclei_yolo11n_seg.pt", "nuclei-student": "nuclei_unet_student.pt"}
 # Named models that need no file.
 BUILTIN_MODELS: dict[str, str] = {"otsu-watershed": "classical"}
+# named models whose outlines another named model redraws by default (core.refine; README, "Contour refinement")
+CONTOUR_REFINERS: dict[str, str] = {"nuclei": "nuclei-student"}
 
 __all__ = [
     "BACKENDS", "InferenceSettings", "ModelInfo", "ModelLoadError", "SegmentationBackend",
@@ -71,6 +74,14 @@ def load_model(model, device: str = "auto", backend: str | None = None) -> Segme
         from .ensemble import EnsembleBackend
 
         return EnsembleBackend([load_model(m, device, backend) for m in model])
+    loaded = _load_one(model, device, backend)
+    refiner = CONTOUR_REFINERS.get(str(model).strip()) if isinstance(model, str) else None
+    if refiner:
+        loaded.info = replace(loaded.info, refine_with=refiner)
+    return loaded
+
+
+def _load_one(model, device: str, backend: str | None) -> SegmentationBackend:
     builtin_backend, path = resolve_model(model)
     backend = backend or builtin_backend
     if backend is not None:

@@ -54,6 +54,8 @@ class ModelInfo:
     # object diameter, in network pixels, the model segments best (calibrated where stored);
     # ``segment(diameter=...)`` scales images to it
     object_diameter: float | None = None
+    # a model (name or path) whose foreground redraws this model's outlines by default (core.refine)
+    refine_with: str | None = None
     extra: dict = field(default_factory=dict)
 
     def default_conf(self, tta: bool = False) -> float:

@@ -70,15 +70,29 @@ class UNetBackend:
         return predict_probabilities(self._model, tile, self.device)
 
     def predict_tile(self, tile: np.ndarray, settings: InferenceSettings) -> TileDetections:
+        return self._instances(tile, settings, augmented=False)
+
+    def predict_tile_augmented(self, tile: np.ndarray, settings: InferenceSettings) -> TileDetections:
+        """Test-time augmentation: the probability maps of the four flips averaged, then one watershed
+        (instances of separate runs need no matching)."""
+        return self._instances(tile, settings, augmented=True)
+
+    def _instances(self, tile: np.ndarray, settings: InferenceSettings, augmented: bool) -> TileDetections:
         import cv2
         from scipy import ndimage
 
+        from ..core.fusion import FLIPS
         from ..student.targets import instances_from_predictions
 
         h, w = tile.shape[:2]
         zh, zw = max(1, round(h * settings.zoom)), max(1, round(w * settings.zoom))
         net = tile if (zh, zw) == (h, w) else cv2.resize(tile, (zw, zh), interpolation=cv2.INTER_LINEAR)
-        fg, boundary, distance = self.probabilities(net)
+        if augmented:
+            maps = [np.flip(self.probabilities(np.ascontiguousarray(np.flip(net, axes))), tuple(a + 1 for a in axes))
+                    if axes else self.probabilities(net) for axes in FLIPS.values()]
+            fg, boundary, distance = np.mean(maps, axis=0)
+        else:
+            fg, boundary, distance = self.probabilities(net)
         labels = instances_from_predictions(fg, boundary, distance, self.postprocess)
         if (zh, zw) != (h, w):
             labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)

@@ -16,6 +16,7 @@ import numpy as np
 from ..backends import InferenceSettings, SegmentationBackend, load_model
 from .fusion import fuse_detections, predict_with_flips
 from .normalize import ImageLayout, apply_ranges, as_rgb, channel_ranges, to_stack_of_frames
+from .refine import ContourRefinement, foreground_iter, n_tiles, refine_labels
 from .result import SegmentationResult, concat_tables, object_table
 from .tiling import InstanceStitcher, tile_grid
 
@@ -74,6 +75,8 @@ def segment_iter(
     mask_threshold: float | None = None,
     class_conf: dict[int, float] | None = None,
     normalization: str = "model",
+    refine: str | os.PathLike | SegmentationBackend | None = "auto",
+    refinement: ContourRefinement | None = None,
 ) -> Generator[Progress, None, SegmentationResult]:
     """Segment a 2-D image or a stack frame by frame, tile by tile.
 
@@ -99,6 +102,11 @@ def segment_iter(
     ``class_conf``: per-class score thresholds ``{class_id: threshold}``; other classes use ``conf``.
     ``normalization``: "model", "imagenet" or "image" statistics, for backends that standardise
     their input (Mask R-CNN); others ignore it.
+
+    ``refine``: a U-Net student (name, path or loaded) whose foreground redraws the outlines of the
+    instances found (:mod:`napari_cellseg.core.refine`); ``"auto"`` (the default) uses the model's own
+    ``refine_with`` (the named ``nuclei`` model: ``nuclei-student``), ``None`` none.
+    ``refinement``: its settings (default: ``ContourRefinement()``, chosen on training images).
     """
     from .. import __version__
 
@@ -113,6 +121,8 @@ def segment_iter(
     class_conf = {int(k): float(v) for k, v in (class_conf or {}).items()}
     if any(not 0 <= v <= 1 for v in class_conf.values()):
         raise ValueError(f"per-class thresholds must lie in [0, 1] (got {class_conf})")
+    refiner = contour_refiner(model, refine)  # loads before any work: a bad path fails at once
+    refinement = refinement or ContourRefinement()
     plan = plan_tiling(model, imgsz, tile, overlap)  # the training scale, or the given tile
     diameter = parse_diameter(diameter)
     if diameter == "auto" and (tile is not None or not model.info.object_diameter):
@@ -148,6 +158,10 @@ def segment_iter(
         if diameter is not None:
             plan = plan_tiling(model, plan.imgsz, max(32, round(plan.imgsz * diameter / object_diameter)), overlap)
         result = yield from run_frames(frames, layout, plan)
+    refined = None
+    if refiner is not None:
+        result, refined = yield from _refine_frames(frames, layout, result, refiner, refinement,
+                                                    model.info.class_names)
     result.metadata = {
         "model": asdict(model.info),
         "parameters": {
@@ -155,7 +169,7 @@ def segment_iter(
             "diameter": diameter, **scale,
             "conf": conf, "iou": iou, "max_det": max_det, "match_iou": match_iou, "tta": tta,
             "mask_erosion": mask_erosion, "mask_threshold": mask_threshold, "class_conf": class_conf,
-            "normalization": normalization,
+            "normalization": normalization, "refine": refined,
             "device": model.device, "rgb": rgb, "channel_axis": channel_axis, "channel": channel,
         },
         "input": {"shape": list(np.shape(image)), "dtype": str(image.dtype)},
@@ -163,6 +177,70 @@ def segment_iter(
         "seconds": round(time.perf_counter() - started, 3),
     }
     return result
+
+
+def contour_refiner(model: SegmentationBackend, refine) -> SegmentationBackend | None:
+    """The loaded refiner a run uses: ``refine`` itself, or for ``"auto"`` the model's own ``refine_with``
+    (loaded once per model object and kept on it)."""
+    if refine is None or refine is False:
+        return None
+    if isinstance(refine, str) and refine == "auto":
+        name = model.info.refine_with
+        if not name:
+            return None
+        cached = getattr(model, "_contour_refiner", None)
+        if cached is None:
+            cached = load_model(name, device=model.device)
+            model._contour_refiner = cached
+        refiner = cached
+    elif isinstance(refine, (str, os.PathLike)):
+        refiner = load_model(refine, device=model.device)
+    else:
+        refiner = refine
+    if not callable(getattr(refiner, "probabilities", None)):
+        raise ValueError(f"refine: {refiner.info.path} is a {refiner.info.backend} model; contours can only be "
+                         "redrawn from a U-Net student's foreground")
+    return refiner
+
+
+def _refine_frames(frames, layout: ImageLayout, result: SegmentationResult, refiner, params: ContourRefinement,
+                   class_names: dict[int, str]) -> Generator[Progress, None, tuple[SegmentationResult, dict]]:
+    """Every frame's outlines redrawn from the refiner's foreground (see core.refine); ids, scores
+    and classes unchanged. Returns the result and what was done, for the metadata."""
+    plan = plan_tiling(refiner)
+    per_frame = n_tiles(layout.height, layout.width, plan.tile, plan.overlap)
+    n_frames = int(np.prod(layout.stack_shape)) if layout.stack_shape else 1
+    total = per_frame * n_frames
+    labels = result.labels.reshape(n_frames, layout.height, layout.width)
+    frame_of = np.asarray(result.objects["frame"])
+    score_of = dict(zip(result.objects["label"].tolist(), result.objects["score"].tolist()))
+    class_of = dict(zip(result.objects["label"].tolist(), result.objects["class_id"].tolist()))
+    tables, agreements, applied = [], [], []
+    yield Progress(0, total, 0, n_frames, "refining contours")
+    for f, index in enumerate(np.ndindex(*layout.stack_shape)):
+        frame = frames[index]
+        tiles = foreground_iter(frame, channel_ranges(frame), refiner, plan.tile, plan.overlap)
+        while True:
+            try:
+                done = next(tiles)
+            except StopIteration as stop:
+                foreground = stop.value
+                break
+            yield Progress(f * per_frame + done, total, f, n_frames,
+                           f"refining contours: frame {f + 1}/{n_frames}, tile {f * per_frame + done}/{total}")
+        new_labels, agreement, changed = refine_labels(labels[f], foreground, params)
+        agreements.append(round(agreement, 4))
+        applied.append(changed)
+        if changed:
+            labels[f] = new_labels
+            tables.append(object_table(new_labels, score_of, class_of, class_names, frame=f))
+        else:
+            tables.append({k: np.asarray(v)[frame_of == f] for k, v in result.objects.items()})
+    result.labels = labels.reshape(result.labels.shape)
+    result.objects = concat_tables(tables)
+    info = {"model": refiner.info.path, "sha256": refiner.info.sha256, **params.as_dict(),
+            "agreement_per_frame": agreements, "refined_frames": applied}
+    return result, info
 
 
 AUTO_ZOOM_RANGE = (1 / 1.5, 2.0)  # the scales, relative to the model's own, that "auto" may choose
@@ -259,7 +337,9 @@ def _segment_frames(model: SegmentationBackend, frames, layout: ImageLayout, pla
         stitcher = InstanceStitcher(layout.height, layout.width, match_iou=match_iou)
         for t in tiles:
             block = as_rgb(apply_ranges(frame[t.slices], ranges))
-            if tta:  # mask probabilities, where the backend has them, are what gets averaged
+            if tta and hasattr(model, "predict_tile_augmented"):  # the backend fuses its own flips
+                detections = model.predict_tile_augmented(block, settings)
+            elif tta:  # mask probabilities, where the backend has them, are what gets averaged
                 predict = getattr(model, "predict_tile_soft", model.predict_tile)
                 detections = fuse_detections(predict_with_flips(predict, block, settings),
                                              mask_threshold=mask_threshold)

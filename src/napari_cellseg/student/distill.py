@@ -63,7 +63,8 @@ def teacher_labels_iter(teacher, images: list, cache_dir: str | Path, segment_op
     from ..core.io import read_image, write_labels
     from ..core.pipeline import segment_iter
 
-    options = dict(segment_options or {})
+    # the teacher's own masks: contour refinement (the named nuclei model's default) is itself a student
+    options = {"refine": None, **(segment_options or {})}
     cache_dir = Path(cache_dir)
     manifest = {"teacher": Path(teacher.info.path).name if teacher.info.path else teacher.info.backend,
                 "backend": teacher.info.backend, "sha256": teacher.info.sha256, "options": options}

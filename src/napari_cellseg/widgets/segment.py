@@ -1,6 +1,8 @@
 """The "Segment cells" dock widget."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from magicgui import widgets
 
 from ._layers import SourceInfo, build_new_layers, precompute_hashes, roles_to_build
@@ -46,6 +48,10 @@ class SegmentWidget(WorkerWidget):
         self.iou = widgets.FloatSpinBox(label="NMS IoU", value=0.7, min=0.0, max=1.0, step=0.05)
         self.erosion = widgets.SpinBox(label="mask erosion px (-1 = model's)", value=-1, min=-1, max=10)
         self.tta = widgets.CheckBox(label="test-time augmentation (4x slower)", value=False)
+        self.refine = widgets.CheckBox(
+            label="refine contours", value=True,
+            tooltip="redraw the outlines from the model's U-Net student where the model has one (the shipped "
+                    "'nuclei' model: 'nuclei-student'); images where the two disagree keep the model's own")
         self.class_conf = widgets.LineEdit(label="per-class conf", value="",
                                            tooltip="class=threshold pairs, e.g. 0=0.3, 2=0.6 (others: confidence)")
         self.normalization = widgets.ComboBox(label="normalisation (Mask R-CNN)", value="model",
@@ -53,7 +59,7 @@ class SegmentWidget(WorkerWidget):
         self.device = device_choice()
         super().__init__(
             viewer, [self.image, self.model, self.ensemble, self.imgsz, self.tile, self.diameter, self.conf, self.iou,
-                     self.erosion, self.tta, self.class_conf, self.normalization, self.device],
+                     self.erosion, self.tta, self.refine, self.class_conf, self.normalization, self.device],
             "Segment",
         )
         from ._plot import LinePlot
@@ -81,6 +87,7 @@ class SegmentWidget(WorkerWidget):
             "conf": self.conf.value or None,
             "iou": self.iou.value,
             "tta": self.tta.value,
+            "refine": "auto" if self.refine.value else None,
             "mask_erosion": None if self.erosion.value < 0 else self.erosion.value,
             "class_conf": parse_class_conf(self.class_conf.value),
             "normalization": self.normalization.value,
@@ -135,4 +142,12 @@ class SegmentWidget(WorkerWidget):
         if parameters.get("measured_diameter"):  # what diameter="auto" found and did with it
             text += (f"; object size {parameters['measured_diameter']:.0f} px, segmented at "
                      f"{parameters['zoom_factor']:.2g}x the model's scale")
+        refine = parameters.get("refine")
+        if refine:  # whether the student redrew the outlines, and how many frames kept the model's own
+            refined = sum(refine["refined_frames"])
+            kept = len(refine["refined_frames"]) - refined
+            text += (f"; contours refined by {Path(refine['model']).stem}" if refined else
+                     "; contours kept as the model drew them (its student disagreed)")
+            if refined and kept:
+                text += f" ({kept} frames kept the model's own)"
         self.status.value = text + ("; " + "; ".join(result.warnings) if result.warnings else "")

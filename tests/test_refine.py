@@ -1,0 +1,174 @@
+"""Contour refinement: a detector's instances keep their ids; their outlines follow a U-Net's foreground."""
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_cellseg import load_model, segment
+from napari_cellseg._sample_data import load_sample
+from napari_cellseg.core.pipeline import Progress, segment_iter
+from napari_cellseg.core.refine import ContourRefinement, refine_labels
+
+from synthetic import disc_image
+
+
+def _discs(shape=(120, 160), n=8, seed=3):
+    _, labels = disc_image(shape, n=n, radius=(7, 10), seed=seed, gap=6)
+    return labels
+
+
+def test_outlines_move_to_the_foreground_within_reach_and_ids_stay():
+    truth = _discs()
+    shrunk = np.where(ndimage.grey_erosion(truth, size=3) == truth, truth, 0)  # one pixel too small
+    foreground = (truth > 0).astype(np.float32) * 0.95
+    refined, agreement, applied = refine_labels(shrunk, foreground, ContourRefinement(reach=2, min_agreement=0.8))
+    assert applied and 0.8 < agreement < 1
+    np.testing.assert_array_equal(refined, truth)
+
+
+def test_outlines_shrink_to_the_foreground_but_no_instance_vanishes():
+    truth = _discs()
+    grown = ndimage.grey_dilation(truth, size=5)  # two pixels too large
+    foreground = (truth > 0).astype(np.float32) * 0.9
+    missing = 1
+    foreground[truth == missing] = 0.1  # the student sees nothing where the detector found object 1
+    refined, _, applied = refine_labels(grown, foreground, ContourRefinement(min_agreement=0.5))
+    assert applied
+    assert set(np.unique(refined)) == set(np.unique(grown))  # every instance is still there
+    others = (truth > 0) & (truth != missing)
+    np.testing.assert_array_equal(refined[others], truth[others])
+    kept = refined == missing  # only its eroded core remains
+    assert kept.any() and kept.sum() < (grown == missing).sum()
+
+
+def test_foreground_beyond_reach_is_not_taken():
+    labels = np.zeros((40, 40), np.int32)
+    labels[10:20, 10:20] = 1
+    foreground = np.zeros((40, 40), np.float32)
+    foreground[8:30, 8:22] = 0.9  # reaches 10 px below the object, 2 px elsewhere
+    refined, _, _ = refine_labels(labels, foreground, ContourRefinement(reach=2, min_agreement=0))
+    expected = np.zeros_like(labels)
+    expected[8:22, 8:22] = 1
+    np.testing.assert_array_equal(refined, expected)
+
+
+def test_a_frame_where_the_models_disagree_keeps_the_detectors_masks():
+    truth = _discs()
+    foreground = np.roll(truth > 0, 40, axis=1).astype(np.float32)  # a different picture altogether
+    refined, agreement, applied = refine_labels(truth, foreground)
+    assert not applied and agreement < 0.9
+    assert refined is truth
+
+
+def test_thin_instances_are_kept_whole():
+    labels = np.zeros((20, 20), np.int32)
+    labels[5, 2:18] = 1  # one pixel wide: erosion would remove it
+    labels[10:16, 4:10] = 2
+    foreground = (labels > 0).astype(np.float32)
+    refined, _, applied = refine_labels(labels, foreground, ContourRefinement(min_agreement=0))
+    assert applied and (refined == 1).sum() == 16
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="fg_threshold"):
+        ContourRefinement(fg_threshold=1.5)
+    with pytest.raises(ValueError, match="reach"):
+        ContourRefinement(reach=-1)
+    with pytest.raises(ValueError, match="shape"):
+        refine_labels(np.zeros((4, 4), np.int32), np.zeros((5, 4), np.float32))
+
+
+class BrightPixelRefiner:
+    """A stand-in U-Net: foreground where the normalised tile is bright, grown by one pixel.
+    Small tiles, so a frame takes several."""
+
+    def __init__(self):
+        student = load_model("nuclei-student")
+        self.info, self.device = student.info, student.device
+        self.info.train_imgsz = 48
+        self.calls = 0
+
+    def probabilities(self, tile):
+        self.calls += 1
+        bright = ndimage.binary_dilation(tile[..., 0] > 128)
+        return np.stack([bright.astype(np.float32)] * 3)
+
+
+def test_segment_refines_every_frame_tile_by_tile_and_keeps_ids_scores_and_counts():
+    frames = [disc_image((96, 128), n=5, radius=(6, 8), seed=s, gap=6) for s in (1, 2)]
+    stack = np.stack([f[0] for f in frames])
+    detector = load_model("otsu-watershed")
+    plain = segment(stack, detector, refine=None)
+    refiner = BrightPixelRefiner()
+    progress = []
+    gen = segment_iter(stack, detector, refine=refiner, refinement=ContourRefinement(min_agreement=0.5))
+    while True:
+        try:
+            progress.append(next(gen))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    assert refiner.calls >= 2 * 6  # 96x128 frames in 48-px tiles with overlap: several per frame
+    refining = [p for p in progress if isinstance(p, Progress) and p.message.startswith("refining contours")]
+    assert refining[-1].done == refining[-1].total and refining[-1].frame == 1
+    for f, (_, truth) in enumerate(frames):
+        grown = ndimage.binary_dilation(truth > 0)
+        np.testing.assert_array_equal(result.labels[f] > 0, grown)  # the stand-in's foreground
+        np.testing.assert_array_equal(np.unique(result.labels[f]), np.unique(plain.labels[f]))  # same ids
+    np.testing.assert_array_equal(result.counts_per_frame(), plain.counts_per_frame())
+    np.testing.assert_array_equal(result.objects["label"], plain.objects["label"])
+    np.testing.assert_array_equal(result.objects["frame"], plain.objects["frame"])
+    assert (result.objects["area"] > plain.objects["area"]).all()  # the table follows the new outlines
+    info = result.metadata["parameters"]["refine"]
+    assert info["refined_frames"] == [True, True] and info["min_agreement"] == 0.5
+
+
+def test_refine_auto_follows_the_model_and_refine_must_be_a_student():
+    image, _ = disc_image((64, 64), n=2)
+    detector = load_model("otsu-watershed")
+    assert detector.info.refine_with is None
+    assert segment(image, detector).metadata["parameters"]["refine"] is None
+    with pytest.raises(ValueError, match="U-Net student"):
+        segment(image, detector, refine="otsu-watershed")
+
+
+def test_the_named_nuclei_model_redraws_its_outlines_with_its_student_by_default():
+    nuclei = load_model("nuclei", device="cpu")
+    assert nuclei.info.refine_with == "nuclei-student"
+    image, truth = load_sample("small")
+    refined = segment(image, nuclei)
+    plain = segment(image, nuclei, refine=None)
+    info = refined.metadata["parameters"]["refine"]
+    assert info["model"].endswith("nuclei_unet_student.pt") and info["refined_frames"] == [True]
+    assert refined.n_objects == plain.n_objects and (refined.labels != plain.labels).any()
+    assert plain.metadata["parameters"]["refine"] is None
+    assert getattr(nuclei, "_contour_refiner") is not None  # loaded once, kept for the next run
+
+
+def test_student_tta_averages_the_flips_maps_so_its_result_does_not_depend_on_a_flip():
+    from napari_cellseg.backends import InferenceSettings
+    from napari_cellseg.student.data import model_input
+
+    student = load_model("nuclei-student", device="cpu")
+    image, _ = load_sample("small")
+    tile = np.ascontiguousarray(model_input(image)[:128, :128])
+    settings = InferenceSettings(zoom=1.0, conf=0.0, iou=0.7, max_det=3000)
+    union = student.predict_tile_augmented(tile, settings).masks.any(axis=0)
+    flipped = student.predict_tile_augmented(np.ascontiguousarray(tile[:, ::-1]), settings).masks.any(axis=0)
+    plain = student.predict_tile(np.ascontiguousarray(tile[:, ::-1]), settings).masks.any(axis=0)
+    assert union.sum() > 100
+    assert (union != flipped[:, ::-1]).sum() <= 2  # the same up to float rounding
+    assert (union != plain[:, ::-1]).sum() > (union != flipped[:, ::-1]).sum()  # one run alone differs more
+    result = segment(image, student, tta=True)
+    assert result.n_objects > 0 and result.metadata["parameters"]["tta"] is True
+
+
+def test_large_frames_are_redrawn_in_windows_with_the_same_result():
+    truth = _discs((200, 260), n=30, seed=5)
+    grown = ndimage.grey_dilation(truth, size=3)
+    rng = np.random.default_rng(0)
+    foreground = np.clip((truth > 0) * 0.8 + rng.normal(0, 0.15, truth.shape), 0, 1).astype(np.float16)
+    params = ContourRefinement(min_agreement=0.5)
+    whole, _, _ = refine_labels(grown, foreground, params, window=4096)
+    windowed, _, _ = refine_labels(grown, foreground, params, window=48, halo=24)
+    assert (whole != grown).sum() > 100  # the outlines did move
+    np.testing.assert_array_equal(windowed, whole)
