@@ -14,7 +14,7 @@ from napari_cellseg.core.pipeline import run
 from napari_cellseg.student.data import (
     DatasetLayoutError, discover_dataset, discover_seed_layout, is_validation_name, samples_from_arrays,
 )
-from napari_cellseg.student.model import build_unet, parameter_count
+from napari_cellseg.student.model import build_unet, for_inference, parameter_count
 from napari_cellseg.student.targets import instances_from_predictions, make_targets
 from napari_cellseg.student.train import last_checkpoint_path, train_iter
 
@@ -30,6 +30,26 @@ def test_default_unet_has_about_4_4_million_parameters_and_keeps_the_input_size(
     with torch.inference_mode():
         out = model.eval()(torch.zeros(1, 3, 48, 64))
     assert out.shape == (1, 3, 48, 64)
+
+
+def test_the_inference_copy_folds_batchnorm_and_gives_the_same_outputs():
+    import torch
+
+    torch.manual_seed(0)
+    model = build_unet(TINY)
+    for module in model.modules():  # statistics and affine parameters far from the identity
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    fast = for_inference(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    x = torch.rand(2, 3, 64, 80)
+    with torch.inference_mode():
+        expected, got = model.eval()(x), fast(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
 def _touching_discs():

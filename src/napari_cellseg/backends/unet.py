@@ -31,7 +31,7 @@ class UNetBackend:
     """A trained U-Net student; instances by seeded watershed on its foreground/boundary/distance maps."""
 
     def __init__(self, path: str | Path, device: str = "auto"):
-        from ..student.model import CHECKPOINT_KEY, load_checkpoint, model_from_checkpoint
+        from ..student.model import CHECKPOINT_KEY, for_inference, load_checkpoint, model_from_checkpoint
         from ..student.targets import PostProcess
 
         path = Path(path)
@@ -45,7 +45,7 @@ class UNetBackend:
         try:
             ckpt = load_checkpoint(path)
             meta = ckpt[CHECKPOINT_KEY]
-            self._model = model_from_checkpoint(ckpt).to(self.device).eval()
+            self._model = for_inference(model_from_checkpoint(ckpt)).to(self.device)
         except Exception as exc:
             raise ModelLoadError(f"{path}: cannot load the U-Net student ({type(exc).__name__}: {exc})") from exc
         known = PostProcess.__dataclass_fields__
