@@ -23,7 +23,13 @@ def test_dataset_is_tiled_to_the_model_scale(tmp_path, disc_dataset):
     assert "val: images/val" in data.read_text()
 
 
-def test_finetune_cli_writes_a_loadable_model_with_lineage(tmp_path, tiny_yolo, tiny_yolo_model, disc_dataset, capsys):
+def test_finetune_cli_writes_a_loadable_model_with_lineage(tmp_path, tiny_yolo, tiny_yolo_model, disc_dataset, capsys,
+                                                           monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the run's temporary work folder goes
     out = tmp_path / "tuned.pt"
     assert main(["finetune", "--model", str(tiny_yolo), "--data", str(disc_dataset.parent), "--out", str(out),
                  "--epochs", "1", "-q"]) == 0
@@ -43,6 +49,7 @@ def test_finetune_cli_writes_a_loadable_model_with_lineage(tmp_path, tiny_yolo, 
         calibration_tta["f1_50_by_conf"], key=lambda c: (calibration_tta["f1_50_by_conf"][c], -abs(c - 0.25)))
     out = capsys.readouterr().out
     assert "score threshold " in out and "score threshold for test-time augmented runs" in out
+    assert list(scratch.iterdir()) == []  # the tiles and ultralytics' run folder are gone
 
 
 def test_cancel_stops_at_the_next_batch_and_keeps_weights(tmp_path, tiny_yolo, disc_dataset):

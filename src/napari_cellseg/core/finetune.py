@@ -141,6 +141,7 @@ def finetune_iter(
     new images are seen at: pick it so the new cells appear about as large as the objects the
     base model knows (e.g. 0.5 for 60-pixel cells with a nuclei model trained at 1.5).
     """
+    import shutil
     import tempfile
 
     from ultralytics import YOLO
@@ -154,81 +155,86 @@ def finetune_iter(
     if zoom <= 0:
         raise ValueError(f"zoom must be positive, got {zoom}")
     tile = int(round(imgsz / zoom))
+    own_workdir = workdir is None  # a temporary one is removed at the end; a given one is the caller's
     workdir = Path(workdir or tempfile.mkdtemp(prefix="napari-cellseg-finetune-"))
-    data = tile_dataset(Path(data_yaml), tile, workdir / "tiles")
-
-    events: queue.Queue = queue.Queue()
-    stop = threading.Event()
-    yolo = YOLO(str(base_path))
-
-    def on_batch_end(trainer):
-        if stop.is_set():
-            raise TrainingCancelled()
-        events.put(("batch", trainer.epoch, trainer.epochs, len(trainer.train_loader)))
-
-    def on_epoch_end(trainer):
-        losses = {k: round(float(v), 4) for k, v in trainer.label_loss_items(trainer.tloss, prefix="train").items()}
-        metrics = {k: round(float(v), 4) for k, v in (trainer.metrics or {}).items()}
-        # the final re-validation of the best weights arrives with epoch == epochs (+1 in some versions)
-        events.put(("epoch", min(trainer.epoch + 1, trainer.epochs), trainer.epochs, losses, metrics))
-
-    yolo.add_callback("on_train_batch_end", on_batch_end)
-    yolo.add_callback("on_fit_epoch_end", on_epoch_end)
-
-    # one optimiser step per batch: ultralytics otherwise accumulates gradients up to 64 images
-    # (nbs), which on a few corrected images is fewer steps than epochs
-    train_args.setdefault("nbs", batch)
-
-    def train():
-        try:
-            yolo.train(data=str(data), epochs=epochs, batch=batch, imgsz=imgsz, device=device, workers=0,
-                       plots=False, project=str(workdir), name="run", exist_ok=True, verbose=False,
-                       amp=False, **train_args)
-            events.put(("finished",))
-        except TrainingCancelled:
-            events.put(("cancelled",))
-        except Exception as exc:  # handed to the consumer, raised there
-            events.put(("error", exc))
-
-    thread = threading.Thread(target=train, name="napari-cellseg-finetune", daemon=True)
-    history: list[dict] = []
-    done, n_batches, cancelled = 0, 1, False
-    thread.start()
     try:
-        yield TrainProgress(0, epochs, 0, epochs, "preparing")
-        while True:
-            event = events.get()
-            if event[0] == "batch":
-                _, epoch, total_epochs, n_batches = event
-                done += 1
-                yield TrainProgress(done, total_epochs * n_batches, epoch, total_epochs,
-                                    f"epoch {epoch + 1}/{total_epochs}")
-            elif event[0] == "epoch":
-                _, epoch, total_epochs, losses, metrics = event
-                if history and history[-1]["epoch"] == epoch:
-                    history.pop()  # ultralytics re-validates the best weights at the end: keep the latest
-                history.append({"epoch": epoch, **losses, **metrics})
-                yield TrainProgress(done, total_epochs * n_batches, epoch, total_epochs,
-                                    f"epoch {epoch}/{total_epochs} done", losses, metrics)
-            elif event[0] == "error":
-                raise event[1]
-            else:
-                cancelled = event[0] == "cancelled"
-                break
-    except GeneratorExit:  # cancelled by the consumer: stop at the next batch, keep the best so far
-        stop.set()
-        thread.join()
-        _keep_best(workdir, Path(out), base.info, history, zoom)
-        raise
+        data = tile_dataset(Path(data_yaml), tile, workdir / "tiles")
+
+        events: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        yolo = YOLO(str(base_path))
+
+        def on_batch_end(trainer):
+            if stop.is_set():
+                raise TrainingCancelled()
+            events.put(("batch", trainer.epoch, trainer.epochs, len(trainer.train_loader)))
+
+        def on_epoch_end(trainer):
+            losses = {k: round(float(v), 4) for k, v in trainer.label_loss_items(trainer.tloss, prefix="train").items()}
+            metrics = {k: round(float(v), 4) for k, v in (trainer.metrics or {}).items()}
+            # the final re-validation of the best weights arrives with epoch == epochs (+1 in some versions)
+            events.put(("epoch", min(trainer.epoch + 1, trainer.epochs), trainer.epochs, losses, metrics))
+
+        yolo.add_callback("on_train_batch_end", on_batch_end)
+        yolo.add_callback("on_fit_epoch_end", on_epoch_end)
+
+        # one optimiser step per batch: ultralytics otherwise accumulates gradients up to 64 images
+        # (nbs), which on a few corrected images is fewer steps than epochs
+        train_args.setdefault("nbs", batch)
+
+        def train():
+            try:
+                yolo.train(data=str(data), epochs=epochs, batch=batch, imgsz=imgsz, device=device, workers=0,
+                           plots=False, project=str(workdir), name="run", exist_ok=True, verbose=False,
+                           amp=False, **train_args)
+                events.put(("finished",))
+            except TrainingCancelled:
+                events.put(("cancelled",))
+            except Exception as exc:  # handed to the consumer, raised there
+                events.put(("error", exc))
+
+        thread = threading.Thread(target=train, name="napari-cellseg-finetune", daemon=True)
+        history: list[dict] = []
+        done, n_batches, cancelled = 0, 1, False
+        thread.start()
+        try:
+            yield TrainProgress(0, epochs, 0, epochs, "preparing")
+            while True:
+                event = events.get()
+                if event[0] == "batch":
+                    _, epoch, total_epochs, n_batches = event
+                    done += 1
+                    yield TrainProgress(done, total_epochs * n_batches, epoch, total_epochs,
+                                        f"epoch {epoch + 1}/{total_epochs}")
+                elif event[0] == "epoch":
+                    _, epoch, total_epochs, losses, metrics = event
+                    if history and history[-1]["epoch"] == epoch:
+                        history.pop()  # ultralytics re-validates the best weights at the end: keep the latest
+                    history.append({"epoch": epoch, **losses, **metrics})
+                    yield TrainProgress(done, total_epochs * n_batches, epoch, total_epochs,
+                                        f"epoch {epoch}/{total_epochs} done", losses, metrics)
+                elif event[0] == "error":
+                    raise event[1]
+                else:
+                    cancelled = event[0] == "cancelled"
+                    break
+        except GeneratorExit:  # cancelled by the consumer: stop at the next batch, keep the best so far
+            stop.set()
+            thread.join()
+            _keep_best(workdir, Path(out), base.info, history, zoom)
+            raise
+        finally:
+            stop.set()
+            thread.join()
+        result_path = _keep_best(workdir, Path(out), base.info, history, zoom)
+        calibrations = (None, None)
+        if calibrate_conf and result_path is not None and not cancelled:
+            calibrations = yield from _calibrate(result_path, Path(data_yaml), done, epochs * n_batches, epochs,
+                                                 with_tta=calibrate_tta)
+        return FinetuneResult(result_path, len(history), cancelled, history, *calibrations)
     finally:
-        stop.set()
-        thread.join()
-    result_path = _keep_best(workdir, Path(out), base.info, history, zoom)
-    calibrations = (None, None)
-    if calibrate_conf and result_path is not None and not cancelled:
-        calibrations = yield from _calibrate(result_path, Path(data_yaml), done, epochs * n_batches, epochs,
-                                             with_tta=calibrate_tta)
-    return FinetuneResult(result_path, len(history), cancelled, history, *calibrations)
+        if own_workdir:  # tiles and ultralytics' run folder: tens of MB per run
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _calibrate(path: Path, data_yaml: Path, done: int, total: int, epochs: int, with_tta: bool):

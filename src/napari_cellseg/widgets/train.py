@@ -1,6 +1,7 @@
 """The "Fine-tune" widget: retrain a YOLO or Mask R-CNN model on corrected labels, with live curves and cancel."""
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -56,14 +57,17 @@ class FinetuneWidget(TrainingWidget):
                                                        device=device, backbone_weights=backbone)
             return result
         workdir = Path(tempfile.mkdtemp(prefix="napari-cellseg-train-"))
-        if dataset is None:
-            yield TrainProgress(0, 1, 0, epochs, "exporting the corrected labels")
-            dataset = export_dataset([(image[0], image[1], labels)], workdir / "dataset", "yolo", val_fraction)
-        else:
-            dataset = Path(dataset) / "data.yaml"
-        result = yield from finetune_iter(model, dataset, out, epochs=epochs, batch=batch, device=device,
-                                          workdir=workdir)
-        return result
+        try:
+            if dataset is None:
+                yield TrainProgress(0, 1, 0, epochs, "exporting the corrected labels")
+                dataset = export_dataset([(image[0], image[1], labels)], workdir / "dataset", "yolo", val_fraction)
+            else:
+                dataset = Path(dataset) / "data.yaml"
+            result = yield from finetune_iter(model, dataset, out, epochs=epochs, batch=batch, device=device,
+                                              workdir=workdir)
+            return result
+        finally:  # the exported dataset and the run folder; the model is in ``out``
+            shutil.rmtree(workdir, ignore_errors=True)
 
     def run(self):
         dataset = self.dataset.value if str(self.dataset.value) not in ("", ".") else None
