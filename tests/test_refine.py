@@ -5,7 +5,7 @@ from scipy import ndimage
 
 from napari_cellseg import load_model, segment
 from napari_cellseg._sample_data import load_sample
-from napari_cellseg.core.pipeline import Progress, segment_iter
+from napari_cellseg.core.pipeline import Progress, run, segment_iter
 from napari_cellseg.core.refine import ContourRefinement, refine_labels
 
 from synthetic import disc_image
@@ -100,13 +100,8 @@ def test_segment_refines_every_frame_tile_by_tile_and_keeps_ids_scores_and_count
     plain = segment(stack, detector, refine=None)
     refiner = BrightPixelRefiner()
     progress = []
-    gen = segment_iter(stack, detector, refine=refiner, refinement=ContourRefinement(min_agreement=0.5))
-    while True:
-        try:
-            progress.append(next(gen))
-        except StopIteration as stop:
-            result = stop.value
-            break
+    result = run(segment_iter(stack, detector, refine=refiner, refinement=ContourRefinement(min_agreement=0.5)),
+                 progress.append)
     assert refiner.calls >= 2 * 6  # 96x128 frames in 48-px tiles with overlap: several per frame
     refining = [p for p in progress if isinstance(p, Progress) and p.message.startswith("refining contours")]
     assert refining[-1].done == refining[-1].total and refining[-1].frame == 1

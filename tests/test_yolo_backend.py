@@ -3,7 +3,7 @@ import pytest
 
 from napari_cellseg import load_model, segment, segment_iter
 from napari_cellseg.backends import ModelLoadError
-from napari_cellseg.core.pipeline import plan_tiling
+from napari_cellseg.core.pipeline import plan_tiling, run
 
 from synthetic import disc_image
 from tiny_yolo import with_calibration
@@ -80,14 +80,8 @@ def test_max_det_cap_is_reported_not_silent(tiny_yolo_model):
 def test_stack_keeps_its_shape_with_progress_per_tile(tiny_yolo_model):
     frames = [disc_image((150, 150), n=6, seed=s)[0] for s in range(3)]
     stack = np.stack(frames)
-    gen = segment_iter(stack, tiny_yolo_model, conf=0.01)
     progress = []
-    while True:
-        try:
-            progress.append(next(gen))
-        except StopIteration as stop:
-            result = stop.value
-            break
+    result = run(segment_iter(stack, tiny_yolo_model, conf=0.01), progress.append)
     n_tiles = 4  # 150 px with 128 px tiles: 2 x 2 per frame
     assert [p.done for p in progress] == list(range(3 * n_tiles + 1))
     assert result.labels.shape == stack.shape

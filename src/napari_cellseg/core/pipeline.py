@@ -16,7 +16,7 @@ import numpy as np
 from ..backends import InferenceSettings, SegmentationBackend, load_model
 from .fusion import fuse_detections, predict_with_flips
 from .normalize import ImageLayout, apply_ranges, as_rgb, channel_ranges, to_stack_of_frames
-from .refine import ContourRefinement, foreground_iter, n_tiles, refine_labels
+from .refine import ContourRefinement, foreground_iter, refine_labels
 from .result import SegmentationResult, concat_tables, object_table
 from .tiling import InstanceStitcher, tile_grid
 
@@ -208,7 +208,7 @@ def _refine_frames(frames, layout: ImageLayout, result: SegmentationResult, refi
     """Every frame's outlines redrawn from the refiner's foreground (see core.refine); ids, scores
     and classes unchanged. Returns the result and what was done, for the metadata."""
     plan = plan_tiling(refiner)
-    per_frame = n_tiles(layout.height, layout.width, plan.tile, plan.overlap)
+    per_frame = len(tile_grid(layout.height, layout.width, plan.tile, plan.overlap))
     n_frames = int(np.prod(layout.stack_shape)) if layout.stack_shape else 1
     total = per_frame * n_frames
     labels = result.labels.reshape(n_frames, layout.height, layout.width)

@@ -146,9 +146,3 @@ def _owned_spans(length: int, spans: list[tuple[int, int]]) -> dict[tuple[int, i
 
 def _row_chunks(height: int, rows: int = 1024):
     return [slice(y, min(y + rows, height)) for y in range(0, height, rows)]
-
-
-def n_tiles(height: int, width: int, tile: int, overlap: int) -> int:
-    from .tiling import tile_grid
-
-    return len(tile_grid(height, width, tile, overlap))

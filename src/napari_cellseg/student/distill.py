@@ -61,7 +61,7 @@ def teacher_labels_iter(teacher, images: list, cache_dir: str | Path, segment_op
                         ) -> Generator[StudentProgress, None, list[np.ndarray]]:
     """Teacher labels for ``images`` ((name, path-or-array) pairs), cached in ``cache_dir``."""
     from ..core.io import read_image, write_labels
-    from ..core.pipeline import segment_iter
+    from ..core.pipeline import run, segment_iter
 
     # the teacher's own masks: contour refinement (the named nuclei model's default) is itself a student
     options = {"refine": None, **(segment_options or {})}
@@ -80,13 +80,7 @@ def teacher_labels_iter(teacher, images: list, cache_dir: str | Path, segment_op
             labels.append(np.asarray(read_image(cached)).astype(np.int32))
         else:
             image = read_image(source) if isinstance(source, (str, Path)) else source
-            gen = segment_iter(image, teacher, **options)
-            while True:
-                try:
-                    next(gen)
-                except StopIteration as stop:
-                    result = stop.value
-                    break
+            result = run(segment_iter(image, teacher, **options))
             write_labels(cached, result.labels)
             labels.append(result.labels.astype(np.int32))
         yield StudentProgress(k + 1, len(images), 0, 0,
