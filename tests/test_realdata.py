@@ -104,7 +104,7 @@ def test_student_keeps_its_agreement_with_its_teacher(shared_data):
     for image_id in _validation_fluorescence(data, 12):
         image = read_image(data / "images" / f"{image_id}.png")
         truth = read_image(data / "labels" / f"{image_id}.png")
-        # the teacher's own masks: its default contour refinement is drawn by this very student
+        # the teacher's own masks, as distillation learned them (not redrawn by its contour U-Net)
         learned, taught = segment(image, student).labels, segment(image, teacher, refine=None).labels
         agreement.append(dice(learned, taught))
         f1_student.append(evaluate(learned, truth, with_coco=False)["f1_50"])

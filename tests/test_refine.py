@@ -40,6 +40,17 @@ def test_outlines_shrink_to_the_foreground_but_no_instance_vanishes():
     assert kept.any() and kept.sum() < (grown == missing).sum()
 
 
+def test_shrink_sets_how_far_an_outline_may_retreat():
+    truth = np.pad(_discs(), 4)  # away from the image's edge, where erosion stops
+    grown = ndimage.grey_dilation(truth, size=5)  # two pixels too large
+    foreground = (truth > 0).astype(np.float32) * 0.9
+    one, _, _ = refine_labels(grown, foreground, ContourRefinement(min_agreement=0.5, shrink=1))
+    two, _, _ = refine_labels(grown, foreground, ContourRefinement(min_agreement=0.5, shrink=2))
+    np.testing.assert_array_equal(two, truth)
+    assert (one > 0).sum() > (truth > 0).sum()  # one pixel of retreat leaves them a pixel too large
+    np.testing.assert_array_equal(one[truth > 0], truth[truth > 0])
+
+
 def test_foreground_beyond_reach_is_not_taken():
     labels = np.zeros((40, 40), np.int32)
     labels[10:20, 10:20] = 1
@@ -73,6 +84,8 @@ def test_settings_are_checked():
         ContourRefinement(fg_threshold=1.5)
     with pytest.raises(ValueError, match="reach"):
         ContourRefinement(reach=-1)
+    with pytest.raises(ValueError, match="shrink"):
+        ContourRefinement(shrink=0)
     with pytest.raises(ValueError, match="shape"):
         refine_labels(np.zeros((4, 4), np.int32), np.zeros((5, 4), np.float32))
 
@@ -126,14 +139,37 @@ def test_refine_auto_follows_the_model_and_refine_must_be_a_student():
         segment(image, detector, refine="otsu-watershed")
 
 
-def test_the_named_nuclei_model_redraws_its_outlines_with_its_student_by_default():
+def test_a_refiner_checkpoint_carries_its_settings_and_runs_use_them(tmp_path):
+    from napari_cellseg.backends import ModelLoadError, resolve_model
+    from napari_cellseg.student.model import compact_checkpoint
+
+    source = resolve_model("nuclei-student")[1]
+    settings = {"fg_threshold": 0.55, "reach": 2, "min_agreement": 0.3, "shrink": 2}
+    compact_checkpoint(source, tmp_path / "refiner.pt", refinement=settings)
+    refiner = load_model(tmp_path / "refiner.pt", device="cpu")
+    assert refiner.refinement == ContourRefinement(**settings)
+    image, _ = disc_image((64, 64), n=3, radius=(6, 8))
+    detector = load_model("otsu-watershed")
+    used = segment(image, detector, refine=refiner).metadata["parameters"]["refine"]
+    assert {k: used[k] for k in settings} == settings
+    given = segment(image, detector, refine=refiner, refinement=ContourRefinement(reach=0))
+    assert given.metadata["parameters"]["refine"]["reach"] == 0  # the caller's settings win
+    assert load_model("nuclei-student", device="cpu").refinement is None  # none stored: the defaults
+    compact_checkpoint(source, tmp_path / "bad.pt", refinement={"fg_threshold": 2.0})
+    with pytest.raises(ModelLoadError, match="refinement settings"):
+        load_model(tmp_path / "bad.pt", device="cpu")
+
+
+def test_the_named_nuclei_model_redraws_its_outlines_with_its_contour_unet_by_default():
     nuclei = load_model("nuclei", device="cpu")
-    assert nuclei.info.refine_with == "nuclei-student"
+    assert nuclei.info.refine_with == "nuclei-contours"
     image, truth = load_sample("small")
     refined = segment(image, nuclei)
     plain = segment(image, nuclei, refine=None)
     info = refined.metadata["parameters"]["refine"]
-    assert info["model"].endswith("nuclei_unet_student.pt") and info["refined_frames"] == [True]
+    assert info["model"].endswith("nuclei_unet_contours.pt") and info["refined_frames"] == [True]
+    stored = load_model("nuclei-contours", device="cpu").refinement
+    assert stored is not None and {k: info[k] for k in stored.as_dict()} == stored.as_dict()
     assert refined.n_objects == plain.n_objects and (refined.labels != plain.labels).any()
     assert plain.metadata["parameters"]["refine"] is None
     assert getattr(nuclei, "_contour_refiner") is not None  # loaded once, kept for the next run
@@ -155,6 +191,24 @@ def test_student_tta_averages_the_flips_maps_so_its_result_does_not_depend_on_a_
     assert (union != plain[:, ::-1]).sum() > (union != flipped[:, ::-1]).sum()  # one run alone differs more
     result = segment(image, student, tta=True)
     assert result.n_objects > 0 and result.metadata["parameters"]["tta"] is True
+
+
+def test_with_tta_the_refiner_averages_the_flips_of_its_foreground_too():
+    from napari_cellseg.student.data import model_input
+
+    refiner = load_model("nuclei-contours", device="cpu")
+    image, _ = load_sample("small")
+    tile = np.ascontiguousarray(model_input(image)[:96, :96])
+    averaged = refiner.probabilities(tile, augmented=True)
+    flips = [refiner.probabilities(tile), refiner.probabilities(np.ascontiguousarray(tile[:, ::-1]))[:, :, ::-1],
+             refiner.probabilities(np.ascontiguousarray(tile[::-1]))[:, ::-1],
+             refiner.probabilities(np.ascontiguousarray(tile[::-1, ::-1]))[:, ::-1, ::-1]]
+    np.testing.assert_allclose(averaged, np.mean(flips, axis=0), atol=1e-5)
+    assert np.abs(flips[0] - flips[1]).max() > 0.01  # the flips do differ: the mean is not one of them
+    detector = load_model("otsu-watershed")
+    plain = segment(image, detector, refine=refiner).metadata["parameters"]["refine"]
+    augmented = segment(image, detector, refine=refiner, tta=True).metadata["parameters"]["refine"]
+    assert plain["augmented"] is False and augmented["augmented"] is True
 
 
 def test_large_frames_are_redrawn_in_windows_with_the_same_result():

@@ -22,11 +22,12 @@ BACKENDS: dict[str, str] = {
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 # Named models shipped inside the package.
-NAMED_MODELS: dict[str, str] = {"nuclei": "nuclei_yolo11n_seg.pt", "nuclei-student": "nuclei_unet_student.pt"}
+NAMED_MODELS: dict[str, str] = {"nuclei": "nuclei_yolo11n_seg.pt", "nuclei-student": "nuclei_unet_student.pt",
+                                "nuclei-contours": "nuclei_unet_contours.pt"}
 # Named models that need no file.
 BUILTIN_MODELS: dict[str, str] = {"otsu-watershed": "classical"}
 # named models whose outlines another named model redraws by default (core.refine; README, "Contour refinement")
-CONTOUR_REFINERS: dict[str, str] = {"nuclei": "nuclei-student"}
+CONTOUR_REFINERS: dict[str, str] = {"nuclei": "nuclei-contours"}
 
 __all__ = [
     "BACKENDS", "InferenceSettings", "ModelInfo", "ModelLoadError", "SegmentationBackend",

@@ -27,6 +27,18 @@ def load(path: Path, device: str = "auto") -> "UNetBackend":
     return UNetBackend(path, device)
 
 
+def _refinement(settings: dict | None, path: Path):
+    from ..core.refine import ContourRefinement
+
+    if not settings:
+        return None
+    known = ContourRefinement.__dataclass_fields__
+    try:
+        return ContourRefinement(**{k: v for k, v in settings.items() if k in known})
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: invalid contour refinement settings {settings} ({exc})") from exc
+
+
 class UNetBackend:
     """A trained U-Net student; instances by seeded watershed on its foreground/boundary/distance maps."""
 
@@ -50,6 +62,8 @@ class UNetBackend:
             raise ModelLoadError(f"{path}: cannot load the U-Net student ({type(exc).__name__}: {exc})") from exc
         known = PostProcess.__dataclass_fields__
         self.postprocess = PostProcess(**{k: v for k, v in (meta.get("postprocess") or {}).items() if k in known})
+        # contour refinement settings chosen for this network (core.refine); None: the defaults
+        self.refinement = _refinement(meta.get("refinement"), path)
         info = meta.get("info") or {}
         training = meta.get("training") or {}
         self.info = ModelInfo(
@@ -64,10 +78,18 @@ class UNetBackend:
                    "best_val_dice": training.get("best_dice"), "epochs": training.get("epoch")},
         )
 
-    def probabilities(self, tile: np.ndarray) -> np.ndarray:
+    def probabilities(self, tile: np.ndarray, augmented: bool = False) -> np.ndarray:
+        """(3, H, W) foreground, boundary and distance maps of an (H, W, 3) uint8 tile; ``augmented``:
+        the mean of the maps of the tile as is and flipped left-right, up-down and both."""
         from ..student.model import predict_probabilities
 
-        return predict_probabilities(self._model, tile, self.device)
+        if not augmented:
+            return predict_probabilities(self._model, tile, self.device)
+        from ..core.fusion import FLIPS
+
+        maps = [np.flip(predict_probabilities(self._model, np.ascontiguousarray(np.flip(tile, axes)), self.device),
+                        tuple(a + 1 for a in axes)) for axes in FLIPS.values()]
+        return np.mean(maps, axis=0)
 
     def predict_tile(self, tile: np.ndarray, settings: InferenceSettings) -> TileDetections:
         return self._instances(tile, settings, augmented=False)
@@ -81,18 +103,12 @@ class UNetBackend:
         import cv2
         from scipy import ndimage
 
-        from ..core.fusion import FLIPS
         from ..student.targets import instances_from_predictions
 
         h, w = tile.shape[:2]
         zh, zw = max(1, round(h * settings.zoom)), max(1, round(w * settings.zoom))
         net = tile if (zh, zw) == (h, w) else cv2.resize(tile, (zw, zh), interpolation=cv2.INTER_LINEAR)
-        if augmented:
-            maps = [np.flip(self.probabilities(np.ascontiguousarray(np.flip(net, axes))), tuple(a + 1 for a in axes))
-                    if axes else self.probabilities(net) for axes in FLIPS.values()]
-            fg, boundary, distance = np.mean(maps, axis=0)
-        else:
-            fg, boundary, distance = self.probabilities(net)
+        fg, boundary, distance = self.probabilities(net, augmented=True) if augmented else self.probabilities(net)
         labels = instances_from_predictions(fg, boundary, distance, self.postprocess)
         if (zh, zw) != (h, w):
             labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)

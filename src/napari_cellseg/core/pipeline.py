@@ -103,10 +103,12 @@ def segment_iter(
     ``normalization``: "model", "imagenet" or "image" statistics, for backends that standardise
     their input (Mask R-CNN); others ignore it.
 
-    ``refine``: a U-Net student (name, path or loaded) whose foreground redraws the outlines of the
+    ``refine``: a U-Net (name, path or loaded) whose foreground redraws the outlines of the
     instances found (:mod:`napari_cellseg.core.refine`); ``"auto"`` (the default) uses the model's own
-    ``refine_with`` (the named ``nuclei`` model: ``nuclei-student``), ``None`` none.
-    ``refinement``: its settings (default: ``ContourRefinement()``, chosen on training images).
+    ``refine_with`` (the named ``nuclei`` model: ``nuclei-contours``, a U-Net trained on the
+    annotators' outlines), ``None`` none.
+    ``refinement``: its settings (default: those stored in the refiner's checkpoint, else
+    ``ContourRefinement()``; both chosen on training images).
     """
     from .. import __version__
 
@@ -122,7 +124,8 @@ def segment_iter(
     if any(not 0 <= v <= 1 for v in class_conf.values()):
         raise ValueError(f"per-class thresholds must lie in [0, 1] (got {class_conf})")
     refiner = contour_refiner(model, refine)  # loads before any work: a bad path fails at once
-    refinement = refinement or ContourRefinement()
+    # the caller's settings, else those the refiner was calibrated with, else the defaults
+    refinement = refinement or getattr(refiner, "refinement", None) or ContourRefinement()
     plan = plan_tiling(model, imgsz, tile, overlap)  # the training scale, or the given tile
     diameter = parse_diameter(diameter)
     if diameter == "auto" and (tile is not None or not model.info.object_diameter):
@@ -161,7 +164,7 @@ def segment_iter(
     refined = None
     if refiner is not None:
         result, refined = yield from _refine_frames(frames, layout, result, refiner, refinement,
-                                                    model.info.class_names)
+                                                    model.info.class_names, augmented=tta)
     result.metadata = {
         "model": asdict(model.info),
         "parameters": {
@@ -204,9 +207,11 @@ def contour_refiner(model: SegmentationBackend, refine) -> SegmentationBackend |
 
 
 def _refine_frames(frames, layout: ImageLayout, result: SegmentationResult, refiner, params: ContourRefinement,
-                   class_names: dict[int, str]) -> Generator[Progress, None, tuple[SegmentationResult, dict]]:
-    """Every frame's outlines redrawn from the refiner's foreground (see core.refine); ids, scores
-    and classes unchanged. Returns the result and what was done, for the metadata."""
+                   class_names: dict[int, str],
+                   augmented: bool = False) -> Generator[Progress, None, tuple[SegmentationResult, dict]]:
+    """Every frame's outlines redrawn from the refiner's foreground (see core.refine; ``augmented``: its
+    maps averaged over four flips, with test-time augmentation); ids, scores and classes unchanged.
+    Returns the result and what was done, for the metadata."""
     plan = plan_tiling(refiner)
     per_frame = len(tile_grid(layout.height, layout.width, plan.tile, plan.overlap))
     n_frames = int(np.prod(layout.stack_shape)) if layout.stack_shape else 1
@@ -219,7 +224,7 @@ def _refine_frames(frames, layout: ImageLayout, result: SegmentationResult, refi
     yield Progress(0, total, 0, n_frames, "refining contours")
     for f, index in enumerate(np.ndindex(*layout.stack_shape)):
         frame = frames[index]
-        tiles = foreground_iter(frame, channel_ranges(frame), refiner, plan.tile, plan.overlap)
+        tiles = foreground_iter(frame, channel_ranges(frame), refiner, plan.tile, plan.overlap, augmented)
         while True:
             try:
                 done = next(tiles)
@@ -238,7 +243,7 @@ def _refine_frames(frames, layout: ImageLayout, result: SegmentationResult, refi
             tables.append({k: np.asarray(v)[frame_of == f] for k, v in result.objects.items()})
     result.labels = labels.reshape(result.labels.shape)
     result.objects = concat_tables(tables)
-    info = {"model": refiner.info.path, "sha256": refiner.info.sha256, **params.as_dict(),
+    info = {"model": refiner.info.path, "sha256": refiner.info.sha256, **params.as_dict(), "augmented": augmented,
             "agreement_per_frame": agreements, "refined_frames": applied}
     return result, info
 

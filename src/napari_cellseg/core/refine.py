@@ -5,14 +5,16 @@ are coarse; the U-Net student predicts foreground at full resolution. Refinement
 instance the detector found (same ids, scores and classes) and lets a seeded watershed redraw its
 outline:
 
-    markers = each instance eroded by one pixel (3x3): it can shrink, never vanish;
-    region  = student foreground probability > ``fg_threshold``, within ``reach`` pixels of the instance;
+    markers = each instance eroded by ``shrink`` pixels (a square of 2 * shrink + 1): it can shrink by
+              that much, never vanish;
+    region  = the U-Net's foreground probability > ``fg_threshold``, within ``reach`` pixels of the instance;
     labels  = watershed of -foreground from the markers, restricted to region | markers.
 
-A frame is refined only where the two models agree: when the Dice of the student's foreground
-with the detector's masks is below ``min_agreement`` (images unlike those the student learned,
-e.g. histology), the detector's masks are kept unchanged. The defaults were chosen on DSB2018
-training images (README, "Contour refinement").
+A frame is refined only where the two models agree: when the Dice of the U-Net's foreground
+with the detector's masks is below ``min_agreement`` (images unlike those the U-Net learned,
+e.g. histology), the detector's masks are kept unchanged. A refiner checkpoint may carry its own
+settings (``UNetBackend.refinement``, chosen on training images; README, "Contour refinement");
+the defaults below are those chosen for the distilled student.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ class ContourRefinement:
     fg_threshold: float = 0.6
     reach: int = 1
     min_agreement: float = 0.8
+    shrink: int = 1
 
     def __post_init__(self):
         if not 0 < self.fg_threshold < 1:
@@ -35,6 +38,8 @@ class ContourRefinement:
             raise ValueError(f"reach must be 0 or more pixels (got {self.reach})")
         if not 0 <= self.min_agreement <= 1:
             raise ValueError(f"min_agreement must lie in [0, 1] (got {self.min_agreement})")
+        if self.shrink < 1:
+            raise ValueError(f"shrink must be 1 or more pixels (got {self.shrink}): markers must lie inside objects")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -82,7 +87,7 @@ def redraw_outlines(labels: np.ndarray, foreground: np.ndarray, params: ContourR
 
     if not labels.any():
         return labels.copy()
-    markers = np.where(ndimage.grey_erosion(labels, size=3) == labels, labels, 0)
+    markers = np.where(ndimage.grey_erosion(labels, size=2 * params.shrink + 1) == labels, labels, 0)
     # instances too thin to survive the erosion keep all their pixels as marker
     lost = np.setdiff1d(np.unique(labels), np.unique(markers))
     if len(lost):
@@ -94,11 +99,13 @@ def redraw_outlines(labels: np.ndarray, foreground: np.ndarray, params: ContourR
     return watershed(-foreground.astype(np.float32), markers, mask=region).astype(labels.dtype, copy=False)
 
 
-def foreground_iter(frame, ranges, refiner, tile: int, overlap: int) -> Generator[int, None, np.ndarray]:
+def foreground_iter(frame, ranges, refiner, tile: int, overlap: int,
+                    augmented: bool = False) -> Generator[int, None, np.ndarray]:
     """The refiner's foreground probability over a whole (H, W, C) frame (lazy arrays too: only tiles are
     read), tile by tile at its own zoom, each tile normalised with the frame's ``ranges``. Each pixel comes
     from the tile where it lies farthest from a cut edge (a network sees least context at its tile's
-    edges). Yields the number of tiles done; returns the (H, W) float16 map."""
+    edges). ``augmented``: each tile's map is the mean over its four flips (test-time augmentation).
+    Yields the number of tiles done; returns the (H, W) float16 map."""
     import cv2
 
     from .normalize import apply_ranges, as_rgb
@@ -115,7 +122,7 @@ def foreground_iter(frame, ranges, refiner, tile: int, overlap: int) -> Generato
         h, w = block.shape[:2]
         zh, zw = max(1, round(h * zoom)), max(1, round(w * zoom))
         net = block if (zh, zw) == (h, w) else cv2.resize(block, (zw, zh), interpolation=cv2.INTER_LINEAR)
-        fg = refiner.probabilities(net)[0]
+        fg = (refiner.probabilities(net, augmented=True) if augmented else refiner.probabilities(net))[0]
         if fg.shape != (h, w):
             fg = cv2.resize(fg, (w, h), interpolation=cv2.INTER_LINEAR)
         (ry0, ry1), (rx0, rx1) = rows[(t.y0, t.y1)], cols[(t.x0, t.x1)]

@@ -50,8 +50,8 @@ class SegmentWidget(WorkerWidget):
         self.tta = widgets.CheckBox(label="test-time augmentation (4x slower)", value=False)
         self.refine = widgets.CheckBox(
             label="refine contours", value=True,
-            tooltip="redraw the outlines from the model's U-Net student where the model has one (the shipped "
-                    "'nuclei' model: 'nuclei-student'); images where the two disagree keep the model's own")
+            tooltip="redraw the outlines from the model's contour U-Net where the model has one (the shipped "
+                    "'nuclei' model: 'nuclei-contours'); images where the two disagree keep the model's own")
         self.class_conf = widgets.LineEdit(label="per-class conf", value="",
                                            tooltip="class=threshold pairs, e.g. 0=0.3, 2=0.6 (others: confidence)")
         self.normalization = widgets.ComboBox(label="normalisation (Mask R-CNN)", value="model",
@@ -143,11 +143,11 @@ class SegmentWidget(WorkerWidget):
             text += (f"; object size {parameters['measured_diameter']:.0f} px, segmented at "
                      f"{parameters['zoom_factor']:.2g}x the model's scale")
         refine = parameters.get("refine")
-        if refine:  # whether the student redrew the outlines, and how many frames kept the model's own
+        if refine:  # whether the refiner redrew the outlines, and how many frames kept the model's own
             refined = sum(refine["refined_frames"])
             kept = len(refine["refined_frames"]) - refined
             text += (f"; contours refined by {Path(refine['model']).stem}" if refined else
-                     "; contours kept as the model drew them (its student disagreed)")
+                     "; contours kept as the model drew them (its contour U-Net disagreed)")
             if refined and kept:
                 text += f" ({kept} frames kept the model's own)"
         self.status.value = text + ("; " + "; ".join(result.warnings) if result.warnings else "")
