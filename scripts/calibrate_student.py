@@ -4,7 +4,8 @@
         --out src/napari_cellseg/models/nuclei_unet_student.pt
 
 The student is meant to agree with its teacher. On every other training image of DSB2018 (40 by
-default) the teacher segments once with its own settings, and the student's probability maps are
+default) the teacher segments once with its own settings (as it runs by default, its outlines
+redrawn by its contour U-Net where it has one; ``--teacher-refine none``: its own outlines), and the student's probability maps are
 computed once (cached per tile); then, for each foreground threshold, the student's instances are
 made by its seeded watershed and compared with the teacher's masks (foreground Dice, mean over
 images; F1 at IoU 0.5 against the ground truth is printed alongside, as a check). The threshold
@@ -54,19 +55,22 @@ def main(argv=None):
     parser.add_argument("--data", type=Path, default=Path("../shared/data/dsb2018"))
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--out", type=Path, default=None, help="write the calibrated float16 checkpoint here")
+    parser.add_argument("--teacher-refine", choices=("auto", "none"), default="auto",
+                        help="'auto' (default): the teacher as it runs by default; 'none': its own outlines")
     args = parser.parse_args(argv)
     from napari_cellseg.student.model import compact_checkpoint
 
     ids = [r["id"] for r in csv.DictReader(open(args.data / "metadata.csv")) if not is_validation(r["id"])]
     ids = sorted(ids)[: 2 * args.images: 2]
     student, teacher = load_model(args.student, device="cpu"), load_model(args.teacher, device="cpu")
+    refine = None if args.teacher_refine == "none" else "auto"
     cache_probabilities(student)
     default = student.postprocess
     scores = {t: [] for t in THRESHOLDS}
     for image_id in ids:
         image = read_image(args.data / "images" / f"{image_id}.png")
         truth = read_image(args.data / "labels" / f"{image_id}.png")
-        taught = segment(image, teacher, refine=None).labels
+        taught = segment(image, teacher, refine=refine).labels
         for t in THRESHOLDS:
             student.postprocess = dataclasses.replace(default, fg_threshold=t)
             labels = segment(image, student).labels

@@ -2,7 +2,8 @@
 
     python scripts/train_nuclei_student.py --data ../shared/data/dsb2018 --out /tmp/student/student.pt
 
-The teacher (``load_model("nuclei")``) segments every DSB2018 image with its own calibrated
+The teacher (``load_model("nuclei")``) segments every DSB2018 image as it runs by default (its
+outlines redrawn by its contour U-Net; ``--teacher-refine none`` for its own outlines), with its own calibrated
 settings (the score threshold and mask erosion stored in its checkpoint, full-resolution tiling;
 ``--conf`` overrides the threshold); its masks are cached and become the student's targets. The split is the fixed one of the nuclei model
 (train_nuclei_model.is_validation: sha1 of the image id); the ground truth is not used.
@@ -35,6 +36,9 @@ def main(argv=None):
     parser.add_argument("--crop", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--conf", type=float, default=None, help="teacher's score threshold (default: its own)")
+    parser.add_argument("--teacher-refine", choices=("auto", "none"), default="auto",
+                        help="'auto' (default): the teacher as it runs by default, its outlines redrawn by its "
+                             "contour U-Net; 'none': its own outlines")
     parser.add_argument("--init", default=None, help="start from this student's weights")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--max-minutes", type=float, default=None)
@@ -44,7 +48,10 @@ def main(argv=None):
     val = [p for p in images if is_validation(p.stem)]
     print(f"{len(train)} training and {len(val)} validation images; teacher {args.teacher}", flush=True)
     teacher = load_model(args.teacher, device="cpu")
-    gen = distill_iter(teacher, train, val, args.out, segment_options={} if args.conf is None else {"conf": args.conf}, teacher_name=args.teacher,
+    options = {"refine": None if args.teacher_refine == "none" else "auto"}
+    if args.conf is not None:
+        options["conf"] = args.conf
+    gen = distill_iter(teacher, train, val, args.out, segment_options=options, teacher_name=args.teacher,
                        epochs=args.epochs, batch=args.batch, crop=args.crop, lr=args.lr, resume=args.resume,
                        init=args.init,
                        info={"data": "DSB2018 stage1_train (corrected), train split of train_nuclei_model.is_validation"})

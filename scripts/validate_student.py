@@ -5,7 +5,8 @@
 On every image of the fixed validation split (train_nuclei_model.is_validation, the split of
 scripts/validate_nuclei_model.py) both models run through the plugin's own ``segment`` with the
 settings the plugin gives them by default (each model's own calibrated score threshold unless
-``--conf`` is given; full-resolution tiling). Printed: the foreground Dice of the student against
+``--conf`` is given; full-resolution tiling; the teacher's outlines redrawn by its contour U-Net
+where it has one, unless ``--teacher-refine none``). Printed: the foreground Dice of the student against
 the teacher (mean over images, pooled over pixels, and the mean per modality), F1 at IoU 0.5 and DSB score
 against the ground truth for both (all modalities and fluorescence), the student's F1 as a
 fraction of the teacher's, and the seconds per image of each.
@@ -42,7 +43,8 @@ def _summary(rows, key):
     }
 
 
-def validate(student, teacher, data: Path, conf: float | None = None, limit: int | None = None) -> dict:
+def validate(student, teacher, data: Path, conf: float | None = None, limit: int | None = None,
+             teacher_refine: str | None = "auto") -> dict:
     modality = {r["id"]: r["modality_guess"] for r in csv.DictReader(open(data / "metadata.csv"))}
     ids = sorted(p.stem for p in (data / "images").glob("*.png") if is_validation(p.stem))[:limit]
     rows = []
@@ -52,9 +54,9 @@ def validate(student, teacher, data: Path, conf: float | None = None, limit: int
         truth = read_image(data / "labels" / f"{image_id}.png")
         row = {"id": image_id, "modality": modality.get(image_id, "?")}
         labels = {}
-        for key, model in (("student", student), ("teacher", teacher)):
+        for key, model, refine in (("student", student, None), ("teacher", teacher, teacher_refine)):
             started = time.perf_counter()
-            labels[key] = segment(image, model, conf=conf, refine=None).labels  # the teacher's own masks
+            labels[key] = segment(image, model, conf=conf, refine=refine).labels
             row[key] = {**evaluate(labels[key], truth, with_coco=False), "seconds": time.perf_counter() - started}
         row["dice_vs_teacher"] = dice(labels["student"], labels["teacher"])
         s, t = labels["student"] > 0, labels["teacher"] > 0  # pooled over all images below
@@ -87,10 +89,15 @@ def main(argv=None):
     parser.add_argument("--data", type=Path, default=Path("../shared/data/dsb2018"))
     parser.add_argument("--conf", type=float, default=None, help="score threshold (default: each model's own)")
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--teacher-refine", choices=("auto", "none"), default="auto",
+                        help="'auto' (default): the teacher as it runs by default (the named nuclei model's outlines "
+                             "redrawn by its contour U-Net); 'none': its own outlines")
     args = parser.parse_args(argv)
+    refine = None if args.teacher_refine == "none" else "auto"
     figures = validate(load_model(args.student, device="cpu"), load_model(args.teacher, device="cpu"),
-                       args.data, args.conf, args.limit)
-    print(json.dumps({"settings": {"conf": args.conf, "student": args.student, "teacher": args.teacher},
+                       args.data, args.conf, args.limit, teacher_refine=refine)
+    print(json.dumps({"settings": {"conf": args.conf, "student": args.student, "teacher": args.teacher,
+                                   "teacher_refine": args.teacher_refine},
                       **figures}, indent=2))
 
 

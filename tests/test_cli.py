@@ -147,5 +147,5 @@ def test_the_default_model_refines_its_contours_and_no_refine_keeps_its_own(tmp_
         out = tmp_path / ("plain" if flag else "refined")
         assert main(["segment", str(tmp_path / "nuclei.tif"), "--out", str(out), "--device", "cpu", "-q", *flag]) == 0
         refine[bool(flag)] = json.loads((out / "nuclei_provenance.json").read_text())["parameters"]["refine"]
-    assert refine[False]["model"].endswith("nuclei_unet_student.pt") and refine[False]["refined_frames"] == [True]
+    assert refine[False]["model"].endswith("nuclei_unet_contours.pt") and refine[False]["refined_frames"] == [True]
     assert refine[True] is None

@@ -391,9 +391,9 @@ def test_status_reports_the_measured_object_size_and_the_scale_used(qtbot, viewe
     assert abs(parameters["measured_diameter"] - true_diameter) < 0.2 * true_diameter
     assert (f"object size {parameters['measured_diameter']:.0f} px, segmented at "
             f"{parameters['zoom_factor']:.2g}x the model's scale") in widget.status.value
-    # the shipped model's outlines are redrawn by its student unless the box is cleared
-    assert parameters["refine"]["model"].endswith("nuclei_unet_student.pt")
-    assert ("contours refined by nuclei_unet_student" if parameters["refine"]["refined_frames"] == [True]
+    # the shipped model's outlines are redrawn by its contour U-Net unless the box is cleared
+    assert parameters["refine"]["model"].endswith("nuclei_unet_contours.pt")
+    assert ("contours refined by nuclei_unet_contours" if parameters["refine"]["refined_frames"] == [True]
             else "contours kept") in widget.status.value
     widget.refine.value = False
     _run(qtbot, widget)

@@ -63,7 +63,7 @@ def teacher_labels_iter(teacher, images: list, cache_dir: str | Path, segment_op
     from ..core.io import read_image, write_labels
     from ..core.pipeline import run, segment_iter
 
-    # the teacher's own masks: contour refinement (the named nuclei model's default) is itself a student
+    # the teacher's own outlines unless the caller asks for its contour refinement ({"refine": "auto"})
     options = {"refine": None, **(segment_options or {})}
     cache_dir = Path(cache_dir)
     manifest = {"teacher": Path(teacher.info.path).name if teacher.info.path else teacher.info.backend,
