@@ -40,10 +40,10 @@ def _validation_fluorescence(data: Path, n: int):
 @pytest.mark.realdata
 def test_nuclei_model_keeps_its_validation_quality(shared_data):
     """A regression floor a little under what the shipped model scores on these 12 images
-    (F1 0.877, DSB score 0.519, count error 0.109 at the model's calibrated settings, object size
-    measured, outlines refined by its student; with its own outlines F1 0.868, DSB 0.513; those at the
-    training scale for every image F1 0.854; with test-time augmentation F1 0.881 and DSB 0.536; the
-    card's figures are over all 61 fluorescence images)."""
+    (F1 0.874, DSB score 0.543, count error 0.109 at the model's calibrated settings, object size
+    measured, outlines refined by its contour U-Net; with its own outlines F1 0.868, DSB 0.513; those at
+    the training scale for every image F1 0.854; with test-time augmentation F1 0.889 and DSB 0.563;
+    the card's figures are over all 61 fluorescence images)."""
     data = shared_data / "dsb2018"
     model = load_model("nuclei", device="cpu")
     runs = {"default": {}, "tta": {"tta": True}, "own": {"refine": None}, "own_fixed": {"refine": None, "diameter": None}}
@@ -56,9 +56,9 @@ def test_nuclei_model_keeps_its_validation_quality(shared_data):
             scores[name].append((row["f1_50"], row["dsb_score"], abs(row["relative_count_error"])))
     (f1, dsb, count_error), tta, own, own_fixed = (np.mean(scores[name], axis=0) for name in runs)
     assert f1 >= 0.84
-    assert dsb >= 0.49
+    assert dsb >= 0.51
     assert count_error <= 0.15
-    assert dsb >= own[1] + 0.003 and f1 >= own[0] - 0.005  # refined outlines: better masks, the same objects
+    assert dsb >= own[1] + 0.02 and f1 >= own[0] - 0.005  # refined outlines: better masks, the same objects
     assert own[0] >= own_fixed[0] + 0.005  # the measured object size pays its second pass
     assert tta[0] >= f1 and tta[1] >= dsb + 0.01
 
