@@ -7,7 +7,7 @@ refinement settings on held-out training images, and package it, on the CPU.
 The `nuclei` model (YOLO11n-seg) finds the nuclei; this U-Net, of the student's architecture,
 redraws their outlines from its full-resolution foreground (core.refine; README, "Contour
 refinement"). Unlike the distilled student it learns the annotators' outlines, so it starts from the
-student's weights and trains on the ground truth of the fixed training split
+student's weights (the shipped checkpoint: from the student release `f64ea995…af40`, ``--init``) and trains on the ground truth of the fixed training split
 (train_nuclei_model.is_validation), leaving out the calibration images: every other one of the first
 160 training images (80, the images the nuclei model's object size was chosen on). Model selection
 uses the validation split's crops (foreground Dice), as for every student.

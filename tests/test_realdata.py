@@ -89,6 +89,7 @@ def test_shipped_student_is_distilled_from_the_shipped_teacher_and_matches_its_c
 
     meta = load_checkpoint(MODELS_DIR / NAMED_MODELS["nuclei-student"])[CHECKPOINT_KEY]
     assert meta["info"]["teacher_sha256"] == teacher.info.sha256  # the teacher that ships now
+    assert meta["info"]["teacher_settings"] == {"refine": "auto"}  # the teacher as it runs by default
     assert f"foreground threshold {student.postprocess.fg_threshold}" in card
 
 
@@ -96,18 +97,18 @@ def test_shipped_student_is_distilled_from_the_shipped_teacher_and_matches_its_c
 @pytest.mark.realdata
 def test_student_keeps_its_agreement_with_its_teacher(shared_data):
     """A regression floor a little under what the shipped student scores on these 12 images
-    (foreground Dice against its teacher 0.948; F1 at IoU 0.5 98 % of the teacher's, where issue 5
-    asks for 90 %). The card's figures are over all 76 validation images."""
+    (foreground Dice against its teacher as the teacher runs by default, outlines redrawn by its
+    contour U-Net: 0.974; F1 at IoU 0.5 99 % of the teacher's, where issue 5 asks for 90 %). The
+    card's figures are over all 76 validation images."""
     data = shared_data / "dsb2018"
     student, teacher = load_model("nuclei-student", device="cpu"), load_model("nuclei", device="cpu")
     agreement, f1_student, f1_teacher = [], [], []
     for image_id in _validation_fluorescence(data, 12):
         image = read_image(data / "images" / f"{image_id}.png")
         truth = read_image(data / "labels" / f"{image_id}.png")
-        # the teacher's own masks, as distillation learned them (not redrawn by its contour U-Net)
-        learned, taught = segment(image, student).labels, segment(image, teacher, refine=None).labels
+        learned, taught = segment(image, student).labels, segment(image, teacher).labels
         agreement.append(dice(learned, taught))
         f1_student.append(evaluate(learned, truth, with_coco=False)["f1_50"])
         f1_teacher.append(evaluate(taught, truth, with_coco=False)["f1_50"])
-    assert np.mean(agreement) >= 0.92
+    assert np.mean(agreement) >= 0.95
     assert np.mean(f1_student) >= 0.90 * np.mean(f1_teacher)
