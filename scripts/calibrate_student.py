@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from train_nuclei_model import is_validation  # noqa: E402
+from train_nuclei_student import add_teacher_refine_option, teacher_refine  # noqa: E402
 
 from napari_cellseg import load_model, segment  # noqa: E402
 from napari_cellseg.core.io import read_image  # noqa: E402
@@ -39,10 +40,10 @@ def cache_probabilities(backend) -> None:
     """The student's network runs once per tile; later runs reuse its maps."""
     compute, cache = backend.probabilities, {}
 
-    def cached(tile):
-        key = hashlib.sha1(np.ascontiguousarray(tile).tobytes()).hexdigest() + str(tile.shape)
+    def cached(tile, augmented=False):
+        key = hashlib.sha1(np.ascontiguousarray(tile).tobytes()).hexdigest() + str(tile.shape) + str(augmented)
         if key not in cache:
-            cache[key] = compute(tile)
+            cache[key] = compute(tile, augmented=augmented)
         return cache[key]
 
     backend.probabilities = cached
@@ -55,15 +56,14 @@ def main(argv=None):
     parser.add_argument("--data", type=Path, default=Path("../shared/data/dsb2018"))
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--out", type=Path, default=None, help="write the calibrated float16 checkpoint here")
-    parser.add_argument("--teacher-refine", choices=("auto", "none"), default="auto",
-                        help="'auto' (default): the teacher as it runs by default; 'none': its own outlines")
+    add_teacher_refine_option(parser)
     args = parser.parse_args(argv)
     from napari_cellseg.student.model import compact_checkpoint
 
     ids = [r["id"] for r in csv.DictReader(open(args.data / "metadata.csv")) if not is_validation(r["id"])]
     ids = sorted(ids)[: 2 * args.images: 2]
     student, teacher = load_model(args.student, device="cpu"), load_model(args.teacher, device="cpu")
-    refine = None if args.teacher_refine == "none" else "auto"
+    refine = teacher_refine(args)
     cache_probabilities(student)
     default = student.postprocess
     scores = {t: [] for t in THRESHOLDS}

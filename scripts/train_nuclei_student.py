@@ -26,6 +26,18 @@ from napari_cellseg import load_model  # noqa: E402
 from napari_cellseg.student.distill import distill_iter  # noqa: E402
 
 
+def add_teacher_refine_option(parser: argparse.ArgumentParser) -> None:
+    """``--teacher-refine``: which outlines of the teacher a student learns and is measured against."""
+    parser.add_argument("--teacher-refine", choices=("auto", "none"), default="auto",
+                        help="'auto' (default): the teacher as it runs by default (the named nuclei model's "
+                             "outlines redrawn by its contour U-Net); 'none': its own outlines")
+
+
+def teacher_refine(args) -> str | None:
+    """The ``refine`` argument of the teacher's ``segment`` runs."""
+    return None if args.teacher_refine == "none" else "auto"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data/dsb2018"))
@@ -36,9 +48,7 @@ def main(argv=None):
     parser.add_argument("--crop", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--conf", type=float, default=None, help="teacher's score threshold (default: its own)")
-    parser.add_argument("--teacher-refine", choices=("auto", "none"), default="auto",
-                        help="'auto' (default): the teacher as it runs by default, its outlines redrawn by its "
-                             "contour U-Net; 'none': its own outlines")
+    add_teacher_refine_option(parser)
     parser.add_argument("--init", default=None, help="start from this student's weights")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--max-minutes", type=float, default=None)
@@ -48,7 +58,7 @@ def main(argv=None):
     val = [p for p in images if is_validation(p.stem)]
     print(f"{len(train)} training and {len(val)} validation images; teacher {args.teacher}", flush=True)
     teacher = load_model(args.teacher, device="cpu")
-    options = {"refine": None if args.teacher_refine == "none" else "auto"}
+    options = {"refine": teacher_refine(args)}
     if args.conf is not None:
         options["conf"] = args.conf
     gen = distill_iter(teacher, train, val, args.out, segment_options=options, teacher_name=args.teacher,

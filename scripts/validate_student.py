@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from train_nuclei_model import is_validation  # noqa: E402
+from train_nuclei_student import add_teacher_refine_option, teacher_refine  # noqa: E402
 
 from napari_cellseg import load_model, segment  # noqa: E402
 from napari_cellseg.core.io import read_image  # noqa: E402
@@ -89,13 +90,10 @@ def main(argv=None):
     parser.add_argument("--data", type=Path, default=Path("../shared/data/dsb2018"))
     parser.add_argument("--conf", type=float, default=None, help="score threshold (default: each model's own)")
     parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--teacher-refine", choices=("auto", "none"), default="auto",
-                        help="'auto' (default): the teacher as it runs by default (the named nuclei model's outlines "
-                             "redrawn by its contour U-Net); 'none': its own outlines")
+    add_teacher_refine_option(parser)
     args = parser.parse_args(argv)
-    refine = None if args.teacher_refine == "none" else "auto"
     figures = validate(load_model(args.student, device="cpu"), load_model(args.teacher, device="cpu"),
-                       args.data, args.conf, args.limit, teacher_refine=refine)
+                       args.data, args.conf, args.limit, teacher_refine=teacher_refine(args))
     print(json.dumps({"settings": {"conf": args.conf, "student": args.student, "teacher": args.teacher,
                                    "teacher_refine": args.teacher_refine},
                       **figures}, indent=2))

@@ -100,7 +100,7 @@ class BrightPixelRefiner:
         self.info.train_imgsz = 48
         self.calls = 0
 
-    def probabilities(self, tile):
+    def probabilities(self, tile, augmented=False):
         self.calls += 1
         bright = ndimage.binary_dilation(tile[..., 0] > 128)
         return np.stack([bright.astype(np.float32)] * 3)

@@ -108,7 +108,7 @@ class UNetBackend:
         h, w = tile.shape[:2]
         zh, zw = max(1, round(h * settings.zoom)), max(1, round(w * settings.zoom))
         net = tile if (zh, zw) == (h, w) else cv2.resize(tile, (zw, zh), interpolation=cv2.INTER_LINEAR)
-        fg, boundary, distance = self.probabilities(net, augmented=True) if augmented else self.probabilities(net)
+        fg, boundary, distance = self.probabilities(net, augmented=augmented)
         labels = instances_from_predictions(fg, boundary, distance, self.postprocess)
         if (zh, zw) != (h, w):
             labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)

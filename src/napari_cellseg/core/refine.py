@@ -104,7 +104,9 @@ def foreground_iter(frame, ranges, refiner, tile: int, overlap: int,
     """The refiner's foreground probability over a whole (H, W, C) frame (lazy arrays too: only tiles are
     read), tile by tile at its own zoom, each tile normalised with the frame's ``ranges``. Each pixel comes
     from the tile where it lies farthest from a cut edge (a network sees least context at its tile's
-    edges). ``augmented``: each tile's map is the mean over its four flips (test-time augmentation).
+    edges). The refiner is any object with ``probabilities(tile, augmented=False)`` returning (3, H, W)
+    maps, as UNetBackend; ``augmented``: each tile's map is the mean over its four flips (test-time
+    augmentation).
     Yields the number of tiles done; returns the (H, W) float16 map."""
     import cv2
 
@@ -122,7 +124,7 @@ def foreground_iter(frame, ranges, refiner, tile: int, overlap: int,
         h, w = block.shape[:2]
         zh, zw = max(1, round(h * zoom)), max(1, round(w * zoom))
         net = block if (zh, zw) == (h, w) else cv2.resize(block, (zw, zh), interpolation=cv2.INTER_LINEAR)
-        fg = (refiner.probabilities(net, augmented=True) if augmented else refiner.probabilities(net))[0]
+        fg = refiner.probabilities(net, augmented=augmented)[0]
         if fg.shape != (h, w):
             fg = cv2.resize(fg, (w, h), interpolation=cv2.INTER_LINEAR)
         (ry0, ry1), (rx0, rx1) = rows[(t.y0, t.y1)], cols[(t.x0, t.x1)]
