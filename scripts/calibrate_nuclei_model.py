@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from train_nuclei_model import is_validation  # noqa: E402
+from train_nuclei_model import is_validation, light_background, model_input  # noqa: E402
 
 from napari_cellseg import load_model, segment  # noqa: E402
 from napari_cellseg.core.io import read_image  # noqa: E402
@@ -50,6 +50,9 @@ def main(argv=None):
     parser.add_argument("--data", type=Path, default=Path("../shared/data/dsb2018"))
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--tta", action="store_true", help="calibrate for test-time augmented runs")
+    parser.add_argument("--bright-field-only", action="store_true",
+                        help="only training images with a light background (histology, bright-field): for the "
+                             "bright-field specialist; --images then counts among those")
     parser.add_argument("--mask-thresholds", default="0.5",
                         help="comma-separated mask probability thresholds to try (each one segments every image again)")
     parser.add_argument("--diameters", default=None,
@@ -61,6 +64,8 @@ def main(argv=None):
     from skimage.segmentation import find_boundaries
 
     ids = [r["id"] for r in csv.DictReader(open(args.data / "metadata.csv")) if not is_validation(r["id"])]
+    if args.bright_field_only:
+        ids = [i for i in ids if light_background(model_input(read_image(args.data / "images" / f"{i}.png")))]
     ids = sorted(ids)[: 2 * args.images: 2]
     model = load_model(args.model, device="cpu")
     scores = {(m, d, t, k): [] for m in mask_thresholds for d in diameters for t in THRESHOLDS for k in EROSIONS}
@@ -70,7 +75,8 @@ def main(argv=None):
         for m in mask_thresholds:
             for d in diameters:
                 model.info.object_diameter = d
-                result = segment(image, model, refine=None, conf=min(THRESHOLDS), mask_erosion=0, mask_threshold=m, tta=args.tta,
+                result = segment(image, model, refine=None, bright_field=None, conf=min(THRESHOLDS), mask_erosion=0,
+                                 mask_threshold=m, tta=args.tta,
                                  diameter=None if d is None else "auto")
                 for t in THRESHOLDS:
                     kept = result.labels_scoring_at_least(t)

@@ -94,7 +94,7 @@ def calibrate(data: Path, checkpoint: Path, detector: str, ids: list[str]) -> tu
     for n, image_id in enumerate(ids, 1):
         image = read_image(data / "images" / f"{image_id}.png")
         truth = read_image(data / "labels" / f"{image_id}.png")
-        own = segment(image, model, refine=None).labels
+        own = segment(image, model, refine=None, bright_field=None).labels
         foreground = frame_foreground(image, refiner)
         scores["none"].append(evaluate(own, truth, with_coco=False))
         for g in grid:

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from napari_cellseg.backends.base import DEFAULT_CONF  # noqa: E402
 from napari_cellseg.core.datasets import write_yolo_dataset  # noqa: E402
 from napari_cellseg.core.io import read_image  # noqa: E402
-from napari_cellseg.core.normalize import normalize_to_uint8, to_stack_of_frames  # noqa: E402
+from napari_cellseg.core.normalize import bright_background, normalize_to_uint8, to_stack_of_frames  # noqa: E402
 from napari_cellseg.core.tiling import tile_grid  # noqa: E402
 
 
@@ -39,10 +39,17 @@ def model_input(image: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def samples(data: Path, crop: int, max_crops: int, rng: np.random.Generator):
+def light_background(image: np.ndarray) -> bool:
+    """Whether a ``model_input`` image (normalised already) shows histology or bright-field."""
+    return bright_background(image, [(0.0, 255.0)] * 3)
+
+
+def samples(data: Path, crop: int, max_crops: int, rng: np.random.Generator, bright_field_only: bool = False):
     for image_path in sorted((data / "images").glob("*.png")):
         image_id = image_path.stem
         image = model_input(read_image(image_path))
+        if bright_field_only and not light_background(image):
+            continue
         labels = read_image(data / "labels" / f"{image_id}.png")
         tiles = tile_grid(*labels.shape, crop, 0)
         if not is_validation(image_id) and len(tiles) > max_crops:
@@ -80,6 +87,9 @@ def main(argv=None):
     parser.add_argument("--work", type=Path, default=Path("/tmp/nuclei-training"))
     parser.add_argument("--crop", type=int, default=256)
     parser.add_argument("--max-crops", type=int, default=3)
+    parser.add_argument("--bright-field-only", action="store_true",
+                        help="only images with a light background (histology, bright-field): the nuclei-brightfield "
+                             "specialist")
     parser.add_argument("--zoom", type=float, default=1.5)
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--time", type=float, default=None, help="hours; stops training early")
@@ -107,6 +117,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     notes = {"training_data": "DSB2018 stage1_train (BBBC038, corrected), CC0", "crop": args.crop,
              "split": "validation: sha1(image id)[0] < 38"}
+    if args.bright_field_only:
+        notes["images"] = "light background only (histology, bright-field): the bright-field specialist"
     if args.package_only:
         print("sha256:", package_model(args.package_only, args.out, args.zoom, notes, args.mask_erosion, args.conf,
                                        args.conf_tta, args.mask_threshold, args.object_diameter))
@@ -119,7 +131,7 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     val_names = []
     rows = []
-    for name, image, labels, val in samples(args.data, args.crop, args.max_crops, rng):
+    for name, image, labels, val in samples(args.data, args.crop, args.max_crops, rng, args.bright_field_only):
         rows.append((name, image, labels))
         if val:
             val_names.append(name)

@@ -42,6 +42,7 @@ def validate(model, data: Path, conf: float | None, limit: int | None = None, **
         row = evaluate(result.labels, truth, with_coco=False)
         rows.append({"id": image_id, "modality": modality.get(image_id, "?"), "seconds": seconds, **row})
     fluo = [r for r in rows if r["modality"] == "fluorescence"]
+    other = [r for r in rows if r["modality"] != "fluorescence"]
     return {
         "n_images": len(rows),
         "n_fluorescence": len(fluo),
@@ -49,6 +50,8 @@ def validate(model, data: Path, conf: float | None, limit: int | None = None, **
         "f1_50_all": float(np.mean([r["f1_50"] for r in rows])),
         "dsb_score_fluorescence": float(np.mean([r["dsb_score"] for r in fluo])),
         "f1_50_fluorescence": float(np.mean([r["f1_50"] for r in fluo])),
+        "dsb_score_histology_and_bright_field": float(np.mean([r["dsb_score"] for r in other])) if other else None,
+        "f1_50_histology_and_bright_field": float(np.mean([r["f1_50"] for r in other])) if other else None,
         "mean_abs_relative_count_error": float(np.nanmean([abs(r["relative_count_error"]) for r in rows])),
         "seconds_per_image": float(np.mean([r["seconds"] for r in rows])),
     }
@@ -69,10 +72,12 @@ def main(argv=None):
     parser.add_argument("--diameter", type=parse_diameter, default="auto",
                         help="object diameter in pixels, 'auto' (default) or 'off' (the training scale)")
     parser.add_argument("--no-refine", action="store_true", help="keep the detector's outlines (no contour refinement)")
+    parser.add_argument("--no-bright-field", action="store_true",
+                        help="segment histology and bright-field images with the model itself, not its specialist")
     args = parser.parse_args(argv)
     options = {"tile": args.tile, "imgsz": args.imgsz, "tta": args.tta, "mask_erosion": args.mask_erosion,
                "mask_threshold": args.mask_threshold, "diameter": args.diameter,
-               "refine": None if args.no_refine else "auto"}
+               "refine": None if args.no_refine else "auto", "bright_field": None if args.no_bright_field else "auto"}
     model = load_model(args.model, device="cpu")
     conf = model.info.default_conf(args.tta) if args.conf is None else args.conf
     figures = {"settings": {**options, "conf": conf},

@@ -1,6 +1,7 @@
 import csv
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,3 +150,20 @@ def test_the_default_model_refines_its_contours_and_no_refine_keeps_its_own(tmp_
         refine[bool(flag)] = json.loads((out / "nuclei_provenance.json").read_text())["parameters"]["refine"]
     assert refine[False]["model"].endswith("nuclei_unet_contours.pt") and refine[False]["refined_frames"] == [True]
     assert refine[True] is None
+
+
+def test_a_light_image_goes_to_the_bright_field_model_and_no_bright_field_keeps_the_default(tmp_path):
+    from napari_cellseg._sample_data import load_sample
+
+    image, _ = load_sample("small")
+    tifffile.imwrite(tmp_path / "stained.tif", (image.max() - image).astype(image.dtype))
+    used = {}
+    for flag in ([], ["--no-bright-field"]):
+        out = tmp_path / ("kept" if flag else "switched")
+        assert main(["segment", str(tmp_path / "stained.tif"), "--out", str(out), "--device", "cpu", "-q",
+                     "--no-refine", *flag]) == 0
+        provenance = json.loads((out / "stained_provenance.json").read_text())
+        used[bool(flag)] = (Path(provenance["model"]["path"]).name, provenance["parameters"]["bright_field_switch"])
+    assert used[False][0] == "nuclei_yolo11n_seg_brightfield.pt"
+    assert used[False][1]["model"].endswith("nuclei_yolo11n_seg.pt")
+    assert used[True] == ("nuclei_yolo11n_seg.pt", None)

@@ -112,3 +112,44 @@ def test_student_keeps_its_agreement_with_its_teacher(shared_data):
         f1_teacher.append(evaluate(taught, truth, with_coco=False)["f1_50"])
     assert np.mean(agreement) >= 0.95
     assert np.mean(f1_student) >= 0.90 * np.mean(f1_teacher)
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_every_dsb2018_image_goes_to_the_model_its_modality_calls_for(shared_data):
+    """The light-background test sends all 428 fluorescence images to `nuclei` and all 103 histology and
+    grey bright-field images to `nuclei-brightfield` (the metadata's modality guess is the reference)."""
+    from napari_cellseg.core.normalize import bright_background, to_stack_of_frames
+
+    data = shared_data / "dsb2018"
+    wrong = []
+    for row in csv.DictReader(open(data / "metadata.csv")):
+        frames, _ = to_stack_of_frames(read_image(data / "images" / f"{row['id']}.png"))
+        if bright_background(frames) != (row["modality_guess"] != "fluorescence"):
+            wrong.append((row["id"], row["modality_guess"]))
+    assert wrong == []
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_the_bright_field_model_keeps_its_validation_quality(shared_data):
+    """A regression floor a little under what `nuclei` scores on the 15 validation images with a light
+    background (12 histology, 3 grey bright-field) when it hands them to `nuclei-brightfield`, and
+    above what it scores segmenting them itself (the card's figures)."""
+    from train_nuclei_model import is_validation
+
+    data = shared_data / "dsb2018"
+    ids = sorted(r["id"] for r in csv.DictReader(open(data / "metadata.csv"))
+                 if r["modality_guess"] != "fluorescence" and is_validation(r["id"]))
+    assert len(ids) == 15
+    model = load_model("nuclei", device="cpu")
+    scores = {"switched": [], "itself": []}
+    for image_id in ids:
+        image = read_image(data / "images" / f"{image_id}.png")
+        truth = read_image(data / "labels" / f"{image_id}.png")
+        for name, switch in (("switched", "auto"), ("itself", None)):
+            result = segment(image, model, bright_field=switch)
+            assert (result.metadata["parameters"]["bright_field_switch"] is not None) == (name == "switched")
+            scores[name].append(evaluate(result.labels, truth, with_coco=False)["dsb_score"])
+    switched, itself = np.mean(scores["switched"]), np.mean(scores["itself"])
+    assert switched >= SWITCHED_FLOOR and switched >= itself + SWITCH_GAIN

@@ -398,3 +398,21 @@ def test_status_reports_the_measured_object_size_and_the_scale_used(qtbot, viewe
     widget.refine.value = False
     _run(qtbot, widget)
     assert widget.last_result.metadata["parameters"]["refine"] is None and "contours" not in widget.status.value
+
+
+def test_a_light_image_is_segmented_by_the_bright_field_model_unless_the_box_is_cleared(qtbot, make_napari_viewer):
+    viewer = make_napari_viewer()
+    image, _ = disc_image((160, 160), n=8, seed=5)
+    viewer.add_image(image.max() - image, name="bright-field")  # dark nuclei on a light background
+    widget = SegmentWidget(viewer)
+    widget.device.value = "cpu"
+    widget.model.combo.value = "nuclei"
+    widget.refine.value = False  # faster; the switch does not depend on it
+    _run(qtbot, widget)
+    assert widget.last_result.metadata["model"]["path"].endswith("nuclei_yolo11n_seg_brightfield.pt")
+    assert "light background: segmented by nuclei_yolo11n_seg_brightfield" in widget.status.value
+    widget.bright_field.value = False
+    _run(qtbot, widget)
+    assert widget.last_result.metadata["model"]["path"].endswith("nuclei_yolo11n_seg.pt")
+    assert widget.last_result.metadata["parameters"]["bright_field_switch"] is None
+    assert "light background" not in widget.status.value

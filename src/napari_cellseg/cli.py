@@ -55,6 +55,7 @@ def cmd_segment(args) -> int:
         max_det=args.max_det, channel_axis=args.channel_axis, channel=args.channel, rgb=args.rgb, tta=args.tta,
         mask_erosion=args.mask_erosion, mask_threshold=args.mask_threshold, class_conf=_class_conf(args.class_conf),
         normalization=args.normalization, refine=None if args.no_refine else "auto",
+        bright_field=None if args.no_bright_field else "auto",
     )
     args.model = args.model or ["nuclei"]
     model = load_model(args.model, device=args.device)  # fails fast on a bad model, before any work
@@ -450,7 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="mask probability a pixel needs to belong to an object (default: the model's, else 0.5)")
     seg.add_argument("--tta", action="store_true", help="test-time augmentation: fuse 4 flips (4x slower)")
     seg.add_argument("--no-refine", action="store_true",
-                     help="keep the model's own outlines (the named model 'nuclei' redraws them from its U-Net student)")
+                     help="keep the model's own outlines (the named model 'nuclei' redraws them from its contour "
+                          "U-Net, 'nuclei-contours')")
+    seg.add_argument("--no-bright-field", action="store_true",
+                     help="always use the given model (the named model 'nuclei' hands images with a light "
+                          "background, histology and bright-field, to 'nuclei-brightfield')")
     seg.add_argument("--class-conf", action="append", default=None, metavar="CLASS=THRESHOLD",
                      help="per-class score threshold, e.g. --class-conf 0=0.3 --class-conf 2=0.6 (others: --conf)")
     seg.add_argument("--normalization", choices=["model", "imagenet", "image"], default="model",

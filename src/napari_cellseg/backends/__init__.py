@@ -23,11 +23,15 @@ BACKENDS: dict[str, str] = {
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 # Named models shipped inside the package.
 NAMED_MODELS: dict[str, str] = {"nuclei": "nuclei_yolo11n_seg.pt", "nuclei-student": "nuclei_unet_student.pt",
-                                "nuclei-contours": "nuclei_unet_contours.pt"}
+                                "nuclei-contours": "nuclei_unet_contours.pt",
+                                "nuclei-brightfield": "nuclei_yolo11n_seg_brightfield.pt"}
 # Named models that need no file.
 BUILTIN_MODELS: dict[str, str] = {"otsu-watershed": "classical"}
 # named models whose outlines another named model redraws by default (core.refine; README, "Contour refinement")
-CONTOUR_REFINERS: dict[str, str] = {"nuclei": "nuclei-contours"}
+CONTOUR_REFINERS: dict[str, str] = {"nuclei": "nuclei-contours", "nuclei-brightfield": "nuclei-contours"}
+# named models that hand images with a light background (histology, bright-field) to a specialist by default
+# (core.pipeline.bright_field_model; README, "Histology and bright-field")
+BRIGHT_FIELD_MODELS: dict[str, str] = {"nuclei": "nuclei-brightfield"}
 
 __all__ = [
     "BACKENDS", "InferenceSettings", "ModelInfo", "ModelLoadError", "SegmentationBackend",
@@ -76,9 +80,11 @@ def load_model(model, device: str = "auto", backend: str | None = None) -> Segme
 
         return EnsembleBackend([load_model(m, device, backend) for m in model])
     loaded = _load_one(model, device, backend)
-    refiner = CONTOUR_REFINERS.get(str(model).strip()) if isinstance(model, str) else None
-    if refiner:
-        loaded.info = replace(loaded.info, refine_with=refiner)
+    name = str(model).strip() if isinstance(model, str) else None
+    if name in CONTOUR_REFINERS:
+        loaded.info = replace(loaded.info, refine_with=CONTOUR_REFINERS[name])
+    if name in BRIGHT_FIELD_MODELS:
+        loaded.info = replace(loaded.info, bright_field_with=BRIGHT_FIELD_MODELS[name])
     return loaded
 
 

@@ -56,6 +56,9 @@ class ModelInfo:
     object_diameter: float | None = None
     # a model (name or path) whose foreground redraws this model's outlines by default (core.refine)
     refine_with: str | None = None
+    # a model (name or path) that segments images with a light background (histology, bright-field)
+    # in this model's place by default (core.pipeline.bright_field_model)
+    bright_field_with: str | None = None
     extra: dict = field(default_factory=dict)
 
     def default_conf(self, tta: bool = False) -> float:

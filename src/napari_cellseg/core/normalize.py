@@ -77,6 +77,21 @@ def normalize_to_uint8(frame: np.ndarray, percentiles=DEFAULT_PERCENTILES) -> np
     return out[..., 0] if squeeze else out
 
 
+# Median normalised grey level above which a frame counts as bright-field (dark objects on a light
+# background). On DSB2018 fluorescence frames it is 0-48, on histology and bright-field 133-241.
+BRIGHT_BACKGROUND_LEVEL = 96
+
+
+def bright_background(frame, ranges: list[tuple[float, float]] | None = None) -> bool:
+    """True when a (Y, X, C) frame, normalised with ``ranges`` (default: its own percentiles), shows a light
+    background: bright-field and stained histology rather than fluorescence. Large frames are judged on a
+    strided subsample."""
+    ranges = ranges if ranges is not None else channel_ranges(frame)
+    step = max(1, int(np.ceil(np.sqrt(frame.shape[0] * frame.shape[1] / _MAX_PIXELS_FOR_PERCENTILE))))
+    sample = apply_ranges(np.asarray(frame[::step, ::step]), ranges)
+    return float(np.median(sample.mean(axis=-1))) > BRIGHT_BACKGROUND_LEVEL
+
+
 def as_rgb(frame: np.ndarray) -> np.ndarray:
     """(Y, X, 1) grey -> (Y, X, 3), the form every backend takes; (Y, X, 3) unchanged."""
     return np.repeat(frame, 3, axis=-1) if frame.shape[-1] == 1 else frame

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..backends import InferenceSettings, SegmentationBackend, load_model
 from .fusion import fuse_detections, predict_with_flips
-from .normalize import ImageLayout, apply_ranges, as_rgb, channel_ranges, to_stack_of_frames
+from .normalize import ImageLayout, apply_ranges, as_rgb, bright_background, channel_ranges, to_stack_of_frames
 from .refine import ContourRefinement, foreground_iter, refine_labels
 from .result import SegmentationResult, concat_tables, object_table
 from .tiling import InstanceStitcher, tile_grid
@@ -77,6 +77,7 @@ def segment_iter(
     normalization: str = "model",
     refine: str | os.PathLike | SegmentationBackend | None = "auto",
     refinement: ContourRefinement | None = None,
+    bright_field: str | os.PathLike | SegmentationBackend | None = "auto",
 ) -> Generator[Progress, None, SegmentationResult]:
     """Segment a 2-D image or a stack frame by frame, tile by tile.
 
@@ -109,9 +110,16 @@ def segment_iter(
     annotators' outlines), ``None`` none.
     ``refinement``: its settings (default: those stored in the refiner's checkpoint, else
     ``ContourRefinement()``; both chosen on training images).
+
+    ``bright_field``: a model (name, path or loaded) that segments the image in ``model``'s place when
+    the image's first frame has a light background (histology, bright-field: ``normalize.bright_background``);
+    ``"auto"`` (the default) uses the model's own ``bright_field_with`` (the named ``nuclei`` model:
+    ``nuclei-brightfield``), ``None`` never switches. Its own calibration, scale and refiner then apply.
     """
     from .. import __version__
 
+    frames, layout = to_stack_of_frames(image, rgb=rgb, channel_axis=channel_axis, channel=channel)
+    model, switched_from = bright_field_model(model, bright_field, frames, layout)
     conf = model.info.default_conf(tta) if conf is None else float(conf)
     if not 0 <= conf <= 1 or not 0 <= iou <= 1:
         raise ValueError(f"conf and iou must lie in [0, 1] (got conf={conf}, iou={iou})")
@@ -119,7 +127,6 @@ def segment_iter(
     mask_threshold = model.info.mask_threshold if mask_threshold is None else float(mask_threshold)
     if not 0 < mask_threshold < 1:
         raise ValueError(f"mask_threshold must lie strictly between 0 and 1 (got {mask_threshold})")
-    frames, layout = to_stack_of_frames(image, rgb=rgb, channel_axis=channel_axis, channel=channel)
     class_conf = {int(k): float(v) for k, v in (class_conf or {}).items()}
     if any(not 0 <= v <= 1 for v in class_conf.values()):
         raise ValueError(f"per-class thresholds must lie in [0, 1] (got {class_conf})")
@@ -172,7 +179,7 @@ def segment_iter(
             "diameter": diameter, **scale,
             "conf": conf, "iou": iou, "max_det": max_det, "match_iou": match_iou, "tta": tta,
             "mask_erosion": mask_erosion, "mask_threshold": mask_threshold, "class_conf": class_conf,
-            "normalization": normalization, "refine": refined,
+            "normalization": normalization, "refine": refined, "bright_field_switch": switched_from,
             "device": model.device, "rgb": rgb, "channel_axis": channel_axis, "channel": channel,
         },
         "input": {"shape": list(np.shape(image)), "dtype": str(image.dtype)},
@@ -180,6 +187,30 @@ def segment_iter(
         "seconds": round(time.perf_counter() - started, 3),
     }
     return result
+
+
+def bright_field_model(model: SegmentationBackend, bright_field, frames,
+                       layout: ImageLayout) -> tuple[SegmentationBackend, dict | None]:
+    """The model a run uses: ``model``, or its bright-field specialist when the first frame has a light
+    background (``bright_field``: "auto" for the model's own ``bright_field_with``, a name, path or loaded
+    model, or None). Also what was switched from, for the metadata (None: no switch). A named specialist is
+    loaded once per model object and kept on it."""
+    if bright_field is None or bright_field is False:
+        return model, None
+    if isinstance(bright_field, str) and bright_field == "auto":
+        bright_field = model.info.bright_field_with
+        if not bright_field:
+            return model, None
+    if not bright_background(frames[(0,) * len(layout.stack_shape)]):
+        return model, None
+    if isinstance(bright_field, (str, os.PathLike)):
+        cached = getattr(model, "_bright_field_models", None)
+        if cached is None:
+            cached = model._bright_field_models = {}
+        if str(bright_field) not in cached:
+            cached[str(bright_field)] = load_model(str(bright_field), device=model.device)
+        bright_field = cached[str(bright_field)]
+    return bright_field, {"model": model.info.path, "sha256": model.info.sha256, "reason": "light background"}
 
 
 def contour_refiner(model: SegmentationBackend, refine) -> SegmentationBackend | None:

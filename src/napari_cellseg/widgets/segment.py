@@ -52,6 +52,10 @@ class SegmentWidget(WorkerWidget):
             label="refine contours", value=True,
             tooltip="redraw the outlines from the model's contour U-Net where the model has one (the shipped "
                     "'nuclei' model: 'nuclei-contours'); images where the two disagree keep the model's own")
+        self.bright_field = widgets.CheckBox(
+            label="bright-field model for light images", value=True,
+            tooltip="images with a light background (histology, bright-field) are segmented by the model's "
+                    "bright-field specialist where it has one (the shipped 'nuclei' model: 'nuclei-brightfield')")
         self.class_conf = widgets.LineEdit(label="per-class conf", value="",
                                            tooltip="class=threshold pairs, e.g. 0=0.3, 2=0.6 (others: confidence)")
         self.normalization = widgets.ComboBox(label="normalisation (Mask R-CNN)", value="model",
@@ -59,7 +63,7 @@ class SegmentWidget(WorkerWidget):
         self.device = device_choice()
         super().__init__(
             viewer, [self.image, self.model, self.ensemble, self.imgsz, self.tile, self.diameter, self.conf, self.iou,
-                     self.erosion, self.tta, self.refine, self.class_conf, self.normalization, self.device],
+                     self.erosion, self.tta, self.refine, self.bright_field, self.class_conf, self.normalization, self.device],
             "Segment",
         )
         from ._plot import LinePlot
@@ -88,6 +92,7 @@ class SegmentWidget(WorkerWidget):
             "iou": self.iou.value,
             "tta": self.tta.value,
             "refine": "auto" if self.refine.value else None,
+            "bright_field": "auto" if self.bright_field.value else None,
             "mask_erosion": None if self.erosion.value < 0 else self.erosion.value,
             "class_conf": parse_class_conf(self.class_conf.value),
             "normalization": self.normalization.value,
@@ -142,6 +147,9 @@ class SegmentWidget(WorkerWidget):
         if parameters.get("measured_diameter"):  # what diameter="auto" found and did with it
             text += (f"; object size {parameters['measured_diameter']:.0f} px, segmented at "
                      f"{parameters['zoom_factor']:.2g}x the model's scale")
+        switched = parameters.get("bright_field_switch")
+        if switched:  # the image looked like histology or bright-field: the specialist segmented it
+            text += f"; light background: segmented by {Path(result.metadata['model']['path']).stem}"
         refine = parameters.get("refine")
         if refine:  # whether the refiner redrew the outlines, and how many frames kept the model's own
             refined = sum(refine["refined_frames"])
