@@ -101,6 +101,10 @@ def test_the_shipped_bright_field_model_is_the_one_documented():
     card = (MODELS_DIR / "MODEL_CARD.md").read_text()
     assert specialist.info.sha256 in card and specialist.info.sha256[:8] in readme
     nuclei = load_model("nuclei", device="cpu")
-    # the same calibration as the model it stands in for, so the switch changes only the weights
-    for field in ("zoom", "train_imgsz", "object_diameter", "mask_threshold", "mask_erosion"):
+    # the scale and reference size of the model it stands in for; its own calibrated thresholds, as documented
+    for field in ("zoom", "train_imgsz", "object_diameter", "mask_erosion"):
         assert getattr(specialist.info, field) == getattr(nuclei.info, field), field
+    info = specialist.info
+    assert (f"`conf = {info.conf:g}`, `mask_threshold = {info.mask_threshold:g}`, "
+            f"`mask_erosion = {info.mask_erosion}`") in card
+    assert f"score threshold {info.conf:.2f}, mask threshold {info.mask_threshold:g}" in readme
