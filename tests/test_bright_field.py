@@ -23,7 +23,7 @@ def detector_with_specialist():
     detector, specialist = load_model("otsu-watershed"), load_model("otsu-watershed")
     specialist.info = replace(specialist.info, path="bright-field specialist")
     detector.info = replace(detector.info, path="detector", bright_field_with="specialist")
-    detector._bright_field_models = {"specialist": specialist}  # as if loaded by name before
+    detector._companions = {"specialist": specialist}  # as if loaded by name before
     return detector, specialist
 
 
@@ -89,7 +89,11 @@ def test_the_named_nuclei_model_hands_light_images_to_nuclei_brightfield():
     # the specialist refines its outlines with the same contour U-Net
     assert result.metadata["parameters"]["refine"]["model"].endswith("nuclei_unet_contours.pt")
     assert result.n_objects > 0
-    assert "nuclei-brightfield" in nuclei._bright_field_models  # loaded once, kept for the next run
+    assert "nuclei-brightfield" in nuclei._companions  # loaded once, kept for the next run
+    # the specialist and nuclei share one loaded contour U-Net
+    from napari_cellseg.core.pipeline import contour_refiner
+
+    assert contour_refiner(nuclei._companions["nuclei-brightfield"], "auto") is contour_refiner(nuclei, "auto")
     assert segment(image, nuclei).metadata["model"]["path"] == nuclei.info.path
 
 

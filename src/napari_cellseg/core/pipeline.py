@@ -189,12 +189,26 @@ def segment_iter(
     return result
 
 
+def companion_model(model: SegmentationBackend, name: str) -> SegmentationBackend:
+    """A model that works beside ``model`` (its contour refiner, its bright-field specialist), loaded by name
+    once and kept on it. Companions share the store of the model that loaded them, so a specialist and the
+    model it stands in for load their common contour refiner once."""
+    store = getattr(model, "_companions", None)
+    if store is None:
+        store = model._companions = {}
+    if name not in store:
+        loaded = load_model(name, device=model.device)
+        loaded._companions = store
+        store[name] = loaded
+    return store[name]
+
+
 def bright_field_model(model: SegmentationBackend, bright_field, frames,
                        layout: ImageLayout) -> tuple[SegmentationBackend, dict | None]:
     """The model a run uses: ``model``, or its bright-field specialist when the first frame has a light
     background (``bright_field``: "auto" for the model's own ``bright_field_with``, a name, path or loaded
     model, or None). Also what was switched from, for the metadata (None: no switch). A named specialist is
-    loaded once per model object and kept on it."""
+    a ``companion_model``."""
     if bright_field is None or bright_field is False:
         return model, None
     if isinstance(bright_field, str) and bright_field == "auto":
@@ -204,29 +218,20 @@ def bright_field_model(model: SegmentationBackend, bright_field, frames,
     if not bright_background(frames[(0,) * len(layout.stack_shape)]):
         return model, None
     if isinstance(bright_field, (str, os.PathLike)):
-        cached = getattr(model, "_bright_field_models", None)
-        if cached is None:
-            cached = model._bright_field_models = {}
-        if str(bright_field) not in cached:
-            cached[str(bright_field)] = load_model(str(bright_field), device=model.device)
-        bright_field = cached[str(bright_field)]
+        bright_field = companion_model(model, str(bright_field))
     return bright_field, {"model": model.info.path, "sha256": model.info.sha256, "reason": "light background"}
 
 
 def contour_refiner(model: SegmentationBackend, refine) -> SegmentationBackend | None:
     """The loaded refiner a run uses: ``refine`` itself, or for ``"auto"`` the model's own ``refine_with``
-    (loaded once per model object and kept on it)."""
+    (a ``companion_model``)."""
     if refine is None or refine is False:
         return None
     if isinstance(refine, str) and refine == "auto":
         name = model.info.refine_with
         if not name:
             return None
-        cached = getattr(model, "_contour_refiner", None)
-        if cached is None:
-            cached = load_model(name, device=model.device)
-            model._contour_refiner = cached
-        refiner = cached
+        refiner = companion_model(model, name)
     elif isinstance(refine, (str, os.PathLike)):
         refiner = load_model(refine, device=model.device)
     else:
