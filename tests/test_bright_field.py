@@ -86,14 +86,13 @@ def test_the_named_nuclei_model_hands_light_images_to_nuclei_brightfield():
     result = segment(light(image), nuclei)
     assert Path(result.metadata["model"]["path"]).name == "nuclei_yolo11n_seg_brightfield.pt"
     assert result.metadata["parameters"]["bright_field_switch"]["model"].endswith("nuclei_yolo11n_seg.pt")
-    # the specialist refines its outlines with the same contour U-Net
-    assert result.metadata["parameters"]["refine"]["model"].endswith("nuclei_unet_contours.pt")
+    # the specialist keeps its own outlines (refinement lowers its score on light images)
+    assert result.metadata["parameters"]["refine"] is None
     assert result.n_objects > 0
     assert "nuclei-brightfield" in nuclei._companions  # loaded once, kept for the next run
-    # the specialist and nuclei share one loaded contour U-Net
     from napari_cellseg.core.pipeline import contour_refiner
 
-    assert contour_refiner(nuclei._companions["nuclei-brightfield"], "auto") is contour_refiner(nuclei, "auto")
+    assert contour_refiner(nuclei._companions["nuclei-brightfield"], "auto") is None
     assert segment(image, nuclei).metadata["model"]["path"] == nuclei.info.path
 
 

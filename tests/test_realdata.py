@@ -134,8 +134,8 @@ def test_every_dsb2018_image_goes_to_the_model_its_modality_calls_for(shared_dat
 @pytest.mark.realdata
 def test_the_bright_field_model_keeps_its_validation_quality(shared_data):
     """A regression floor a little under what `nuclei` scores on the 15 validation images with a light
-    background (12 histology, 3 grey bright-field) when it hands them to `nuclei-brightfield` (DSB 0.365),
-    and above what it scores segmenting them itself (0.296; the card's figures)."""
+    background (12 histology, 3 grey bright-field) when it hands them to `nuclei-brightfield` (DSB 0.404),
+    and well above what it scores segmenting them itself (0.296; the card's figures)."""
     from train_nuclei_model import is_validation
 
     data = shared_data / "dsb2018"
@@ -152,4 +152,4 @@ def test_the_bright_field_model_keeps_its_validation_quality(shared_data):
             assert (result.metadata["parameters"]["bright_field_switch"] is not None) == (name == "switched")
             scores[name].append(evaluate(result.labels, truth, with_coco=False)["dsb_score"])
     switched, itself = np.mean(scores["switched"]), np.mean(scores["itself"])
-    assert switched >= 0.34 and switched >= itself + 0.04
+    assert switched >= 0.38 and switched >= itself + 0.08

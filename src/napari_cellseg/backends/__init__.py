@@ -27,8 +27,9 @@ NAMED_MODELS: dict[str, str] = {"nuclei": "nuclei_yolo11n_seg.pt", "nuclei-stude
                                 "nuclei-brightfield": "nuclei_yolo11n_seg_brightfield.pt"}
 # Named models that need no file.
 BUILTIN_MODELS: dict[str, str] = {"otsu-watershed": "classical"}
-# named models whose outlines another named model redraws by default (core.refine; README, "Contour refinement")
-CONTOUR_REFINERS: dict[str, str] = {"nuclei": "nuclei-contours", "nuclei-brightfield": "nuclei-contours"}
+# named models whose outlines another named model redraws by default (core.refine; README, "Contour refinement");
+# not nuclei-brightfield: on light training images its own outlines score higher (README, "Histology and bright-field")
+CONTOUR_REFINERS: dict[str, str] = {"nuclei": "nuclei-contours"}
 # named models that hand images with a light background (histology, bright-field) to a specialist by default
 # (core.pipeline.bright_field_model; README, "Histology and bright-field")
 BRIGHT_FIELD_MODELS: dict[str, str] = {"nuclei": "nuclei-brightfield"}

@@ -191,8 +191,8 @@ def segment_iter(
 
 def companion_model(model: SegmentationBackend, name: str) -> SegmentationBackend:
     """A model that works beside ``model`` (its contour refiner, its bright-field specialist), loaded by name
-    once and kept on it. Companions share the store of the model that loaded them, so a specialist and the
-    model it stands in for load their common contour refiner once."""
+    once and kept on it. Companions share the store of the model that loaded them, so a companion that two
+    of them name (a contour refiner of both a model and its specialist) is loaded once."""
     store = getattr(model, "_companions", None)
     if store is None:
         store = model._companions = {}
