@@ -178,7 +178,8 @@ def test_soft_masks_are_the_probabilities_behind_the_binary_ones(tiny_yolo_model
     assert ((soft.masks >= 0.5) != hard.masks).sum() <= 0.001 * hard.masks.size
     for mask, (x0, y0, x1, y1) in zip(soft.masks, soft.boxes):  # nothing outside the object's box
         outside = np.ones(mask.shape, bool)
-        outside[int(np.ceil(y0)):int(np.ceil(y1)), int(np.ceil(x0)):int(np.ceil(x1))] = False
+        # a box may start left of or above the tile: clip at 0, a negative start would index from the end
+        outside[max(0, int(np.ceil(y0))):int(np.ceil(y1)), max(0, int(np.ceil(x0))):int(np.ceil(x1))] = False
         assert not mask[outside].any()
 
 
