@@ -191,15 +191,12 @@ def segment_iter(
 
 def companion_model(model: SegmentationBackend, name: str) -> SegmentationBackend:
     """A model that works beside ``model`` (its contour refiner, its bright-field specialist), loaded by name
-    once and kept on it. Companions share the store of the model that loaded them, so a companion that two
-    of them name (a contour refiner of both a model and its specialist) is loaded once."""
+    once and kept on it."""
     store = getattr(model, "_companions", None)
     if store is None:
         store = model._companions = {}
     if name not in store:
-        loaded = load_model(name, device=model.device)
-        loaded._companions = store
-        store[name] = loaded
+        store[name] = load_model(name, device=model.device)
     return store[name]
 
 
