@@ -89,16 +89,19 @@ def test_detectron2_checkpoint_detects_its_class_with_config(d2_model, d2_checkp
     assert found.masks.any(axis=(1, 2)).all()
 
 
-def test_prediction_equals_torchvision_own_forward(d2_model):
-    """Our preprocessing + heads path gives what torchvision's GeneralizedRCNN gives on the same input."""
-    model = d2_model.model
-    tile = (np.random.default_rng(1).random((200, 300, 3)) * 255).astype(np.uint8)
-    ours = d2_model.predict_tile_soft(tile, InferenceSettings(conf=0.5))
+def test_torchvision_checkpoint_prediction_equals_torchvision_own_forward(d2_state, tmp_path):
+    """A torchvision checkpoint keeps torchvision's heads: our path gives what its GeneralizedRCNN gives."""
+    tv_state, _ = convert_detectron2_state(d2_state, num_classes=1)
+    torch.save({"model": tv_state}, tmp_path / "torchvision_maskrcnn.pth")
+    backend = load_model(tmp_path / "torchvision_maskrcnn.pth", device="cpu")
+    assert backend.exact is None and backend.info.extra["inference"] == "torchvision"
+    model = backend.model
+    tile = (np.random.default_rng(1).random((100, 150, 3)) * 255).astype(np.uint8)
+    ours = backend.predict_tile_soft(tile, InferenceSettings(conf=0.5))
     model.roi_heads.score_thresh = 0.5
-    model.transform.min_size, model.transform.max_size = (128,), 256
-    bgr01 = torch.from_numpy(tile[..., ::-1].copy()).permute(2, 0, 1).float() / 255
+    rgb01 = torch.from_numpy(tile.copy()).permute(2, 0, 1).float() / 255
     with torch.inference_mode():
-        reference = model([bgr01])[0]
+        reference = model([rgb01])[0]
     assert len(ours) == len(reference["scores"]) > 0
     assert np.allclose(ours.scores, reference["scores"].numpy(), atol=1e-5)
     assert np.allclose(ours.boxes, reference["boxes"].numpy(), atol=1e-2)

@@ -58,8 +58,15 @@ class MaskRCNNConfig:
     rpn_pre_nms_topk_test: int = 1000
     rpn_post_nms_topk_test: int = 1000
     rpn_nms_thresh: float = 0.7
-    roi_align_aligned: bool = True
+    rpn_min_size: float = 0.0  # MODEL.PROPOSAL_GENERATOR.MIN_SIZE
+    anchor_offset: float = 0.0
+    rpn_box_reg_weights: tuple = (1.0, 1.0, 1.0, 1.0)
+    box_reg_weights: tuple = (10.0, 10.0, 5.0, 5.0)
+    roi_align_aligned: bool = True  # box pooler: ROIAlignV2
     sampling_ratio: int = 0
+    mask_pooler_resolution: int = 14
+    mask_roi_align_aligned: bool = True
+    mask_sampling_ratio: int = 0
     class_names: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
 
@@ -69,7 +76,7 @@ class MaskRCNNConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "MaskRCNNConfig":
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        for key in ("pixel_mean", "pixel_std", "aspect_ratios"):
+        for key in ("pixel_mean", "pixel_std", "aspect_ratios", "rpn_box_reg_weights", "box_reg_weights"):
             if key in known:
                 known[key] = tuple(float(v) for v in known[key])
         if "anchor_sizes" in known:
@@ -83,7 +90,7 @@ class MaskRCNNConfig:
         """torchvision's maskrcnn_resnet50_fpn settings (RGB, ImageNet statistics, ROIAlign v1)."""
         return cls(source="torchvision", num_classes=num_classes, stride_in_1x1=False, input_format="RGB",
                    pixel_mean=IMAGENET_MEAN_255, pixel_std=IMAGENET_STD_255, nms_thresh=0.5,
-                   roi_align_aligned=False, sampling_ratio=2)
+                   roi_align_aligned=False, sampling_ratio=2, mask_roi_align_aligned=False, mask_sampling_ratio=2)
 
 
 # ---------------------------------------------------------------- config.yaml
@@ -145,6 +152,13 @@ _CONFIG_KEYS = {
     "MODEL.RPN.NMS_THRESH": ("rpn_nms_thresh", float),
     "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO": ("sampling_ratio", int),
     "MODEL.ROI_BOX_HEAD.POOLER_TYPE": ("roi_align_aligned", lambda v: str(v) == "ROIAlignV2"),
+    "MODEL.ROI_MASK_HEAD.POOLER_TYPE": ("mask_roi_align_aligned", lambda v: str(v) == "ROIAlignV2"),
+    "MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO": ("mask_sampling_ratio", int),
+    "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION": ("mask_pooler_resolution", int),
+    "MODEL.PROPOSAL_GENERATOR.MIN_SIZE": ("rpn_min_size", float),
+    "MODEL.ANCHOR_GENERATOR.OFFSET": ("anchor_offset", float),
+    "MODEL.RPN.BBOX_REG_WEIGHTS": ("rpn_box_reg_weights", lambda v: tuple(float(x) for x in v)),
+    "MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS": ("box_reg_weights", lambda v: tuple(float(x) for x in v)),
 }
 _UNSUPPORTED = {
     "MODEL.RESNETS.RES5_DILATION": (1, "a dilated res5"),
@@ -154,6 +168,24 @@ _UNSUPPORTED = {
     "MODEL.ROI_BOX_HEAD.NUM_CONV": (0, "convolutions in the box head"),
     "MODEL.ROI_MASK_HEAD.NUM_CONV": (4, "a mask head without 4 convolutions"),
     "MODEL.MASK_ON": (True, "no mask head (MASK_ON false)"),
+    "MODEL.META_ARCHITECTURE": ("GeneralizedRCNN", "a meta-architecture other than GeneralizedRCNN"),
+    "MODEL.BACKBONE.NAME": ("build_resnet_fpn_backbone", "a backbone other than ResNet-FPN"),
+    "MODEL.PROPOSAL_GENERATOR.NAME": ("RPN", "proposals other than an RPN"),
+    "MODEL.ANCHOR_GENERATOR.NAME": ("DefaultAnchorGenerator", "rotated anchors"),
+    "MODEL.RPN.HEAD_NAME": ("StandardRPNHead", "an RPN head other than StandardRPNHead"),
+    "MODEL.RPN.CONV_DIMS": ([-1], "an RPN head with several convolutions"),
+    "MODEL.RPN.IN_FEATURES": (["p2", "p3", "p4", "p5", "p6"], "RPN features other than p2..p6"),
+    "MODEL.ROI_HEADS.IN_FEATURES": (["p2", "p3", "p4", "p5"], "ROI features other than p2..p5"),
+    "MODEL.FPN.FUSE_TYPE": ("sum", "FPN fusion other than sum"),
+    "MODEL.FPN.NORM": ("", "a normalised FPN"),
+    "MODEL.ROI_BOX_HEAD.NAME": ("FastRCNNConvFCHead", "a box head other than FastRCNNConvFCHead"),
+    "MODEL.ROI_BOX_HEAD.NUM_FC": (2, "a box head without 2 fully connected layers"),
+    "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION": (7, "a box pooler other than 7x7"),
+    "MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE": (False, "sigmoid box classification"),
+    "MODEL.ROI_MASK_HEAD.NAME": ("MaskRCNNConvUpsampleHead", "a mask head other than MaskRCNNConvUpsampleHead"),
+    "MODEL.ROI_MASK_HEAD.NORM": ("", "a normalised mask head"),
+    "MODEL.KEYPOINT_ON": (False, "keypoints"),
+    "TEST.AUG.ENABLED": (False, "detectron2's own test-time augmentation (use the plugin's TTA)"),
 }
 
 
@@ -175,6 +207,10 @@ def config_from_detectron2(cfg: dict | None, source_name: str = "config.yaml") -
         raise ModelLoadError(f"{source_name}: per-level anchor aspect ratios are not supported")
     if _get(cfg, "MODEL.RESNETS.DEPTH") is not None and config.depth not in (50, 101):
         raise ModelLoadError(f"{source_name}: ResNet depth {config.depth} is not supported (50 or 101)")
+    for key in ("MODEL.ROI_BOX_HEAD.POOLER_TYPE", "MODEL.ROI_MASK_HEAD.POOLER_TYPE"):
+        value = _get(cfg, key)
+        if value is not None and str(value) not in ("ROIAlign", "ROIAlignV2"):
+            raise ModelLoadError(f"{source_name}: {key} = {value}: only ROIAlign and ROIAlignV2 poolers are supported")
     for key, (supported, what) in _UNSUPPORTED.items():
         value = _get(cfg, key)
         if value is None or value == supported:

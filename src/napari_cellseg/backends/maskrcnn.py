@@ -22,6 +22,7 @@ import numpy as np
 from ..core.io import sha256_of
 from ..core.tiling import TileDetections
 from .base import InferenceSettings, ModelInfo, ModelLoadError, checkpoint_pickle, resolve_device
+from .detectron2_inference import Detectron2Inference
 from .detectron2_convert import (
     IMAGENET_MEAN_255, IMAGENET_STD_255, MaskRCNNConfig, config_from_detectron2, convert_detectron2_state,
     detectron2_architecture, is_caffe2_state, is_detectron2_state, load_weights_strict, read_config_yaml,
@@ -216,7 +217,9 @@ def build_model(config: MaskRCNNConfig, trainable_layers: int = 5, device=None):
         rpn_anchor_generator=anchors,
         rpn_pre_nms_top_n_test=config.rpn_pre_nms_topk_test, rpn_post_nms_top_n_test=config.rpn_post_nms_topk_test,
         rpn_nms_thresh=config.rpn_nms_thresh,
-        box_roi_pool=pool(levels, 7, config.sampling_ratio), mask_roi_pool=pool(levels, 14, config.sampling_ratio),
+        box_roi_pool=pool(levels, 7, config.sampling_ratio),
+        mask_roi_pool=(AlignedMultiScaleRoIAlign if config.mask_roi_align_aligned else MultiScaleRoIAlign)(
+            levels, config.mask_pooler_resolution, config.mask_sampling_ratio),
         box_score_thresh=config.score_thresh, box_nms_thresh=config.nms_thresh,
         box_detections_per_img=config.detections_per_image,
     )
@@ -278,6 +281,10 @@ class MaskRCNNBackend:
     "imagenet" (ImageNet statistics) or "image" (the frame's own per-channel mean and standard
     deviation). ``engine``: "torchvision" (default) or "detectron2" (run the checkpoint with
     detectron2 itself, if it is installed).
+
+    detectron2 checkpoints run through :class:`.detectron2_inference.Detectron2Inference`
+    (detectron2's own arithmetic on the converted modules: its predictions, within float32 noise);
+    torchvision checkpoints through torchvision's heads.
     """
 
     def __init__(self, path: str | Path, device: str = "auto", engine: str = "torchvision"):
@@ -297,6 +304,8 @@ class MaskRCNNBackend:
         self._frame = None  # the frame's statistics are computed only when asked for
         self._frame_stats: tuple | None = None
         self._detectron2 = _Detectron2Runner(path, config, self.device) if engine == "detectron2" else None
+        # detectron2's inference arithmetic for detectron2 checkpoints (and models fine-tuned from one)
+        self.exact = Detectron2Inference(self.model, config) if config.source == "detectron2" else None
         if engine not in ("torchvision", "detectron2"):
             raise ModelLoadError(f"unknown engine '{engine}'; use torchvision or detectron2")
         self.info = ModelInfo(
@@ -304,6 +313,7 @@ class MaskRCNNBackend:
             class_names=_default_class_names(config),
             train_imgsz=config.max_size_test,  # one tile covers what detectron2 would see at once
             extra={"source": config.source, "architecture": self.architecture, "engine": engine,
+                   "inference": "detectron2" if self.exact is not None else "torchvision",
                    "notes": list(config.notes),
                    "config": {k: v for k, v in config.to_dict().items() if k not in ("notes", "class_names")}},
         )
@@ -323,8 +333,8 @@ class MaskRCNNBackend:
 
     def preprocess_key(self, settings: InferenceSettings) -> tuple:
         c = self.config
-        return (c.input_format, tuple(c.pixel_mean), tuple(c.pixel_std), c.min_size_test, c.max_size_test,
-                settings.normalization, self.device, self._frame_shape, settings.zoom)
+        return (self.exact is not None, c.input_format, tuple(c.pixel_mean), tuple(c.pixel_std), c.min_size_test,
+                c.max_size_test, settings.normalization, self.device, self._frame_shape, settings.zoom)
 
     def _mean_std(self, tile: np.ndarray, normalization: str) -> tuple[np.ndarray, np.ndarray]:
         bgr = self.config.input_format.upper() == "BGR"
@@ -352,8 +362,22 @@ class MaskRCNNBackend:
             scale = self.config.max_size_test / max(h, w)
         return scale
 
+    def _prepare_exact(self, tile: np.ndarray, settings: InferenceSettings):
+        """detectron2's preprocessing: PIL resize of the uint8 tile, then mean/std, then padding."""
+        h, w = tile.shape[:2]
+        whole_frame = self._frame_shape is None or tuple(self._frame_shape) == (h, w)
+        explicit = abs(settings.zoom - 1.0) > 1e-6 or not whole_frame
+        shape = self.exact.input_shape(h, w, self.scale_for((h, w), settings) if explicit else None)
+        image = tile[..., ::-1] if self.config.input_format.upper() == "BGR" else tile
+        mean, std = self._mean_std(tile, settings.normalization)
+        batch = self.exact.preprocess(np.ascontiguousarray(image), shape, mean, std, self.device)
+        return ("detectron2", batch, shape), (h, w)
+
     def prepare(self, tile: np.ndarray, settings: InferenceSettings):
         import torch
+
+        if self.exact is not None:
+            return self._prepare_exact(np.asarray(tile, np.uint8), settings)
         from torchvision.models.detection.image_list import ImageList
 
         h, w = tile.shape[:2]
@@ -376,6 +400,8 @@ class MaskRCNNBackend:
         import torch
 
         images, (h, w) = prepared
+        if self.exact is not None:
+            return self._predict_exact(images, (h, w), settings, soft)
         heads = self.model.roi_heads
         heads.score_thresh = settings.conf
         heads.detections_per_img = min(self.config.detections_per_image, settings.max_det)
@@ -385,6 +411,33 @@ class MaskRCNNBackend:
             detections, _ = heads(features, proposals, images.image_sizes)
             detections = self.model.transform.postprocess(detections, images.image_sizes, [(h, w)])[0]
         return _to_tile_detections(detections, (h, w), soft)
+
+    def _predict_exact(self, prepared, shape: tuple[int, int], settings: InferenceSettings,
+                       soft: bool) -> TileDetections:
+        import torch
+
+        _, batch, input_shape = prepared
+        max_det = min(self.config.detections_per_image, settings.max_det)
+        with torch.inference_mode():
+            raw = self.exact.detect(batch, input_shape, settings.conf, max_det)
+            boxes, scores, classes, masks = self.exact.postprocess(raw, shape)
+        if len(scores) == 0:
+            return TileDetections.empty(shape)
+        masks = masks.cpu().numpy() if soft else (masks >= settings.mask_threshold).cpu().numpy()
+        return TileDetections(masks=masks, scores=scores.float().cpu().numpy(),
+                              class_ids=classes.cpu().numpy().astype(np.int64), boxes=boxes.float().cpu().numpy())
+
+    def predict_raw(self, tile: np.ndarray, settings: InferenceSettings):
+        """detectron2's outputs before postprocessing (boxes in network-input pixels, 28x28 mask
+        probabilities), like ``model.inference(..., do_postprocess=False)``; detectron2 checkpoints only."""
+        import torch
+
+        if self.exact is None:
+            raise ValueError("predict_raw needs a detectron2 checkpoint")
+        (_, batch, input_shape), _ = self._prepare_exact(np.asarray(tile, np.uint8), settings)
+        with torch.inference_mode():
+            return self.exact.detect(batch, input_shape, settings.conf,
+                                     min(self.config.detections_per_image, settings.max_det))
 
     def predict_tile_soft(self, tile: np.ndarray, settings: InferenceSettings) -> TileDetections:
         """Instances with mask probabilities (float) instead of binary masks, for fusion."""
