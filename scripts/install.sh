@@ -51,20 +51,18 @@ except Exception as exc:
 PY
 }
 
-installed_cpu_build=no
 if [ "$TORCH_BUILD" = "cpu" ]; then
-  echo "no NVIDIA GPU found: asking $TORCH_CPU_INDEX for PyTorch's CPU-only build"
-  if cpu_index_answers &&
-     .venv/bin/pip install -q --timeout 15 --retries 0 --index-url "$TORCH_CPU_INDEX" \
-       --extra-index-url https://pypi.org/simple "${TORCH_PINS[@]}"; then
-    installed_cpu_build=yes
-  else
+  echo "no NVIDIA GPU found (or TORCH_BUILD=cpu): asking $TORCH_CPU_INDEX for PyTorch's CPU-only build"
+  # torch and torchvision alone from PyTorch's index (--no-deps: nothing else may come from there,
+  # and a version it lacks cannot be taken from the default index instead); their dependencies next
+  if ! { cpu_index_answers &&
+         .venv/bin/pip install -q --timeout 15 --retries 0 --no-deps --index-url "$TORCH_CPU_INDEX" \
+           "${TORCH_PINS[@]}"; }; then
     echo "the CPU-only build is not available here: installing PyTorch's default build (it runs on the CPU too)"
   fi
 fi
-if [ "$installed_cpu_build" = "no" ]; then
-  .venv/bin/pip install -q "${TORCH_PINS[@]}"
-fi
+# the default build where none is installed yet, and the dependencies of an installed CPU-only build
+.venv/bin/pip install -q "${TORCH_PINS[@]}"
 .venv/bin/python -c "import torch; print('PyTorch', torch.__version__, '(CUDA ' + torch.version.cuda + ' build)' if torch.version.cuda else '(CPU-only build)', '- GPU available' if torch.cuda.is_available() else '- no GPU in use')"
 
 .venv/bin/pip install -q -e ".[testing]"
