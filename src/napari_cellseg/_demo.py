@@ -1,23 +1,32 @@
 """``napari-cellseg demo``: the viewer with a sample, segmented in the background, then scored."""
 from __future__ import annotations
 
+PLUGIN = "napari-cellseg"
 
-def build_demo(viewer, sample: str = "dense", model: str = "nuclei", device: str = "auto"):
-    """Dock the widgets on a viewer holding the sample and start segmenting (returns the widgets)."""
-    from ._sample_data import SAMPLES, load_sample
-    from .widgets.evaluate import EvaluateWidget
-    from .widgets.segment import SegmentWidget
 
-    image, truth = load_sample(sample)
-    image_layer = viewer.add_image(image, name=SAMPLES[sample])
-    truth_layer = viewer.add_labels(truth, name=f"{SAMPLES[sample]} ground truth", opacity=0.3, visible=False)
-    segment = SegmentWidget(viewer)
-    evaluate = EvaluateWidget(viewer)
-    viewer.window.add_dock_widget(segment, name="Segment cells", area="right")
-    viewer.window.add_dock_widget(evaluate, name="Evaluate", area="right")
+def demo_summary(sample_name: str, model: str, n_objects: int, seconds: float | None, row: dict) -> str:
+    """The two lines both forms of the demo print (headless and in a window)."""
+    timing = f" in {seconds:.2f} s" if seconds is not None else ""
+    return (f"sample '{sample_name}' with model '{model}': {n_objects} objects (ground truth {row['n_gt']}){timing}\n"
+            f"F1@0.5 {row['f1_50']:.3f}  DSB score {row['dsb_score']:.3f}  COCO mAP {row['coco_map']:.3f}  "
+            f"Dice {row['dice']:.3f}")
+
+
+def build_demo(viewer, sample: str = "dense", model: str = "nuclei", device: str = "auto", on_scored=None):
+    """Open the sample and the Segment and Evaluate widgets as a user would (from the plugin), start
+    segmenting, and score the result when it is shown. ``on_scored(summary_text)`` is called after
+    each scoring. Returns the two widgets."""
+    from ._sample_data import SAMPLES
+
+    viewer.open_sample(PLUGIN, f"{sample}_nuclei")
+    image_layer = next(layer for layer in viewer.layers if layer.name == SAMPLES[sample])
+    truth_layer = next(layer for layer in viewer.layers if layer.metadata.get("napari_cellseg_ground_truth"))
+    _, segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment cells")
+    _, evaluate = viewer.window.add_plugin_dock_widget(PLUGIN, "Evaluate against ground truth")
     segment.image.value = image_layer
-    segment.model.combo.value = model if model in segment.model.combo.choices else None
-    if segment.model.combo.value != model:
+    if model in segment.model.combo.choices:
+        segment.model.combo.value = model
+    else:
         segment.model.value = model  # a file path
     segment.device.value = device
 
@@ -29,14 +38,33 @@ def build_demo(viewer, sample: str = "dense", model: str = "nuclei", device: str
             evaluate.ground_truth.value = truth_layer
             evaluate.run()
 
+    def scored(*_):
+        result = segment.last_result
+        text = demo_summary(SAMPLES[sample], model, result.n_objects, result.metadata.get("seconds"),
+                            evaluate.last_metrics)
+        if on_scored is not None:
+            on_scored(text)
+
     segment.result_shown.connect(score)  # also after a re-run from the widget
+    evaluate.result_shown.connect(scored)
     segment.run()
     return segment, evaluate
 
 
-def run_demo(sample: str = "dense", model: str = "nuclei", device: str = "auto") -> None:
+def run_demo(sample: str = "dense", model: str = "nuclei", device: str = "auto", screenshot: str | None = None) -> None:
+    """The demo in a window: prints the same summary as ``--headless`` once scored; with ``screenshot``,
+    saves the whole window then and exits."""
     import napari
+    from qtpy.QtCore import QTimer
 
     viewer = napari.Viewer(title="napari-cellseg demo")
-    build_demo(viewer, sample, model, device)
+
+    def scored(text: str) -> None:
+        print(text, flush=True)
+        if screenshot:
+            # a moment for the last layer and plot to be painted
+            QTimer.singleShot(500, lambda: (viewer.screenshot(screenshot, canvas_only=False, flash=False),
+                                            print(f"screenshot -> {screenshot}", flush=True), viewer.close()))
+
+    build_demo(viewer, sample, model, device, on_scored=scored)
     napari.run()

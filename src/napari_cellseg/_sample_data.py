@@ -24,7 +24,9 @@ def _layers(key: str):
     stem = SAMPLES[key]
     return [
         (image, {"name": stem}, "image"),
-        (labels, {"name": f"{stem} ground truth", "metadata": {"napari_cellseg_ground_truth": True}}, "labels"),
+        # hidden at first: the image is what a user looks at; the truth is there for Evaluate
+        (labels, {"name": f"{stem} ground truth", "visible": False, "opacity": 0.5,
+                  "metadata": {"napari_cellseg_ground_truth": True}}, "labels"),
     ]
 
 

@@ -402,17 +402,16 @@ def cmd_demo(args) -> int:
 
         image, truth = load_sample(args.sample)
         result = segment(image, args.model, device=args.device)
+        from ._demo import demo_summary
+
         row = evaluate(result.labels, truth)
-        print(f"sample '{SAMPLES[args.sample]}' with model '{args.model}': {result.n_objects} objects "
-              f"(ground truth {row['n_gt']}) in {result.metadata['seconds']:.2f} s")
-        print(f"F1@0.5 {row['f1_50']:.3f}  DSB score {row['dsb_score']:.3f}  COCO mAP {row['coco_map']:.3f}  "
-              f"Dice {row['dice']:.3f}")
+        print(demo_summary(SAMPLES[args.sample], args.model, result.n_objects, result.metadata["seconds"], row))
         if args.out:
             result.save(args.out, SAMPLES[args.sample])
         return 0
     from ._demo import run_demo
 
-    run_demo(args.sample, args.model, args.device)
+    run_demo(args.sample, args.model, args.device, screenshot=args.screenshot)
     return 0
 
 
@@ -567,6 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto")
     demo.add_argument("--headless", action="store_true", help="no window: print counts and metrics")
     demo.add_argument("--out", default=None, help="(headless) also write the outputs here")
+    demo.add_argument("--screenshot", default=None, metavar="PATH",
+                      help="(in a window) save a picture of the whole window after the run, then exit")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -2,6 +2,8 @@
 and training from phenotypes assigned to points in the viewer."""
 from __future__ import annotations
 
+import napari  # a real annotation: napari injects the viewer by the parameter's type
+
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +15,7 @@ from ._plot import LinePlot
 
 
 class ClassifyWidget(WorkerWidget):
-    def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
-        import napari
+    def __init__(self, viewer: napari.viewer.Viewer):
 
         self.classifier = None
         self.last_result = None

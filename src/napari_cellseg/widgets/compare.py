@@ -1,6 +1,8 @@
 """The "Compare models" widget: two models on one image, side by side, with their agreement."""
 from __future__ import annotations
 
+import napari  # a real annotation: napari injects the viewer by the parameter's type
+
 from magicgui import widgets
 
 from ._layers import SourceInfo, build_new_layers, precompute_hashes, roles_to_build
@@ -8,8 +10,7 @@ from ._common import ModelCache, ModelChooser, WorkerWidget, device_choice, full
 
 
 class CompareWidget(WorkerWidget):
-    def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
-        import napari
+    def __init__(self, viewer: napari.viewer.Viewer):
 
         self._cache = ModelCache()
         self.last_agreement = None

@@ -6,6 +6,8 @@ that belongs to these labels, which is kept in step with the object table.
 """
 from __future__ import annotations
 
+import napari  # a real annotation: napari injects the viewer by the parameter's type
+
 import numpy as np
 from magicgui import widgets
 
@@ -22,8 +24,7 @@ def _parse_ids(text: str) -> list[int]:
 
 
 class CorrectWidget(widgets.Container):
-    def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
-        import napari
+    def __init__(self, viewer: napari.viewer.Viewer):
 
         self._viewer = viewer
         self.labels_layer = widgets.create_widget(annotation=napari.layers.Labels, label="labels")

@@ -1,6 +1,8 @@
 """The "Evaluate" widget: a prediction against ground truth, with FP/FN layers to inspect."""
 from __future__ import annotations
 
+import napari  # a real annotation: napari injects the viewer by the parameter's type
+
 import numpy as np
 from magicgui import widgets
 
@@ -21,8 +23,7 @@ def _evaluate_job(pred: np.ndarray, gt: np.ndarray, threshold: float):
 
 
 class EvaluateWidget(WorkerWidget):
-    def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
-        import napari
+    def __init__(self, viewer: napari.viewer.Viewer):
 
         self.last_metrics = None
         self.prediction = widgets.create_widget(annotation=napari.layers.Labels, label="prediction")

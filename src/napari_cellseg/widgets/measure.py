@@ -1,6 +1,8 @@
 """The "Measure objects" widget: regionprops per object as layer features, a table, and CSV."""
 from __future__ import annotations
 
+import napari  # a real annotation: napari injects the viewer by the parameter's type
+
 import numpy as np
 from magicgui import widgets
 
@@ -8,8 +10,7 @@ from ._common import full_resolution, reporting_errors
 
 
 class MeasureWidget(widgets.Container):
-    def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
-        import napari
+    def __init__(self, viewer: napari.viewer.Viewer):
 
         self._viewer = viewer
         self.labels_layer = widgets.create_widget(annotation=napari.layers.Labels, label="labels")

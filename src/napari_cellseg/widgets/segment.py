@@ -1,6 +1,8 @@
 """The "Segment cells" dock widget."""
 from __future__ import annotations
 
+import napari  # a real annotation: napari injects the viewer by the parameter's type
+
 from pathlib import Path
 
 from magicgui import widgets
@@ -26,8 +28,7 @@ def parse_class_conf(text: str) -> dict[int, float]:
 class SegmentWidget(WorkerWidget):
     """Pick an image and a model, run in a thread worker, get Labels + Points."""
 
-    def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
-        import napari
+    def __init__(self, viewer: napari.viewer.Viewer):
 
         self._cache = ModelCache()
         self.last_result = None

@@ -1,6 +1,8 @@
 """The "Train U-Net student" widget: distil a teacher into a small fast U-Net, or train it on labels."""
 from __future__ import annotations
 
+import napari  # a real annotation: napari injects the viewer by the parameter's type
+
 from pathlib import Path
 
 from magicgui import widgets
@@ -12,8 +14,7 @@ DISTIL, TRAIN = "distil from a teacher", "train on labels"
 
 
 class StudentWidget(TrainingWidget):
-    def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
-        import napari
+    def __init__(self, viewer: napari.viewer.Viewer):
 
         self.last_result = None
         self.history: list[dict] = []

@@ -1,6 +1,8 @@
 """The "Track cells" widget: tracks from a labelled time series, a Tracks layer, and a size plot."""
 from __future__ import annotations
 
+import napari  # a real annotation: napari injects the viewer by the parameter's type
+
 import numpy as np
 from magicgui import widgets
 
@@ -10,8 +12,7 @@ from ._plot import LinePlot
 
 
 class TrackWidget(WorkerWidget):
-    def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
-        import napari
+    def __init__(self, viewer: napari.viewer.Viewer):
 
         self.last_result = None
         self.labels_layer = widgets.create_widget(annotation=napari.layers.Labels, label="labels (T,Y,X)")

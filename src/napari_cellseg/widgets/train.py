@@ -1,6 +1,8 @@
 """The "Fine-tune" widget: retrain a YOLO or Mask R-CNN model on corrected labels, with live curves and cancel."""
 from __future__ import annotations
 
+import napari  # a real annotation: napari injects the viewer by the parameter's type
+
 import shutil
 import tempfile
 from pathlib import Path
@@ -12,8 +14,7 @@ from ._plot import LinePlot
 
 
 class FinetuneWidget(TrainingWidget):
-    def __init__(self, viewer: "napari.viewer.Viewer"):  # noqa: F821
-        import napari
+    def __init__(self, viewer: napari.viewer.Viewer):
 
         self.last_result = None
         self.history: list[dict] = []
