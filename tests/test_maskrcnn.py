@@ -70,6 +70,7 @@ def test_architecture_is_read_off_the_weights():
     fake = {f"backbone.bottom_up.res4.{i}.conv1.weight": None for i in range(23)}
     fake["backbone.bottom_up.res2.0.conv2.weight"] = np.zeros((256, 8, 3, 3))
     fake["roi_heads.box_predictor.cls_score.weight"] = np.zeros((4, 1024))
+    fake["roi_heads.mask_head.predictor.weight"] = np.zeros((3, 256, 1, 1))
     assert detectron2_architecture(fake) == {"depth": 101, "groups": 32, "width_per_group": 8, "num_classes": 3}
 
 
@@ -146,6 +147,46 @@ def test_pkl_without_config_uses_defaults_and_says_so(d2_state, tmp_path):
     model = load_model(path, device="cpu")
     assert model.config.min_size_test == 800 and model.config.pixel_std == (1.0, 1.0, 1.0)
     assert any(note.startswith("no config.yaml beside the checkpoint") for note in model.info.extra["notes"])
+
+
+def _load_error(path) -> str:
+    from napari_cellseg.backends.maskrcnn import MaskRCNNBackend
+
+    with pytest.raises(ModelLoadError) as info:
+        MaskRCNNBackend(path, device="cpu")
+    message = str(info.value)
+    assert "\n" not in message and str(path.parent) in message
+    return message
+
+
+def test_other_architectures_are_named_in_one_line(d2_state, tmp_path):
+    faster = {k: v for k, v in d2_state.items() if not k.startswith("roi_heads.mask_head.")}
+    message = _load_error(save_pth(faster, tmp_path / "faster" / "model_final.pth", SMALL_CONFIG % 1))
+    assert "Faster R-CNN" in message and "roi_heads.box_head" in message
+    retina = {k: v for k, v in d2_state.items() if k.startswith("backbone.")}
+    retina["head.cls_score.weight"] = np.zeros((9, 256, 3, 3), np.float32)
+    message = _load_error(save_pth(retina, tmp_path / "retina" / "model_final.pth"))
+    assert "without ROI heads" in message and "head.cls_score" in message
+    classifier = {"conv1.weight": np.zeros((64, 3, 7, 7), np.float32), "fc.weight": np.zeros((10, 2048), np.float32)}
+    message = _load_error(save_pth(classifier, tmp_path / "resnet" / "resnet50.pth"))
+    assert "not a Mask R-CNN checkpoint (found conv1.weight, fc.weight)" in message
+
+
+def test_truncated_pkl_is_a_one_line_error(d2_state, tmp_path):
+    path = save_pkl(d2_state, tmp_path / "model_final.pkl")
+    path.write_bytes(path.read_bytes()[:1_000_000])
+    assert "truncated" in _load_error(path)
+
+
+def test_config_contradicting_the_weights_names_both(d2_state, tmp_path):
+    wide = SMALL_CONFIG.replace("MASK_ON: true", "MASK_ON: true\n  FPN: {OUT_CHANNELS: 128}") % 1
+    message = _load_error(save_pth(d2_state, tmp_path / "a" / "model_final.pth", wide))
+    assert "MODEL.FPN.OUT_CHANNELS 128 in config.yaml vs 256 in the weights" in message
+    deeper = SMALL_CONFIG.replace("DEPTH: 50", "DEPTH: 101") % 1
+    assert "depth 101 in config.yaml vs 50 in the weights" in _load_error(
+        save_pth(d2_state, tmp_path / "b" / "model_final.pth", deeper))
+    roipool = SMALL_CONFIG.replace("POOLER_TYPE: ROIAlignV2", "POOLER_TYPE: ROIPool") % 1
+    assert "ROIPool" in _load_error(save_pth(d2_state, tmp_path / "c" / "model_final.pth", roipool))
 
 
 def test_mismatched_keys_are_listed(d2_state, tmp_path):

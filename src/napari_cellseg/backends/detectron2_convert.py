@@ -281,14 +281,27 @@ def _map_name(name: str) -> str | None:
     return None
 
 
+def _found(state: dict) -> str:
+    """The top-level modules of a state dict, to name what a checkpoint holds in an error."""
+    prefixes = sorted({".".join(k.split(".")[:2]).rstrip("0123456789") for k in state})
+    return ", ".join(prefixes[:8]) + (f" ... (+{len(prefixes) - 8} more)" if len(prefixes) > 8 else "")
+
+
 def detectron2_architecture(state: dict) -> dict:
     """depth, groups, width_per_group and foreground class count, read off the weights' shapes."""
+    if not any(k.startswith("roi_heads.") for k in state):
+        raise ModelLoadError(f"a detectron2 checkpoint without ROI heads (RetinaNet or another one-stage "
+                             f"detector?), not a Mask R-CNN; found {_found(state)}")
+    if not any(k.startswith("roi_heads.mask_head.") for k in state):
+        raise ModelLoadError("a detectron2 Faster R-CNN (boxes only: no roi_heads.mask_head), not a Mask R-CNN; "
+                             f"found {_found(state)}")
     try:
         n_res4 = len({k.split(".")[3] for k in state if k.startswith("backbone.bottom_up.res4.")})
         conv2 = state["backbone.bottom_up.res2.0.conv2.weight"]
         cls_rows = state["roi_heads.box_predictor.cls_score.weight"].shape[0]
     except KeyError as exc:
-        raise ModelLoadError(f"not a detectron2 Mask R-CNN with a ResNet-FPN backbone: {exc.args[0]} is missing") from exc
+        raise ModelLoadError(f"not a detectron2 Mask R-CNN with a ResNet-FPN backbone: {exc.args[0]} is missing; "
+                             f"found {_found(state)}") from exc
     depth = {6: 50, 23: 101}.get(n_res4)
     if depth is None:
         raise ModelLoadError(f"a ResNet with {n_res4} blocks in res4 is not supported (ResNet-50: 6, ResNet-101: 23)")
@@ -296,6 +309,33 @@ def detectron2_architecture(state: dict) -> dict:
     groups = out_channels // in_per_group
     return {"depth": depth, "groups": groups, "width_per_group": out_channels // groups,
             "num_classes": int(cls_rows) - 1}
+
+
+def config_contradictions(cfg: dict, state: dict) -> list[str]:
+    """Shapes a detectron2 config fixes that the weights contradict (layer widths, anchors per location)."""
+    facts = []
+    lateral = state.get("backbone.fpn_lateral2.weight")
+    if lateral is not None:
+        facts.append(("MODEL.FPN.OUT_CHANNELS", int(lateral.shape[0])))
+    fc1 = state.get("roi_heads.box_head.fc1.weight")
+    if fc1 is not None:
+        facts.append(("MODEL.ROI_BOX_HEAD.FC_DIM", int(fc1.shape[0])))
+    fcn1 = state.get("roi_heads.mask_head.mask_fcn1.weight")
+    if fcn1 is not None:
+        facts.append(("MODEL.ROI_MASK_HEAD.CONV_DIM", int(fcn1.shape[0])))
+    found = []
+    for key, value in facts:
+        wanted = _get(cfg, key)
+        if wanted is not None and int(wanted) != value:
+            found.append(f"{key} {wanted} in config.yaml vs {value} in the weights")
+    logits = state.get("proposal_generator.rpn_head.objectness_logits.weight")
+    sizes, ratios = _get(cfg, "MODEL.ANCHOR_GENERATOR.SIZES"), _get(cfg, "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS")
+    if logits is not None and sizes and ratios:
+        per_location = len(sizes[0]) * len(ratios[0])
+        if per_location != int(logits.shape[0]):
+            found.append(f"{per_location} anchors per location in config.yaml (SIZES x ASPECT_RATIOS) vs "
+                         f"{int(logits.shape[0])} in the RPN weights")
+    return found
 
 
 def convert_detectron2_state(state: dict, num_classes: int) -> tuple[dict, list[str]]:

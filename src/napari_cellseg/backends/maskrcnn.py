@@ -13,6 +13,7 @@ rebuilds tensors, arrays and plain containers and replaces any other object by a
 from __future__ import annotations
 
 import logging
+import mmap
 import pickle
 import zipfile
 from pathlib import Path
@@ -24,8 +25,9 @@ from ..core.tiling import TileDetections
 from .base import InferenceSettings, ModelInfo, ModelLoadError, checkpoint_pickle, resolve_device
 from .detectron2_inference import Detectron2Inference
 from .detectron2_convert import (
-    IMAGENET_MEAN_255, IMAGENET_STD_255, MaskRCNNConfig, config_from_detectron2, convert_detectron2_state,
-    detectron2_architecture, is_caffe2_state, is_detectron2_state, load_weights_strict, read_config_yaml,
+    IMAGENET_MEAN_255, IMAGENET_STD_255, MaskRCNNConfig, config_contradictions, config_from_detectron2,
+    convert_detectron2_state, detectron2_architecture, is_caffe2_state, is_detectron2_state, load_weights_strict,
+    read_config_yaml,
 )
 
 NAME = "maskrcnn"
@@ -33,7 +35,6 @@ NORMALIZATIONS = ("model", "imagenet", "image")
 log = logging.getLogger(__name__)
 
 _MARKERS = (b"proposal_generator.rpn_head", b"backbone.bottom_up.", b"rpn.head.cls_logits", b"backbone.body.")
-_PROBE_BYTES = 1 << 20
 
 
 def probe(path: Path) -> bool:
@@ -45,9 +46,13 @@ def probe(path: Path) -> bool:
             data = checkpoint_pickle(path) or b""
             return b"ultralytics" not in data and b"roi_heads" in data and any(m in data for m in _MARKERS)
         with open(path, "rb") as fh:
-            head = fh.read(_PROBE_BYTES)
-        return head[:1] == b"\x80" and any(m in head for m in _MARKERS)
-    except (OSError, zipfile.BadZipFile):
+            if fh.read(1) != b"\x80":
+                return False
+            # a plain pickle stores names next to their arrays: the first key's array (e.g. a 1 MB
+            # fpn_lateral5 weight in fp16) can push every marker past any fixed-size head
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                return any(data.find(m) >= 0 for m in _MARKERS)
+    except (OSError, ValueError, zipfile.BadZipFile):
         return False
 
 
@@ -107,14 +112,19 @@ def read_checkpoint(path: Path) -> dict:
             except pickle.UnpicklingError:  # trainer or scheduler objects beside the weights
                 return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_SafePickleModule)
         with open(path, "rb") as fh:
-            if fh.read(2) == b"\x80\x02" and path.suffix.lower() != ".pkl":  # legacy torch.save format
+            head = fh.read(2)
+            if head == b"PK":  # a torch zip checkpoint whose directory at the end is missing
+                raise ModelLoadError(f"{path}: a truncated or corrupted PyTorch checkpoint "
+                                     f"({path.stat().st_size:,} bytes, no zip directory at its end)")
+            if head == b"\x80\x02" and path.suffix.lower() != ".pkl":  # legacy torch.save format
                 return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_SafePickleModule)
             fh.seek(0)
             return _SafeUnpickler(fh, encoding="latin1").load()
     except ModelLoadError:
         raise
     except Exception as exc:
-        raise ModelLoadError(f"{path}: cannot read the checkpoint ({type(exc).__name__}: {exc}); "
+        reason = " ".join(str(exc).split())  # one line
+        raise ModelLoadError(f"{path}: cannot read the checkpoint ({type(exc).__name__}: {reason}); "
                              "the file may be truncated") from exc
 
 
@@ -137,10 +147,16 @@ def checkpoint_to_torchvision(path: Path, checkpoint: dict | None = None) -> tup
         config = MaskRCNNConfig.from_dict(ours["maskrcnn_config"])
         return state, [], config
     if is_detectron2_state(state):
-        arch = detectron2_architecture(state)
+        try:
+            arch = detectron2_architecture(state)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"{path}: {exc}") from None
         config_path = Path(path).parent / "config.yaml"
+        contradictions = []
         if config_path.is_file():
-            config = config_from_detectron2(read_config_yaml(config_path), str(config_path))
+            cfg = read_config_yaml(config_path)
+            config = config_from_detectron2(cfg, str(config_path))
+            contradictions = config_contradictions(cfg, state)
         else:
             config = config_from_detectron2(None)
             if arch["groups"] > 1:  # FB/Caffe2 ResNeXt ImageNet models: other strides and std
@@ -150,7 +166,7 @@ def checkpoint_to_torchvision(path: Path, checkpoint: dict | None = None) -> tup
                 config.notes.append("ResNeXt without config.yaml: STRIDE_IN_1X1 False and PIXEL_STD "
                                     f"{list(D2_PIXEL_STD_FB)} (detectron2's X-101-32x8d configs)")
         mismatch = [f"{k} {getattr(config, k)} in config.yaml vs {v} in the weights"
-                    for k, v in arch.items() if getattr(config, k) != v and config_path.is_file()]
+                    for k, v in arch.items() if getattr(config, k) != v and config_path.is_file()] + contradictions
         if mismatch:
             raise ModelLoadError(f"{path}: config.yaml does not describe these weights: " + "; ".join(mismatch))
         for key, value in arch.items():
@@ -164,6 +180,9 @@ def checkpoint_to_torchvision(path: Path, checkpoint: dict | None = None) -> tup
         rows = state.get("roi_heads.box_predictor.cls_score.weight")
         if rows is None:
             raise ModelLoadError(f"{path}: a torchvision detection checkpoint without a box predictor")
+        if not any(k.startswith("roi_heads.mask_predictor.") for k in state):
+            raise ModelLoadError(f"{path}: a torchvision Faster R-CNN (boxes only: no roi_heads.mask_predictor), "
+                                 "not a Mask R-CNN")
         config = MaskRCNNConfig.torchvision_default(int(rows.shape[0]) - 1)
         conv2 = state.get("backbone.body.layer1.0.conv2.weight")
         n_layer3 = len({k.split(".")[3] for k in state if k.startswith("backbone.body.layer3.")})
