@@ -172,3 +172,19 @@ def test_config_contradicting_the_weights_is_one_line_error(tmp_path):
         load_model(tmp_path / "model_final.pth", device="cpu")
     message = str(info.value)
     assert "num_classes 3 in config.yaml vs 1 in the weights" in message and "\n" not in message
+
+
+def test_ensembles_run_on_the_exact_path(fixture_model):
+    """A one-model list is the single model; two identical members fuse back to its instances."""
+    from napari_cellseg.backends.ensemble import EnsembleBackend
+
+    ref, rgb = _reference(IMAGES[0])
+    settings = InferenceSettings(conf=MIN_SCORE)
+    single = fixture_model.predict_tile(rgb, settings)
+    assert load_model([FIXTURE / "model_final.pth"], device="cpu").predict_tile(rgb, settings).scores.tolist() \
+        == single.scores.tolist()
+    fused = EnsembleBackend([fixture_model, fixture_model]).predict_tile(rgb, settings)
+    order_single, order_fused = np.argsort(-single.scores, kind="stable"), np.argsort(-fused.scores, kind="stable")
+    assert len(fused) == len(single)
+    np.testing.assert_allclose(fused.scores[order_fused], single.scores[order_single], atol=1e-6)
+    assert np.array_equal(fused.masks[order_fused], single.masks[order_single])
