@@ -117,3 +117,29 @@ def test_docs_links_and_navigation_resolve():
             if target and not is_image and not (page.parent / target).exists():
                 broken.append(f"{page.name} -> {target}")
     assert not broken, f"broken links between docs pages: {broken}"
+
+
+def _example_commands(markdown: str):
+    """The napari-cellseg command lines of the ```bash blocks; synopses ([--option], a|b, ...) are left out."""
+    for block in re.findall(r"```bash\n(.*?)```", markdown, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.split(r"\s+#", line)[0].strip()
+            if line.startswith("napari-cellseg ") and not re.search(r"\[|\||\.\.\.", line):
+                yield line
+
+
+def test_example_commands_parse():
+    import shlex
+
+    parser = build_parser()
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    checked, failed = 0, []
+    for page in pages:
+        for line in _example_commands(page.read_text(encoding="utf-8")):
+            try:
+                parser.parse_args(shlex.split(line)[1:])
+                checked += 1
+            except SystemExit:
+                failed.append(f"{page.name}: {line}")
+    assert not failed, f"example commands the CLI rejects: {failed}"
+    assert checked >= 10
