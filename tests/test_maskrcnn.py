@@ -142,6 +142,18 @@ def test_aligned_roi_align_is_roialignv2():
     assert not torch.allclose(aligned, legacy)
 
 
+def test_resnext_config_builds_grouped_convolutions_with_the_stride_in_the_3x3(tmp_path):
+    state = detectron2_state(num_classes=1, groups=32, width=4, seed=2, cell_bias=8.0)
+    config = SMALL_CONFIG.replace("STRIDE_IN_1X1: true", "STRIDE_IN_1X1: false, NUM_GROUPS: 32, WIDTH_PER_GROUP: 4")
+    model = load_model(save_pth(state, tmp_path / "x50" / "model_final.pth", config % 1), device="cpu")
+    assert model.architecture == "ResNeXt-50-32x4d-FPN" and not model.config.stride_in_1x1
+    block = model.model.backbone.body.layer2[0]
+    assert block.conv2.groups == 32 and block.conv1.stride == (1, 1) and block.conv2.stride == (2, 2)
+    found = model.predict_tile((np.random.default_rng(4).random((96, 128, 3)) * 255).astype(np.uint8),
+                               InferenceSettings(conf=0.5))
+    assert len(found) > 0 and (found.class_ids == 0).all()
+
+
 def test_pkl_without_config_uses_defaults_and_says_so(d2_state, tmp_path):
     path = save_pkl(d2_state, tmp_path / "model_final.pkl")
     model = load_model(path, device="cpu")

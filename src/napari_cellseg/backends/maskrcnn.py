@@ -1,10 +1,13 @@
 """Mask R-CNN (ResNet-50-FPN / ResNeXt-101-32x8d-FPN) on torchvision, for torchvision and detectron2 checkpoints.
 
 detectron2 checkpoints (``model_final.pth`` or the model-zoo ``.pkl``) are converted by name
-(:mod:`.detectron2_convert`) and run the way detectron2 runs them: BGR 0..255 input with the
-checkpoint's pixel mean/std, shortest-edge resize of the whole frame, ROIAlignV2, Caffe-style
-strides. Settings come from the ``config.yaml`` beside the checkpoint, or detectron2's defaults
-(noted in ``info.extra['notes']`` and logged).
+(:mod:`.detectron2_convert`) into torchvision's modules and run with detectron2's own inference
+arithmetic (:mod:`.detectron2_inference`: PIL resize of the uint8 frame, BGR 0..255 minus the
+checkpoint's pixel mean/std, unrounded anchors, per-level RPN top-k, ROIAlignV2, class-specific
+boxes, per-class NMS, detectron2's mask pasting); on the shared detectron2 fixture this gives
+DefaultPredictor's detections within float32 noise. Settings come from the ``config.yaml`` beside
+the checkpoint, or detectron2's defaults (noted in ``info.extra['notes']`` and logged).
+torchvision checkpoints keep torchvision's own heads.
 
 Loading never runs code from the file: ``.pth`` files load with ``weights_only``; other pickles
 (detectron2's ``.pkl``, or checkpoints that carry trainer state) go through an unpickler that only
