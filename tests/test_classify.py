@@ -101,8 +101,9 @@ def test_cross_validation_reports_every_fold():
     labels = np.array([0, 1] * 6)
     crops = np.stack([_spot_or_ring(k, rng) for k in labels])
     summary = run(cross_validate_iter(crops, labels, ["spot", "ring"], folds=2, epochs=1, batch_size=6))
-    assert len(summary["fold_accuracy"]) == 2
-    assert summary["mean_accuracy"] == pytest.approx(np.mean(summary["fold_accuracy"]))
+    assert len(summary["fold_balanced_accuracy"]) == 2
+    assert summary["mean_balanced_accuracy"] == pytest.approx(np.mean(summary["fold_balanced_accuracy"]))
+    assert summary["std_balanced_accuracy"] == pytest.approx(np.std(summary["fold_balanced_accuracy"]))
     assert summary["confusion"].sum() == 12
     assert confusion_matrix(np.array([0, 1, 1]), np.array([0, 0, 1]), 2).tolist() == [[1, 0], [1, 1]]
 
@@ -118,7 +119,8 @@ def test_train_and_classify_cli(tmp_path, capsys, tiny_classifier):
     assert main(["train-classifier", str(tmp_path / "crops"), "--out", str(out), "--epochs", "1",
                  "--folds", "2", "--batch", "4", "--val", str(tmp_path / "crops")]) == 0
     printed = capsys.readouterr().out
-    assert "training from scratch" in printed and "per-fold accuracy" in printed and "confusion matrix" in printed
+    assert "random weights" in printed and "cross-validation (2 folds, eval mode" in printed
+    assert "confusion matrix" in printed and "train accuracy" not in printed
     assert load_classifier(out).class_names == ["ring", "spot"]
     assert main(["classify", str(tmp_path / "crops"), "--model", str(out), "--out", str(tmp_path / "res")]) == 0
     rows = list(csv.DictReader(open(tmp_path / "res" / "crops_phenotypes.csv")))

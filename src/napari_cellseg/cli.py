@@ -321,38 +321,55 @@ def cmd_track(args) -> int:
 
 def cmd_train_classifier(args) -> int:
     from .classify.train import cross_validate_iter, load_crop_folders, train_iter
+    from .core.io import write_csv
     from .core.pipeline import run
 
-    crops, labels, classes = load_crop_folders(args.crops, args.crop_size)
+    channels = [args.channel] if args.channel is not None else None
+    crops, labels, classes, tracks = load_crop_folders(args.crops, args.crop_size, channels)
     val = None
     if args.val:
-        val_crops, val_labels, val_classes = load_crop_folders(args.val, crops.shape[-1])
-        if val_classes != classes:
-            raise CliError(f"validation classes {val_classes} differ from training classes {classes}")
+        val_crops, val_labels, _, _ = load_crop_folders(args.val, crops.shape[-1], channels, class_names=classes)
         val = (val_crops, val_labels)
-    options = dict(epochs=args.epochs, batch_size=args.batch, lr=args.lr, freeze=args.freeze, init=args.init)
+    options = dict(epochs=args.epochs, batch_size=args.batch, lr=args.lr, freeze=args.freeze, init=args.init,
+                   device=args.device)
 
     def report(progress):
         if progress.train_loss is not None:
             fold = "" if progress.fold is None else f"fold {progress.fold + 1}: "
-            val_text = "" if progress.val_accuracy is None else f", val accuracy {progress.val_accuracy:.3f}"
-            print(f"{fold}epoch {progress.epoch}: loss {progress.train_loss:.4f}, "
-                  f"train accuracy {progress.train_accuracy:.3f}{val_text}", flush=True)
+            val_text = ("" if progress.val_accuracy is None else
+                        f"; validation (eval mode) accuracy {progress.val_accuracy:.3f}, "
+                        f"balanced {progress.val_balanced_accuracy:.3f}")
+            print(f"{fold}epoch {progress.epoch}: training loss {progress.train_loss:.4f}{val_text}", flush=True)
         elif progress.done == 0 and progress.message:
             print(progress.message, flush=True)
 
-    print(f"{len(crops)} crops of {crops.shape[1]} channel(s), {crops.shape[-1]} px; classes: {', '.join(classes)}")
+    print(f"{len(crops)} crops of {crops.shape[1]} channel(s), {crops.shape[-1]} px; classes: {', '.join(classes)}"
+          + ("; tracks from file names" if tracks is not None else ""))
     if args.folds:
-        summary = run(cross_validate_iter(crops, labels, classes, folds=args.folds, **options), report)
-        print("per-fold accuracy: " + ", ".join(f"{a:.3f}" for a in summary["fold_accuracy"])
-              + f"; mean {summary['mean_accuracy']:.3f}")
-    result = run(train_iter(crops, labels, classes, val=val, **options), report)
-    result.classifier.save(args.out, history=result.history, notes=result.notes)
-    if result.confusion is not None:
-        print("confusion matrix (rows: true, columns: predicted):")
-        for name, row in zip(classes, result.confusion):
-            print(f"  {name:>16} " + " ".join(f"{v:4d}" for v in row))
-    print(f"classifier written: {args.out}")
+        summary = run(cross_validate_iter(crops, labels, classes, folds=args.folds, tracks=tracks, **options),
+                      report)
+        print(f"cross-validation ({args.folds} folds, eval mode, held-out fold, last epoch): balanced accuracy "
+              + ", ".join(f"{a:.3f}" for a in summary["fold_balanced_accuracy"])
+              + f"; mean {summary['mean_balanced_accuracy']:.3f} +/- {summary['std_balanced_accuracy']:.3f} (sd)")
+    result = run(train_iter(crops, labels, classes, val=val, tracks=tracks, val_fraction=args.val_fraction,
+                            **options), report)
+    out = Path(args.out)
+    last = out.with_name(out.stem + "_last" + (out.suffix or ".pt"))
+    extra = dict(history=result.history, notes=result.notes)
+    result.classifier.save(out, best_epoch=result.best_epoch, **extra)
+    result.last.save(last, best_epoch=len(result.history), **extra)
+    stem = out.with_suffix("")
+    write_csv(stem.with_name(stem.name + "_history.csv"),
+              {k: [row.get(k, "") for row in result.history] for k in result.history[0]})
+    if result.evaluation is not None:
+        print(f"best epoch {result.best_epoch} of {len(result.history)} by validation balanced accuracy")
+        for line in result.evaluation.report_lines():
+            print(line)
+        written = result.evaluation.write_csvs(stem)
+        print("validation CSVs: " + ", ".join(str(p) for p in written))
+    for warning in result.warnings:
+        print(f"WARNING: {warning}")
+    print(f"classifier written: {out} (best epoch); last epoch: {last}")
     return 0
 
 
@@ -362,16 +379,18 @@ def cmd_classify(args) -> int:
     from .core.io import read_image, write_csv
     from .core.pipeline import run
 
-    classifier = load_classifier(args.model)
+    class_names = [n.strip() for n in args.class_names.split(",") if n.strip()] if args.class_names else None
+    classifier = load_classifier(args.model, device=args.device, class_names=class_names)
     target = Path(args.target)
     out = Path(args.out)
     _check_writable(out)
+    channels = [args.channel] if args.channel is not None else None
     if target.is_dir():  # loose crops, one folder per class or not
         from .classify.crops import crop_file
         from .core.io import IMAGE_SUFFIXES
 
         files = sorted(p for p in target.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        crops = [crop_file(path, classifier.crop_size) for path in files]
+        crops = [crop_file(path, classifier.crop_size, channels) for path in files]
         probabilities = classifier.predict(np.stack(crops)) if crops else np.zeros((0, 1))
         names = np.array(classifier.class_names, dtype=object)
         best = probabilities.argmax(1)
@@ -382,8 +401,7 @@ def cmd_classify(args) -> int:
     if not args.labels:
         raise CliError("give --labels TRACKED.tif for an image, or a folder of crops")
     image, labels = read_image(target, lazy=False), read_image(args.labels, lazy=False)
-    result = run(classify_iter(image, labels, classifier, channels=[args.channel] if args.channel is not None
-                               else None))
+    result = run(classify_iter(image, labels, classifier, channels=channels))
     stem = target.stem
     write_csv(out / f"{stem}_phenotypes.csv", result.rows())
     write_csv(out / f"{stem}_tracks_phenotype.csv", result.per_track())
@@ -539,24 +557,40 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_track)
 
     tc = sub.add_parser("train-classifier", help="train the ResNet50 phenotype classifier on crop folders")
-    tc.add_argument("crops", help="folder with one sub-folder of crop images per class")
-    tc.add_argument("--out", required=True, help="classifier file to write (.pt)")
+    tc.add_argument("crops", help="folder with one sub-folder of crop images per class (track<N> in a file "
+                                  "name groups a track's crops on one side of the validation split)")
+    tc.add_argument("--out", required=True, help="classifier file to write (.pt): the best epoch by validation "
+                                                 "balanced accuracy; <out>_last.pt, _validation.csv, "
+                                                 "_confusion.csv and _history.csv beside it")
     tc.add_argument("--val", default=None, help="a separate (curated) validation folder, same classes")
+    tc.add_argument("--val-fraction", type=float, default=0.2,
+                    help="without --val: share of each class held out for validation (0: none)")
     tc.add_argument("--epochs", type=int, default=10)
     tc.add_argument("--batch", type=int, default=32)
     tc.add_argument("--lr", type=float, default=1e-3)
     tc.add_argument("--folds", type=int, default=0, help="k-fold cross-validation before the final training")
     tc.add_argument("--freeze", choices=["seed", "head", "none"], default="seed",
-                    help="seed: train only the first convolution and the final layer (default)")
-    tc.add_argument("--init", default=None, help="ImageNet ResNet50 weights file (local) to start from")
-    tc.add_argument("--crop-size", type=int, default=None, help="crop side (default: the crops' own size)")
+                    help="with ImageNet weights, seed: train only the first convolution and the final layer "
+                         "(default); without them every layer trains")
+    tc.add_argument("--init", default="auto",
+                    help="ImageNet ResNet50 weights: a local file, 'auto' (torchvision's cache if it has them, "
+                         "else random; never downloads), 'imagenet' (download when online) or 'none'")
+    tc.add_argument("--crop-size", type=int, default=40, help="crops are resized to this side (default 40)")
+    tc.add_argument("--channel", type=int, default=None, help="channel of multi-channel crop files")
+    tc.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     tc.set_defaults(func=cmd_train_classifier)
 
     cl = sub.add_parser("classify", help="classify tracked cells frame by frame, or a folder of loose crops")
     cl.add_argument("target", help="image stack (T x H x W [x C]) or a folder of crops")
     cl.add_argument("--labels", default=None, help="tracked labels (T x H x W): label value = track id")
-    cl.add_argument("--model", required=True, help="classifier file")
+    cl.add_argument("--model", required=True, help="classifier file (the plugin's, or a ResNet50 state dict "
+                                                   "or whole model with a 1-channel first convolution)")
+    cl.add_argument("--class-names", default=None,
+                    help="comma-separated class names in the model's output order (foreign weights; default "
+                         "for 8 outputs: the seed's order Nuclear,Aggregate,Cytoplasm,Triple,BinaryAggregate,"
+                         "Fragmented,Circular,Senescent)")
     cl.add_argument("--channel", type=int, default=None, help="channel of a multi-channel image")
+    cl.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     cl.add_argument("--out", default=".", help="output folder")
     cl.set_defaults(func=cmd_classify)
 

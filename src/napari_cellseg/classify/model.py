@@ -1,10 +1,13 @@
 """The ResNet50 phenotype classifier: build, load (safely), save, predict.
 
 Checkpoints are plain dicts of tensors and strings, loaded with ``weights_only=True``:
-``{"format": FORMAT, "state_dict", "class_names", "in_channels", "crop_size"}``. A bare
-torchvision ResNet50 state dict (or one under ``state_dict``/``model_state_dict``) loads
-too: its first convolution is averaged over its input channels when the model expects
-fewer, and the class count comes from the final layer.
+``{"format": FORMAT, "state_dict", "class_names", "in_channels", "crop_size", "crop_mode"}``.
+Foreign weights load too: a bare torchvision ResNet50 state dict (or one under
+``state_dict``/``model_state_dict``), or a whole pickled torchvision ResNet50 (``torch.save(model)``,
+as the seed's code saved it; unpickled with only torchvision's ResNet classes allowed). Their
+first convolution is averaged over its input channels when the model expects fewer; the class
+count comes from the final layer, the class names from ``class_names`` or, for 8 outputs, the
+seed's documented order ``DEFAULT_CLASSES``.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ FORMAT = "napari-cellseg/resnet50-classifier/1"
 DEFAULT_CLASSES = ("Nuclear", "Aggregate", "Cytoplasm", "Triple", "BinaryAggregate", "Fragmented", "Circular",
                    "Senescent")
 DEFAULT_CROP = 40
+SEED_CROP_MODE = "resize"  # each cell's box resized to the crop size (see crops.py)
 
 
 class ClassifierLoadError(ValueError):
@@ -49,6 +53,7 @@ class Classifier:
     device: str = "cpu"
     path: str | None = None
     sha256: str | None = None
+    crop_mode: str = SEED_CROP_MODE
 
     def predict(self, crops: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """(N, C, H, W) or (N, H, W) float crops in [0, 1] -> (N, n_classes) probabilities."""
@@ -90,10 +95,13 @@ class Classifier:
 
         with atomic_path(path) as tmp:
             torch.save({"format": FORMAT, "state_dict": self.model.state_dict(), "class_names": list(self.class_names),
-                        "in_channels": self.in_channels, "crop_size": self.crop_size, **extra}, tmp)
+                        "in_channels": self.in_channels, "crop_size": self.crop_size, "crop_mode": self.crop_mode,
+                        **extra}, tmp)
 
 
 def _state_dict_of(checkpoint) -> dict:
+    if hasattr(checkpoint, "state_dict") and callable(checkpoint.state_dict):  # a whole model
+        return checkpoint.state_dict()
     if not isinstance(checkpoint, dict):
         raise ClassifierLoadError("expected a state dict or a checkpoint dict")
     for key in ("state_dict", "model_state_dict", "model"):
@@ -102,17 +110,42 @@ def _state_dict_of(checkpoint) -> dict:
     return checkpoint
 
 
-def load_classifier(path: str | Path, device: str = "cpu", in_channels: int | None = None,
-                    class_names: list[str] | None = None) -> Classifier:
+def _resnet_safe_globals() -> list:
+    """The classes a pickled torchvision ResNet50 is made of: all ``torch.load`` may build."""
+    import torch
+    from torchvision.models import resnet
+
+    nn = torch.nn
+    return [resnet.ResNet, resnet.Bottleneck, resnet.BasicBlock, nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d,
+            nn.AdaptiveAvgPool2d, nn.Linear, nn.Sequential, nn.Identity, nn.Dropout, set]
+
+
+def _load_weights_only(path: Path):
+    """``torch.load(weights_only=True)``; a whole pickled ResNet is allowed only its own classes."""
+    import pickle
+
     import torch
 
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)  # no code runs from the file
+    except pickle.UnpicklingError as exc:
+        if "torchvision.models.resnet" not in str(exc) and "torch.nn.modules" not in str(exc):
+            raise
+    with torch.serialization.safe_globals(_resnet_safe_globals()):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_classifier(path: str | Path, device: str = "cpu", in_channels: int | None = None,
+                    class_names: list[str] | None = None) -> Classifier:
+    from ..backends.base import resolve_device
     from ..core.io import sha256_of
 
+    device = resolve_device(device)
     path = Path(path)
     if not path.is_file():
         raise ClassifierLoadError(f"{path}: no such classifier file")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # no code runs from the file
+        checkpoint = _load_weights_only(path)
     except Exception as exc:
         raise ClassifierLoadError(
             f"{path}: not a plain PyTorch state dict or checkpoint ({type(exc).__name__}: {str(exc)[:200]})"
@@ -124,6 +157,8 @@ def load_classifier(path: str | Path, device: str = "cpu", in_channels: int | No
     n_classes = int(state["fc.weight"].shape[0])
     ours = isinstance(checkpoint, dict) and checkpoint.get("format") == FORMAT
     in_channels = int(in_channels or (checkpoint["in_channels"] if ours else 1))
+    if isinstance(class_names, str):
+        class_names = [n.strip() for n in class_names.split(",") if n.strip()]
     names = list(class_names or (checkpoint.get("class_names") if ours else None)
                  or (DEFAULT_CLASSES if n_classes == len(DEFAULT_CLASSES) else [f"class_{i}" for i in range(n_classes)]))
     if len(names) != n_classes:
@@ -145,5 +180,7 @@ def load_classifier(path: str | Path, device: str = "cpu", in_channels: int | No
         )
     model.load_state_dict(state)
     crop = int(checkpoint.get("crop_size", DEFAULT_CROP)) if ours else DEFAULT_CROP
+    # plugin checkpoints from before crop_mode cut fixed windows; foreign weights follow the seed
+    crop_mode = str(checkpoint.get("crop_mode", "window")) if ours else SEED_CROP_MODE
     return Classifier(model.to(device).eval(), names, in_channels, crop, device, str(path.resolve()),
-                      sha256_of(path))
+                      sha256_of(path), crop_mode)

@@ -57,7 +57,8 @@ def classify_iter(image: np.ndarray, tracked: np.ndarray, classifier: Classifier
     n_frames = stack.shape[0]
     crops_all, rows_all = [], []
     for t in range(n_frames):
-        crops, rows = cell_crops(image[t:t + 1], stack[t:t + 1], classifier.crop_size, channels)
+        crops, rows = cell_crops(image[t:t + 1], stack[t:t + 1], classifier.crop_size, channels,
+                                 getattr(classifier, "crop_mode", "resize"))
         rows["frame"] = rows["frame"] + t
         crops_all.append(crops)
         rows_all.append(rows)
@@ -82,5 +83,6 @@ def classify_iter(image: np.ndarray, tracked: np.ndarray, classifier: Classifier
     })
     return PhenotypeResult(table, list(classifier.class_names), {
         "classifier": classifier.path, "classifier_sha256": classifier.sha256, "crop_size": classifier.crop_size,
+        "crop_mode": classifier.crop_mode,
         "channels": channels,
     })
