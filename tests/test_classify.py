@@ -146,10 +146,17 @@ def test_classify_widget_points_timeline_and_training_from_points(qtbot, make_na
     tracked[:, 10:20, 10:20] = 1
     tracked[:2, 40:50, 40:50] = 2
     image_layer = viewer.add_image(np.random.default_rng(4).random((3, 60, 60)), name="movie")
+    viewer.add_labels(np.zeros((60, 60), np.int32), name="ground truth 2-D")  # first, but no time axis
     tracked_layer = viewer.add_labels(tracked, name="tracked")
     widget = ClassifyWidget(viewer)
-    widget.image.value, widget.tracked.value = image_layer, tracked_layer
+    assert widget.tracked.value is tracked_layer and widget.image.value is image_layer
+    assert not widget.run_button.enabled  # no classifier chosen yet
     widget.model_file.value = str(tiny_classifier)
+    assert widget.run_button.enabled
+    for control in (widget.image, widget.tracked, widget.model_file, widget.class_names, widget.channel,
+                    widget.device, widget.train_points, widget.crop_size, widget.train_epochs, widget.init,
+                    widget.train_out, widget.train_button, widget.track_id, widget.csv_dir, widget.save_button):
+        assert control.tooltip, control.label
     widget.run()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
     points = viewer.layers[-1]
@@ -172,6 +179,20 @@ def test_classify_widget_points_timeline_and_training_from_points(qtbot, make_na
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
     assert load_classifier(tmp_path / "mine.pt").class_names == ["spot", "ring"]
     assert widget.model_file.value == tmp_path / "mine.pt"
+    assert (tmp_path / "mine_last.pt").is_file()
+    assert "no validation crops" in widget.status.value  # one track per class: none can be held out
+
+    coords = [[0, 15 + 5 * (i % 4), 15 + 8 * i] for i in range(8)]  # points off the cells: each stands alone
+    hand = viewer.add_points(coords, features={"phenotype": ["spot", "ring"] * 4}, name="hand")
+    widget.train_points.reset_choices()
+    widget.train_points.value = hand
+    widget.train_out.value = str(tmp_path / "hand.pt")
+    widget.train_from_points()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert (tmp_path / "hand_confusion.csv").is_file() and (tmp_path / "hand_validation.csv").is_file()
+    validation = widget.validation.to_dataframe()  # eval-mode recall and confusion of the held-out points
+    assert list(validation["class"]) == ["ring", "spot"] and validation[["-> spot", "-> ring"]].to_numpy().sum() == 2
+    assert "validation balanced accuracy" in widget.status.value
 
 
 @pytest.mark.realdata
