@@ -152,3 +152,19 @@ def test_a_cell_is_cropped_resized_and_normalised_the_same_for_training_and_pred
     y0, x0 = int(round(cy)) - side // 2, int(round(cx)) - side // 2
     tifffile.imwrite(tmp_path / "cell.tif", frame[y0:y0 + side, x0:x0 + side])
     np.testing.assert_allclose(crop_file(tmp_path / "cell.tif", 40), crops[0], atol=1e-5)
+
+
+def test_crop_folders_with_track_names_split_by_track(tmp_path):
+    from napari_cellseg.classify.train import load_crop_folders
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for track in range(4):
+            for frame in range(3):
+                tifffile.imwrite(tmp_path / name / f"track{track}_t{frame}.tif",
+                                 rng.integers(0, 1000, (30, 30)).astype(np.uint16))
+    crops, labels, names, tracks = load_crop_folders(tmp_path, 40)
+    assert crops.shape == (24, 1, 40, 40) and names == ["a", "b"] and len(set(tracks)) == 8
+    val = split_validation(labels, tracks, 0.25, seed=0)
+    assert not set(tracks[val]) & set(tracks[~val]) and [val[labels == k].sum() for k in (0, 1)] == [3, 3]
