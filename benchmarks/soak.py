@@ -39,7 +39,7 @@ def main(argv=None):
     else:
         widget.model.combo.value = args.model
     widget.device.value = "cpu"
-    widget.tile.value = 128
+    widget.settings["tile"].value = 128
     app = QApplication.instance()
     process = psutil.Process()
     cancelled = 0

@@ -69,7 +69,7 @@ def test_diameter_sets_the_scale_and_off_keeps_the_models(tmp_path, tiny_yolo):
         (lambda d, m: [str(d / "ok.tif"), "--model", str(d / "nope.pt")], "no such model file"),
         (lambda d, m: [str(d / "ok.tif"), "--model", str(d / "notes.txt")], "not a model checkpoint"),
         (lambda d, m: [str(d / "tiny.tif"), "--model", m], "too small"),
-        (lambda d, m: [str(d / "ok.tif"), "--model", m, "--conf", "3"], "conf and iou"),
+        (lambda d, m: [str(d / "ok.tif"), "--model", m, "--conf", "3"], "conf must be in"),
         (lambda d, m: [str(d / "ok.tif"), "--model", m, "--diameter", "-2"], "diameter must be a positive number"),
         (lambda d, m: [str(d / "ok.tif"), "--model", m, "--diameter", "12"], "no reference object size"),
     ],

@@ -2,10 +2,9 @@ import numpy as np
 import pytest
 
 from napari_cellseg.widgets._layers import META_KEY
-from napari_cellseg.widgets.correct import CorrectWidget
-from napari_cellseg.widgets.segment import SegmentWidget
 
 from synthetic import disc_image
+from napari_path import open_widget
 
 pytestmark = pytest.mark.gui
 
@@ -15,13 +14,13 @@ def segmented(qtbot, make_napari_viewer):
     viewer = make_napari_viewer()
     image, truth = disc_image((128, 160), n=8, seed=21)
     viewer.add_image(image, name="cells")
-    seg = SegmentWidget(viewer)
+    seg = open_widget(viewer, "segment")
     seg.model.combo.value = "otsu-watershed"
     seg.run()
     qtbot.waitUntil(lambda: seg.worker is None, timeout=30_000)
     labels = next(l for l in viewer.layers if l.metadata.get(META_KEY, {}).get("role") == "labels")
     points = next(l for l in viewer.layers if l.metadata.get(META_KEY, {}).get("role") == "points")
-    widget = CorrectWidget(viewer)
+    widget = open_widget(viewer, "correct")
     widget.labels_layer.value = labels
     return viewer, widget, labels, points
 

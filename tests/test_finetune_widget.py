@@ -1,10 +1,10 @@
 import pytest
 
 from napari_cellseg.core.recent import recent_models
-from napari_cellseg.widgets.segment import SegmentWidget
 from napari_cellseg.widgets.train import FinetuneWidget
 
 from synthetic import disc_image
+from napari_path import open_widget
 
 pytestmark = pytest.mark.gui
 
@@ -14,8 +14,8 @@ def test_finetune_from_layers_registers_the_model_and_plots_curves(qtbot, make_n
     image, truth = disc_image((256, 256), n=16, seed=33)
     image_layer = viewer.add_image(image, name="cells")
     labels_layer = viewer.add_labels(truth, name="corrected")
-    segment = SegmentWidget(viewer)  # already open: must offer the new model without reopening
-    widget = FinetuneWidget(viewer)
+    segment = open_widget(viewer, "segment")  # already open: must offer the new model without reopening
+    widget = open_widget(viewer, "finetune")
     widget.image.value, widget.labels_layer.value = image_layer, labels_layer
     widget.model.value = str(tiny_yolo)
     widget.epochs.value = 2
@@ -33,7 +33,7 @@ def test_finetune_from_layers_registers_the_model_and_plots_curves(qtbot, make_n
 def test_cancel_stops_training_and_keeps_weights(qtbot, make_napari_viewer, tiny_yolo, tmp_path):
     viewer = make_napari_viewer()
     image, truth = disc_image((256, 256), n=16, seed=34)
-    widget = FinetuneWidget(viewer)
+    widget = open_widget(viewer, "finetune")
     widget.image.value = viewer.add_image(image, name="cells")
     widget.labels_layer.value = viewer.add_labels(truth, name="corrected")
     widget.model.value = str(tiny_yolo)
@@ -57,7 +57,7 @@ def test_finetune_widget_trains_a_mask_rcnn_checkpoint(qtbot, make_napari_viewer
     base = save_pth(detectron2_state(num_classes=1, seed=5), tmp_path / "d2" / "model_final.pth", SMALL_CONFIG % 1)
     viewer = make_napari_viewer()
     image, truth = disc_image((128, 128), n=5, radius=(8, 12), seed=35)
-    widget = FinetuneWidget(viewer)
+    widget = open_widget(viewer, "finetune")
     widget.image.value = viewer.add_image(image, name="cells")
     widget.labels_layer.value = viewer.add_labels(truth, name="corrected")
     widget.model.value = str(base)  # a Mask R-CNN checkpoint: the widget trains a Mask R-CNN
@@ -79,7 +79,7 @@ def test_the_status_reports_both_calibrated_thresholds(make_napari_viewer, tiny_
     from napari_cellseg.core.finetune import FinetuneResult
 
     widget = FinetuneWidget(make_napari_viewer())
-    path = shutil.copy(tiny_yolo, tmp_path / "tuned.pt")
+    shutil.copy(tiny_yolo, tmp_path / "tuned.pt")
     calibration = {"conf": 0.35, "tta": False, "images": ["a"], "f1_50_by_conf": {0.35: 0.9}}
     widget._on_done(FinetuneResult(tmp_path / "tuned.pt", 2, False, [], calibration, {**calibration, "conf": 0.3, "tta": True}))
     assert widget.status.value == ("saved tuned.pt; listed in Segment cells; score threshold 0.35 "

@@ -104,9 +104,13 @@ def test_torchvision_checkpoint_prediction_equals_torchvision_own_forward(d2_sta
     with torch.inference_mode():
         reference = model([rgb01])[0]
     assert len(ours) == len(reference["scores"]) > 0
-    assert np.allclose(ours.scores, reference["scores"].numpy(), atol=1e-5)
-    assert np.allclose(ours.boxes, reference["boxes"].numpy(), atol=1e-2)
-    assert np.allclose(ours.masks, reference["masks"][:, 0].numpy(), atol=1e-3)
+    # random weights give near-tied scores whose order can differ with float noise: match by box
+    ref_boxes = reference["boxes"].numpy()
+    match = np.abs(ours.boxes[:, None, :] - ref_boxes[None, :, :]).max(axis=2).argmin(axis=1)
+    assert sorted(match.tolist()) == list(range(len(ref_boxes)))  # one to one
+    assert np.allclose(ours.boxes, ref_boxes[match], atol=1e-2)
+    assert np.allclose(ours.scores, reference["scores"].numpy()[match], atol=1e-5)
+    assert np.allclose(ours.masks, reference["masks"][:, 0].numpy()[match], atol=1e-3)
 
 
 def test_stride_in_1x1_moves_the_downsampling_to_the_first_conv(d2_model, d2_state):

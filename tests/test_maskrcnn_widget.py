@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 
 from napari_cellseg.widgets._layers import META_KEY
-from napari_cellseg.widgets.segment import SegmentWidget, parse_class_conf
+from napari_cellseg.core.options import parse_class_conf
 
 from detectron2_style import SMALL_CONFIG, detectron2_state, save_pth
+from napari_path import open_widget
 
 pytestmark = pytest.mark.gui
 
@@ -23,11 +24,11 @@ def test_widget_runs_a_maskrcnn_ensemble_and_writes_labels(qtbot, make_napari_vi
     viewer = make_napari_viewer()
     image = (np.random.default_rng(0).random((90, 110)) * 255).astype(np.uint8)
     layer = viewer.add_image(image, name="cells")
-    widget = SegmentWidget(viewer)
+    widget = open_widget(viewer, "segment")
     widget.model.value = str(path)
     widget.ensemble.value = (str(path),)
-    widget.conf.value = 0.5
-    widget.normalization.value = "image"
+    widget.settings["conf"].value = 0.5
+    widget.settings["normalization"].value = "image"
     assert widget.model_spec() == [str(path.resolve()), str(path)]
     widget.run()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from napari_cellseg.core.measure import measure
+from napari_path import open_widget
 
 
 def _square_and_disc():
@@ -39,13 +40,12 @@ def test_stack_frames_and_mismatch():
 
 @pytest.mark.gui
 def test_measure_widget_features_table_and_csv(make_napari_viewer, tmp_path):
-    from napari_cellseg.widgets.measure import MeasureWidget
 
     viewer = make_napari_viewer()
     labels = _square_and_disc()
     viewer.add_image(np.where(labels > 0, 100.0, 1.0), name="dapi", scale=(0.2, 0.2))
     layer = viewer.add_labels(labels, name="cells", scale=(0.2, 0.2), features={"label": [1, 2], "score": [0.9, 0.8]})
-    widget = MeasureWidget(viewer)
+    widget = open_widget(viewer, "measure")
     widget.labels_layer.value = layer
     widget.images.value = ["dapi"]
     widget.measure()

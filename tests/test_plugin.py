@@ -8,6 +8,7 @@ import tifffile
 from napari_cellseg.widgets._layers import META_KEY
 
 from synthetic import disc_image
+from napari_path import open_widget
 
 
 def test_manifest_validates():
@@ -59,7 +60,6 @@ def test_sample_data_opens_with_ground_truth(make_napari_viewer):
 
 @pytest.mark.gui
 def test_evaluate_widget_reports_and_marks_misses(qtbot, make_napari_viewer):
-    from napari_cellseg.widgets.evaluate import EvaluateWidget
 
     viewer = make_napari_viewer()
     _, truth = disc_image((96, 96), n=6, seed=3)
@@ -68,7 +68,7 @@ def test_evaluate_widget_reports_and_marks_misses(qtbot, make_napari_viewer):
     pred[0:4, 0:4] = 40
     gt_layer = viewer.add_labels(truth, name="truth")
     pred_layer = viewer.add_labels(pred, name="pred")
-    widget = EvaluateWidget(viewer)
+    widget = open_widget(viewer, "evaluate")
     widget.prediction.value, widget.ground_truth.value = pred_layer, gt_layer
     widget.run()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=30_000)
@@ -83,12 +83,11 @@ def test_evaluate_widget_reports_and_marks_misses(qtbot, make_napari_viewer):
 
 @pytest.mark.gui
 def test_stack_counts_per_frame_are_plotted(qtbot, make_napari_viewer):
-    from napari_cellseg.widgets.segment import SegmentWidget
 
     viewer = make_napari_viewer()
     frames = [disc_image((96, 96), n=n, seed=n)[0] for n in (2, 4, 6)]
     viewer.add_image(np.stack(frames), name="movie")
-    widget = SegmentWidget(viewer)
+    widget = open_widget(viewer, "segment")
     widget.model.combo.value = "otsu-watershed"
     widget.run()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)

@@ -3,8 +3,8 @@ import pytest
 from synthetic import disc_image
 
 from napari_cellseg.core.recent import recent_models
-from napari_cellseg.widgets.segment import SegmentWidget
-from napari_cellseg.widgets.student import DISTIL, TRAIN, StudentWidget
+from napari_cellseg.widgets.student import DISTIL, TRAIN
+from napari_path import open_widget
 
 pytestmark = pytest.mark.gui
 
@@ -15,8 +15,8 @@ TINY = dict(widths=(8, 16, 32, 64, 128), steps_per_epoch=3)
 def test_student_widget_trains_plots_and_registers_the_model(qtbot, make_napari_viewer, tmp_path, mode):
     viewer = make_napari_viewer()
     image, truth = disc_image((160, 160), n=10, seed=5)
-    segment = SegmentWidget(viewer)  # already open: must offer the student without reopening
-    widget = StudentWidget(viewer)
+    segment = open_widget(viewer, "segment")  # already open: must offer the student without reopening
+    widget = open_widget(viewer, "student")
     widget.mode.value = mode
     widget.image.value = viewer.add_image(image, name="cells")
     widget.labels_layer.value = viewer.add_labels(truth, name="truth")
@@ -43,7 +43,7 @@ def test_student_widget_fine_tunes_a_student_on_corrected_labels(qtbot, make_nap
 
     viewer = make_napari_viewer()
     image, truth = disc_image((160, 160), n=10, seed=6)
-    widget = StudentWidget(viewer)
+    widget = open_widget(viewer, "student")
     widget.mode.value = TRAIN
     widget.image.value = viewer.add_image(image, name="cells")
     widget.labels_layer.value = viewer.add_labels(truth, name="corrected")

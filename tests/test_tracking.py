@@ -7,6 +7,7 @@ import tifffile
 from napari_cellseg.cli import main
 from napari_cellseg.core.pipeline import run
 from napari_cellseg.core.tracking import track_iter
+from napari_path import open_widget
 
 
 def _drifting(n_frames=5, missing=(2, 2)):
@@ -78,11 +79,10 @@ def test_track_cli_writes_tracked_stack_and_csv(tmp_path, capsys):
 
 @pytest.mark.gui
 def test_track_widget_adds_tracks_and_plots_size(qtbot, make_napari_viewer, tmp_path):
-    from napari_cellseg.widgets.track import TrackWidget
 
     viewer = make_napari_viewer()
     layer = viewer.add_labels(_drifting(), name="movie")
-    widget = TrackWidget(viewer)
+    widget = open_widget(viewer, "track")
     widget.labels_layer.value = layer
     widget.max_distance.value = 10
     widget.run()

@@ -2,10 +2,9 @@ import numpy as np
 import pytest
 
 from napari_cellseg.widgets._layers import META_KEY, is_edited
-from napari_cellseg.widgets.compare import CompareWidget
-from napari_cellseg.widgets.segment import SegmentWidget
 
 from synthetic import disc_image
+from napari_path import open_widget
 
 pytestmark = pytest.mark.gui
 
@@ -30,7 +29,7 @@ def viewer_with_image(make_napari_viewer):
 
 def test_segment_widget_adds_labels_and_points_with_provenance(qtbot, viewer_with_image):
     viewer, image_layer, truth = viewer_with_image
-    widget = SegmentWidget(viewer)
+    widget = open_widget(viewer, "segment")
     widget.model.combo.value = "otsu-watershed"
     shown = []  # what the viewer holds when the widget says the result is shown
     widget.result_shown.connect(lambda: shown.append((len(_own(viewer, "labels")), len(_own(viewer, "points")))))
@@ -50,7 +49,7 @@ def test_segment_widget_adds_labels_and_points_with_provenance(qtbot, viewer_wit
 
 def test_rerun_replaces_own_output_but_never_an_edited_layer(qtbot, viewer_with_image):
     viewer, image_layer, truth = viewer_with_image
-    widget = SegmentWidget(viewer)
+    widget = open_widget(viewer, "segment")
     widget.model.combo.value = "otsu-watershed"
     _run(qtbot, widget)
     first = _own(viewer, "labels")[0]
@@ -69,7 +68,7 @@ def test_rerun_replaces_own_output_but_never_an_edited_layer(qtbot, viewer_with_
 
 def test_rerun_updates_own_points_in_place(qtbot, viewer_with_image):
     viewer, image_layer, truth = viewer_with_image
-    widget = SegmentWidget(viewer)
+    widget = open_widget(viewer, "segment")
     widget.model.combo.value = "otsu-watershed"
     _run(qtbot, widget)
     (points,) = _own(viewer, "points")
@@ -87,7 +86,7 @@ def test_rerun_updates_own_points_in_place(qtbot, viewer_with_image):
 def test_cancel_adds_no_layer(qtbot, viewer_with_image, tiny_yolo):
     viewer, image_layer, _ = viewer_with_image
     image_layer.data = np.tile(image_layer.data, (4, 4))  # many tiles
-    widget = SegmentWidget(viewer)
+    widget = open_widget(viewer, "segment")
     widget.model.value = str(tiny_yolo)
     widget.device.value = "cpu"
     n_layers = len(viewer.layers)
@@ -103,7 +102,7 @@ def test_cancel_adds_no_layer(qtbot, viewer_with_image, tiny_yolo):
 def test_bad_input_is_notified_and_the_viewer_lives(qtbot, make_napari_viewer, tmp_path, monkeypatch):
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((1, 1), np.uint8), name="dot")
-    widget = SegmentWidget(viewer)
+    widget = open_widget(viewer, "segment")
     widget.model.combo.value = "otsu-watershed"
     errors = []
     monkeypatch.setattr("napari_cellseg.widgets._common.notify_error", lambda exc: errors.append(str(exc)))
@@ -115,7 +114,7 @@ def test_bad_input_is_notified_and_the_viewer_lives(qtbot, make_napari_viewer, t
 
 def test_chosen_model_is_loaded_in_the_background_and_reused_by_the_run(qtbot, viewer_with_image, tiny_yolo):
     viewer, _, _ = viewer_with_image
-    widget = SegmentWidget(viewer)
+    widget = open_widget(viewer, "segment")
     widget.device.value = "cpu"
     widget.model.value = str(tiny_yolo)
     widget.preload_thread.join(120)
@@ -133,7 +132,7 @@ def test_a_model_that_fails_to_preload_is_reported_by_the_run(qtbot, make_napari
     viewer.add_image(np.zeros((64, 64), np.uint8), name="blank")
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"PK\x03\x04 truncated")
-    widget = SegmentWidget(viewer)
+    widget = open_widget(viewer, "segment")
     widget.model.value = str(broken)
     widget.preload_thread.join(60)  # fails quietly: nothing to report until the user runs
     errors = []
@@ -149,10 +148,10 @@ def test_new_layers_get_their_overlays_and_visuals_back_after_the_steps(qtbot, v
         DEFERRABLE_OVERLAYS, SourceInfo, build_new_layers, write_result_layers_in_steps)
 
     viewer, image_layer, _ = viewer_with_image
-    widget = SegmentWidget(viewer)
+    widget = open_widget(viewer, "segment")
     widget.model.combo.value = "otsu-watershed"
     _run(qtbot, widget)
-    (labels,), (points,) = _own(viewer, "labels"), _own(viewer, "points")
+    (labels,), (_points,) = _own(viewer, "labels"), _own(viewer, "points")
     overlays = {"polygon", "brush_stroke", "bounding_box", "transform_box"}
     assert overlays <= set(labels._overlays)
     canvas = viewer.window._qt_viewer.canvas  # napari draws the visible overlays: here, the given-back ones
@@ -291,19 +290,19 @@ def test_a_new_layers_visual_and_controls_are_built_in_turns_before_it_joins(qtb
 
 def test_recent_models_are_offered(qtbot, make_napari_viewer, tiny_yolo):
     viewer = make_napari_viewer()
-    widget = SegmentWidget(viewer)
+    widget = open_widget(viewer, "segment")
     widget.model.value = str(tiny_yolo)
     assert widget.model.value == str(tiny_yolo.resolve())
-    again = SegmentWidget(viewer)
+    again = open_widget(viewer, "segment")
     assert str(tiny_yolo.resolve()) in again.model.combo.choices
 
 
 def test_compare_models_shows_agreement(qtbot, viewer_with_image, tiny_yolo):
     viewer, image_layer, truth = viewer_with_image
-    widget = CompareWidget(viewer)
+    widget = open_widget(viewer, "compare")
     widget.model_a.combo.value = "otsu-watershed"
     widget.model_b.value = str(tiny_yolo)
-    widget.conf.value = 0.01
+    widget.settings["conf"].value = 0.01
     _run(qtbot, widget)
     agreement = widget.last_agreement
     kinds = {layer.metadata[META_KEY]["kind"] for layer in _own(viewer, "labels")}
@@ -321,7 +320,7 @@ def test_compare_models_shows_agreement(qtbot, viewer_with_image, tiny_yolo):
 def test_an_image_without_cells_gives_empty_layers(qtbot, make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((64, 64), np.uint16), name="blank")
-    widget = SegmentWidget(viewer)
+    widget = open_widget(viewer, "segment")
     widget.model.combo.value = "otsu-watershed"
     _run(qtbot, widget)
     (labels,), (points,) = _own(viewer, "labels"), _own(viewer, "points")
@@ -352,7 +351,7 @@ def test_multiscale_image_is_segmented_at_full_resolution(qtbot, make_napari_vie
     viewer = make_napari_viewer()
     image, truth = disc_image((256, 256), n=10, seed=12)
     viewer.add_image([image, image[::2, ::2]], name="pyramid", multiscale=True)
-    widget = SegmentWidget(viewer)
+    widget = open_widget(viewer, "segment")
     widget.model.combo.value = "otsu-watershed"
     _run(qtbot, widget)
     (labels,) = _own(viewer, "labels")
@@ -361,20 +360,20 @@ def test_multiscale_image_is_segmented_at_full_resolution(qtbot, make_napari_vie
 
 def test_diameter_field_reaches_the_run_and_a_bad_one_is_notified(qtbot, viewer_with_image, monkeypatch):
     viewer, _, _ = viewer_with_image
-    widget = SegmentWidget(viewer)
+    widget = open_widget(viewer, "segment")
     widget.model.combo.value = "otsu-watershed"
     assert widget.parameters()["diameter"] == "auto"  # the default
-    widget.diameter.value = "off"
+    widget.settings["diameter"].value = "off"
     assert widget.parameters()["diameter"] is None
-    widget.diameter.value = " 14 "
+    widget.settings["diameter"].value = " 14 "
     assert widget.parameters()["diameter"] == 14.0
     errors = []
     monkeypatch.setattr("napari_cellseg.widgets.segment.notify_error", lambda exc: errors.append(str(exc)))
-    widget.diameter.value = "large"
+    widget.settings["diameter"].value = "large"
     widget.run()
     assert widget.worker is None and errors and "diameter" in errors[0]  # nothing started
     # a number needs a model with a reference size: the run says so and adds nothing
-    widget.diameter.value = "14"
+    widget.settings["diameter"].value = "14"
     monkeypatch.setattr("napari_cellseg.widgets._common.notify_error", lambda exc: errors.append(str(exc)))
     _run(qtbot, widget)
     assert "no reference object size" in errors[-1] and not _own(viewer, "labels")
@@ -382,7 +381,7 @@ def test_diameter_field_reaches_the_run_and_a_bad_one_is_notified(qtbot, viewer_
 
 def test_status_reports_the_measured_object_size_and_the_scale_used(qtbot, viewer_with_image):
     viewer, _, truth = viewer_with_image
-    widget = SegmentWidget(viewer)
+    widget = open_widget(viewer, "segment")
     widget.device.value = "cpu"
     widget.model.combo.value = "nuclei"  # the shipped model carries a reference object size
     _run(qtbot, widget)
@@ -395,7 +394,7 @@ def test_status_reports_the_measured_object_size_and_the_scale_used(qtbot, viewe
     assert parameters["refine"]["model"].endswith("nuclei_unet_contours.pt")
     assert ("contours refined by nuclei_unet_contours" if parameters["refine"]["refined_frames"] == [True]
             else "contours kept") in widget.status.value
-    widget.refine.value = False
+    widget.settings["refine"].value = False
     _run(qtbot, widget)
     assert widget.last_result.metadata["parameters"]["refine"] is None and "contours" not in widget.status.value
 
@@ -404,14 +403,14 @@ def test_a_light_image_is_segmented_by_the_bright_field_model_unless_the_box_is_
     viewer = make_napari_viewer()
     image, _ = disc_image((160, 160), n=8, seed=5)
     viewer.add_image(image.max() - image, name="bright-field")  # dark nuclei on a light background
-    widget = SegmentWidget(viewer)
+    widget = open_widget(viewer, "segment")
     widget.device.value = "cpu"
     widget.model.combo.value = "nuclei"
-    widget.refine.value = False  # faster; the switch does not depend on it
+    widget.settings["refine"].value = False  # faster; the switch does not depend on it
     _run(qtbot, widget)
     assert widget.last_result.metadata["model"]["path"].endswith("nuclei_yolo11n_seg_brightfield.pt")
     assert "light background: segmented by nuclei_yolo11n_seg_brightfield" in widget.status.value
-    widget.bright_field.value = False
+    widget.settings["bright_field"].value = False
     _run(qtbot, widget)
     assert widget.last_result.metadata["model"]["path"].endswith("nuclei_yolo11n_seg.pt")
     assert widget.last_result.metadata["parameters"]["bright_field_switch"] is None

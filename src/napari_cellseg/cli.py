@@ -49,14 +49,14 @@ def cmd_segment(args) -> int:
     inputs = _expand_inputs(args.images)
     out = Path(args.out)
     _check_writable(out)
-    parameters = dict(
-        imgsz=args.imgsz, tile=args.tile, overlap=args.overlap, diameter=_diameter(args.diameter), conf=args.conf,
-        iou=args.iou,
-        max_det=args.max_det, channel_axis=args.channel_axis, channel=args.channel, rgb=args.rgb, tta=args.tta,
-        mask_erosion=args.mask_erosion, mask_threshold=args.mask_threshold, class_conf=_class_conf(args.class_conf),
-        normalization=args.normalization, refine=None if args.no_refine else "auto",
-        bright_field=None if args.no_bright_field else "auto",
-    )
+    from .core.options import SegmentOptions
+
+    try:
+        options = SegmentOptions.from_args(args)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    options.rgb = args.rgb
+    parameters = options.pipeline_kwargs()
     args.model = args.model or ["nuclei"]
     model = load_model(args.model, device=args.device)  # fails fast on a bad model, before any work
     class_names = model.info.class_names
@@ -86,29 +86,6 @@ def cmd_segment(args) -> int:
     if args.rle_csv or args.coco:
         _write_instance_exports(inputs, out, args, class_names)
     return EXIT_BAD_INPUT if failed else 0
-
-
-def _diameter(text: str):
-    from .core.pipeline import parse_diameter
-
-    try:
-        return parse_diameter(text)
-    except ValueError as exc:
-        raise CliError(f"--{exc}") from None
-
-
-def _class_conf(items: list[str] | None) -> dict[int, float]:
-    """'CLASS=THRESHOLD' pairs, e.g. ['0=0.3', '2=0.6'] -> {0: 0.3, 2: 0.6}."""
-    result = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        try:
-            result[int(key)] = float(value)
-        except ValueError:
-            raise CliError(f"--class-conf expects CLASS=THRESHOLD (e.g. 1=0.4), got '{item}'") from None
-        if not sep or not 0 <= result[int(key)] <= 1:
-            raise CliError(f"--class-conf expects CLASS=THRESHOLD with a threshold in [0, 1], got '{item}'")
-    return result
 
 
 def _write_instance_exports(inputs: list[Path], out: Path, args, class_names: dict | None = None) -> None:
@@ -435,6 +412,7 @@ def cmd_demo(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .core.options import SegmentOptions
 
     parser = argparse.ArgumentParser(prog="napari-cellseg", description="Cell segmentation for napari, headless.")
     parser.add_argument("--version", action="version", version=__version__)
@@ -445,38 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--model", action="append", default=None,
                      help="checkpoint path or shipped name (default: nuclei); repeat for an ensemble")
     seg.add_argument("--out", default=".", help="output folder (default: current folder)")
-    seg.add_argument("--imgsz", type=int, default=None, help="network input size (default: the model's training size)")
-    seg.add_argument("--tile", type=int, default=None, help="tile size in image pixels (default: full resolution)")
-    seg.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default: tile/4, at most 128)")
-    seg.add_argument("--diameter", default="auto",
-                     help="typical object diameter in pixels: the image is scaled to the size the model "
-                          "segments best; 'auto' (default) measures it in a first pass; 'off' keeps the "
-                          "model's training scale (models without a reference size, or with --tile, always do)")
-    seg.add_argument("--conf", type=float, default=None,
-                     help="confidence threshold (default: the model's calibrated one, see its card; else 0.25)")
-    seg.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold (default 0.7)")
-    seg.add_argument("--max-det", type=int, default=3000, help="maximum detections per tile (default 3000)")
+    SegmentOptions.add_arguments(seg)  # the options' help is the widget's tooltips
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
-    seg.add_argument("--channel-axis", type=int, default=None, help="axis holding channels of a multi-channel image")
-    seg.add_argument("--channel", type=int, default=None, help="which channel to segment (with --channel-axis)")
     rgb = seg.add_mutually_exclusive_group()
     rgb.add_argument("--rgb", dest="rgb", action="store_true", default=None, help="last axis is RGB(A) colour")
     rgb.add_argument("--no-rgb", dest="rgb", action="store_false", help="last axis is not colour")
-    seg.add_argument("--mask-erosion", type=int, default=None,
-                     help="pixels peeled off every object (default: the model's calibration, usually 0)")
-    seg.add_argument("--mask-threshold", type=float, default=None,
-                     help="mask probability a pixel needs to belong to an object (default: the model's, else 0.5)")
-    seg.add_argument("--tta", action="store_true", help="test-time augmentation: fuse 4 flips (4x slower)")
-    seg.add_argument("--no-refine", action="store_true",
-                     help="keep the model's own outlines (the named model 'nuclei' redraws them from its contour "
-                          "U-Net, 'nuclei-contours')")
-    seg.add_argument("--no-bright-field", action="store_true",
-                     help="always use the given model (the named model 'nuclei' hands images with a light "
-                          "background, histology and bright-field, to 'nuclei-brightfield')")
-    seg.add_argument("--class-conf", action="append", default=None, metavar="CLASS=THRESHOLD",
-                     help="per-class score threshold, e.g. --class-conf 0=0.3 --class-conf 2=0.6 (others: --conf)")
-    seg.add_argument("--normalization", choices=["model", "imagenet", "image"], default="model",
-                     help="input statistics for Mask R-CNN: the checkpoint's (default), ImageNet's, or the image's own")
     seg.add_argument("--rle-csv", default=None, help="also write all instances as a Kaggle Sartorius run-length CSV")
     seg.add_argument("--coco", default=None, help="also write all instances as COCO JSON (RLE masks, scores)")
     seg.add_argument("--scheduler", default=None, help="address of a Dask scheduler: one task per image")

@@ -65,6 +65,23 @@ def resolve_model(model: str | os.PathLike) -> tuple[str | None, Path | None]:
     return None, path
 
 
+def probe_backend(model) -> str | None:
+    """The backend that would load ``model`` (a name or path), from cheap probes only; None if unknown."""
+    try:
+        builtin_backend, path = resolve_model(model)
+    except ModelLoadError:
+        return None
+    if builtin_backend is not None:
+        return builtin_backend
+    for name in BACKENDS:
+        try:
+            if _module(name).probe(path):
+                return name
+        except Exception:  # noqa: BLE001 - a probe that fails says "not mine"
+            continue
+    return None
+
+
 def _module(name: str):
     return importlib.import_module(BACKENDS[name])
 

@@ -17,8 +17,9 @@ from ..backends import InferenceSettings, SegmentationBackend, load_model
 from .fusion import fuse_detections, predict_with_flips
 from .normalize import ImageLayout, apply_ranges, as_rgb, bright_background, channel_ranges, to_stack_of_frames
 from .refine import ContourRefinement, foreground_iter, refine_labels
-from .result import SegmentationResult, concat_tables, object_table
+from .result import RunSummary, SegmentationResult, concat_tables, object_table
 from .tiling import InstanceStitcher, tile_grid
+from .options import parse_diameter  # noqa: F401 - re-exported: callers have used it from here
 
 DEFAULT_IMGSZ = 640
 
@@ -186,6 +187,14 @@ def segment_iter(
         "napari_cellseg_version": __version__,
         "seconds": round(time.perf_counter() - started, 3),
     }
+    result.summary = RunSummary(
+        model_path=model.info.path, measured_diameter=scale.get("measured_diameter"),
+        zoom_factor=scale.get("zoom_factor"), bright_field_model=model.info.path if switched_from else None,
+        refine_model=refined["model"] if refined else None,
+        refined_frames=list(refined["refined_frames"]) if refined else [],
+        n_frames=int(np.prod(result.stack_shape)) if result.stack_shape else 1,
+        seconds=result.metadata["seconds"])
+    result.metadata["summary"] = asdict(result.summary)  # in the provenance file
     return result
 
 
@@ -302,25 +311,6 @@ def touches(objects: dict, layout: ImageLayout, edges: tuple[bool, bool, bool, b
     top, left, bottom, right = edges
     return ((top & (objects["bbox_y0"] <= 0)) | (left & (objects["bbox_x0"] <= 0))
             | (bottom & (objects["bbox_y1"] >= layout.height)) | (right & (objects["bbox_x1"] >= layout.width)))
-
-
-def parse_diameter(value) -> float | str | None:
-    """A diameter as typed or passed: a positive number of pixels, 'auto', or 'off' / None (the training scale)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in ("auto", ""):
-            return "auto"
-        if text in ("off", "none"):
-            return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
-    if not number > 0:
-        raise ValueError(f"diameter must be a positive number of pixels, 'auto' or 'off' (got {value!r})")
-    return number
 
 
 def reference_diameter(model: SegmentationBackend) -> float:

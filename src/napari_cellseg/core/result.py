@@ -14,6 +14,39 @@ OBJECT_COLUMNS = (
 
 
 @dataclass
+class RunSummary:
+    """What a run did, for the status line, the CLI and the provenance file (no string keys to read back)."""
+
+    model_path: str | None = None  # the model that segmented (the bright-field specialist where it took over)
+    measured_diameter: float | None = None  # what diameter="auto" measured, in image pixels
+    zoom_factor: float | None = None  # the scale used, relative to the model's own
+    bright_field_model: str | None = None  # set when a light image was handed to the specialist
+    refine_model: str | None = None  # the contour U-Net that redrew outlines, when one ran
+    refined_frames: list[bool] = field(default_factory=list)  # per frame: redrawn (True) or kept (False)
+    n_frames: int = 1
+    seconds: float | None = None
+
+    def describe(self, n_objects: int, warnings: list[str] = ()) -> str:
+        """One line for a person."""
+        from pathlib import Path
+
+        text = f"{n_objects} objects" + (f" in {self.n_frames} frames" if self.n_frames > 1 else "")
+        if self.measured_diameter:
+            text += (f"; object size {self.measured_diameter:.0f} px, segmented at "
+                     f"{self.zoom_factor:.2g}x the model's scale")
+        if self.bright_field_model:
+            text += f"; light background: segmented by {Path(self.bright_field_model).stem}"
+        if self.refine_model:
+            refined = sum(self.refined_frames)
+            kept = len(self.refined_frames) - refined
+            text += (f"; contours refined by {Path(self.refine_model).stem}" if refined else
+                     "; contours kept as the model drew them (its contour U-Net disagreed)")
+            if refined and kept:
+                text += f" ({kept} frames kept the model's own)"
+        return text + ("; " + "; ".join(warnings) if warnings else "")
+
+
+@dataclass
 class SegmentationResult:
     """Instance labels (0 = background, 1..N unique over the whole stack) and their table.
 
@@ -26,6 +59,10 @@ class SegmentationResult:
     objects: dict[str, np.ndarray]
     metadata: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    summary: RunSummary = field(default_factory=RunSummary)
+
+    def describe(self) -> str:
+        return self.summary.describe(self.n_objects, self.warnings)
 
     @property
     def n_objects(self) -> int:

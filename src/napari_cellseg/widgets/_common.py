@@ -16,17 +16,18 @@ class ModelChooser(widgets.Container):
     """A combo box of shipped and recent models plus a file chooser that adds to it."""
 
     def __init__(self, label: str = "model", **kwargs):
-        self.combo = widgets.ComboBox(label=label, choices=self._choices())
-        self.file = widgets.FileEdit(label="model file", mode="r", filter="*.pt *.pth *.pkl")
+        # a callable: the viewer's reset_choices (on every layer change) re-reads the list
+        self.combo = widgets.ComboBox(label=label, choices=lambda _widget: self._choices(),
+                                      tooltip="a shipped model, a built-in method, or a checkpoint used recently")
+        self.file = widgets.FileEdit(label="model file", mode="r", filter="*.pt *.pth *.pkl",
+                                     tooltip="your own checkpoint: YOLO (.pt), detectron2 Mask R-CNN (.pth/.pkl) "
+                                             "or a U-Net student (.pt); it is added to the list above")
         super().__init__(widgets=[self.combo, self.file], labels=True, **kwargs)
         self.file.changed.connect(self._on_file)
         on_change(self._refresh)  # e.g. a model fine-tuned in another widget
 
     def _refresh(self):
-        current = self.combo.value
-        self.combo.choices = self._choices()
-        if current in self.combo.choices:
-            self.combo.value = current
+        self.combo.reset_choices()  # magicgui keeps the current value when it is still offered
 
     @staticmethod
     def _choices() -> list[str]:
@@ -127,7 +128,9 @@ def full_resolution(layer):
 
 
 def device_choice() -> widgets.ComboBox:
-    return widgets.ComboBox(label="device", choices=list(DEVICES), value="auto")
+    return widgets.ComboBox(label="device", choices=list(DEVICES), value="auto",
+                            tooltip="where the model runs: auto picks a GPU (CUDA or Apple MPS) when there is one, "
+                                    "else the CPU")
 
 
 def notify_error(exc: BaseException) -> None:
@@ -163,13 +166,28 @@ class WorkerWidget(widgets.Container):
     def __init__(self, viewer, controls: list, run_text: str):
         self._viewer = viewer
         self.worker = None
-        self.run_button = widgets.PushButton(text=run_text)
-        self.cancel_button = widgets.PushButton(text="Cancel", enabled=False)
-        self.progress = widgets.ProgressBar(label="progress", value=0, min=0, max=1)
-        self.status = widgets.Label(value="")
+        self.run_button = widgets.PushButton(text=run_text, tooltip=f"{run_text.lower()}: runs in the background; "
+                                             "enabled once the inputs above are chosen")
+        self.cancel_button = widgets.PushButton(text="Cancel", enabled=False,
+                                                tooltip="stop the run at its next step; nothing is added")
+        self.progress = widgets.ProgressBar(label="progress", value=0, min=0, max=1, tooltip="progress of the run")
+        self.status = widgets.Label(value="", tooltip="what the last run did")
+        self.status.native.setWordWrap(True)  # a long result line wraps instead of widening the dock
+        self.status.native.setMinimumWidth(50)
         super().__init__(widgets=[*controls, self.run_button, self.cancel_button, self.progress, self.status])
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
+        # layer pickers follow the viewer's layers, and the run button follows what is chosen
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            event.connect(self.reset_choices)
+            event.connect(self.refresh_run_button)
+
+    def inputs_ready(self) -> bool:
+        """Whether the run button may be pressed (subclasses check their required inputs)."""
+        return True
+
+    def refresh_run_button(self, *_) -> None:
+        self.run_button.enabled = self.worker is None and self.inputs_ready()
 
     def run(self):  # subclasses validate their inputs and call _start
         raise NotImplementedError
@@ -253,7 +271,8 @@ class WorkerWidget(widgets.Container):
             self._finish_after_steps = True
             return
         self.worker = None
-        self.run_button.enabled, self.cancel_button.enabled = True, False
+        self.cancel_button.enabled = False
+        self.refresh_run_button()
 
 
 class TrainingWidget(WorkerWidget):

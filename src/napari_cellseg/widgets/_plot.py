@@ -1,11 +1,22 @@
-"""A small matplotlib plot that lives inside a dock widget."""
+"""A small matplotlib plot that lives inside a dock widget, in napari's theme colours."""
 from __future__ import annotations
 
 
-class LinePlot:
-    """Owns a Qt canvas; ``show(x, y, ...)`` redraws it."""
+def theme_colours(theme_name: str | None) -> dict:
+    """Background, foreground and text colours of a napari theme (dark defaults without napari)."""
+    try:
+        from napari.utils.theme import get_theme
 
-    def __init__(self, height_px: int = 180):
+        theme = get_theme(theme_name or "dark")
+        return {"background": theme.canvas.as_hex(), "text": theme.text.as_hex(), "grid": theme.foreground.as_hex()}
+    except Exception:  # noqa: BLE001 - an unknown theme still gets a readable plot
+        return {"background": "#262930", "text": "#f0f1f2", "grid": "#414851"}
+
+
+class LinePlot:
+    """Owns a Qt canvas, hidden until there is something to show; ``show(x, y, ...)`` redraws it."""
+
+    def __init__(self, height_px: int = 180, viewer=None):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
@@ -13,7 +24,26 @@ class LinePlot:
         self.axes = self.figure.add_subplot(111)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(height_px)
+        self.canvas.setVisible(False)  # no empty frame before the first result
         self.lines: dict[str, tuple] = {}
+        self._viewer = viewer
+        if viewer is not None:
+            viewer.events.theme.connect(lambda *_: self._apply_theme() or self.canvas.draw_idle())
+
+    def _apply_theme(self) -> dict:
+        colours = theme_colours(getattr(self._viewer, "theme", None))
+        self.figure.set_facecolor(colours["background"])
+        self.axes.set_facecolor(colours["background"])
+        for spine in self.axes.spines.values():
+            spine.set_color(colours["grid"])
+        self.axes.tick_params(colors=colours["text"])
+        self.axes.xaxis.label.set_color(colours["text"])
+        self.axes.yaxis.label.set_color(colours["text"])
+        self.axes.title.set_color(colours["text"])
+        return colours
+
+    def hide(self) -> None:
+        self.canvas.setVisible(False)
 
     def show(self, x, y, *, xlabel: str, ylabel: str, title: str = "", label: str | None = None, clear=True):
         if clear:
@@ -24,6 +54,10 @@ class LinePlot:
         self.axes.set_xlabel(xlabel)
         self.axes.set_ylabel(ylabel)
         self.axes.set_title(title, fontsize=9)
+        colours = self._apply_theme()
         if label:
-            self.axes.legend(fontsize=7)
+            legend = self.axes.legend(fontsize=7, facecolor=colours["background"], edgecolor=colours["grid"])
+            for text in legend.get_texts():
+                text.set_color(colours["text"])
+        self.canvas.setVisible(True)
         self.canvas.draw_idle()

@@ -6,6 +6,8 @@ import napari  # a real annotation: napari injects the viewer by the parameter's
 from magicgui import widgets
 
 from ._layers import SourceInfo, build_new_layers, precompute_hashes, roles_to_build
+from ..core.options import SegmentOptions
+from ._options import OptionControls
 from ._common import ModelCache, ModelChooser, WorkerWidget, device_choice, full_resolution, notify_error
 
 
@@ -14,18 +16,29 @@ class CompareWidget(WorkerWidget):
 
         self._cache = ModelCache()
         self.last_agreement = None
-        self.image = widgets.create_widget(annotation=napari.layers.Image, label="image")
+        self.image = widgets.create_widget(annotation=napari.layers.Image, label="image",
+                                           options={"tooltip": "the image both models segment"})
         self.model_a = ModelChooser(label="model A")
         self.model_b = ModelChooser(label="model B")
-        self.conf = widgets.FloatSpinBox(label="confidence (0 = each model's)", value=0.0, min=0.0, max=1.0, step=0.05,
-                                         tooltip="score threshold; 0 uses each model's calibrated one (else 0.25)")
-        self.match_iou = widgets.FloatSpinBox(label="match IoU", value=0.5, min=0.05, max=0.95, step=0.05)
+        # the same confidence option as Segment cells and the CLI ("model's": each model's own)
+        self.settings = OptionControls(SegmentOptions, only=("conf",))
+        self.match_iou = widgets.FloatSpinBox(label="match IoU", value=0.5, min=0.05, max=0.95, step=0.05,
+                                              tooltip="two objects, one from each model, agree when their masks "
+                                                      "overlap at least this much (intersection over union)")
         self.device = device_choice()
-        self.side_by_side = widgets.CheckBox(label="side by side (grid view)", value=True)
-        super().__init__(viewer, [self.image, self.model_a, self.model_b, self.conf, self.match_iou, self.device,
-                                  self.side_by_side], "Compare")
+        self.side_by_side = widgets.CheckBox(label="side by side (grid view)", value=True,
+                                             tooltip="show the two results next to each other in napari's grid view")
+        super().__init__(viewer, [self.image, self.model_a, self.model_b, *self.settings.main, self.match_iou,
+                                  self.device, self.side_by_side], "Compare")
         viewer.layers.events.inserted.connect(self.image.reset_choices)
         viewer.layers.events.removed.connect(self.image.reset_choices)
+        for chooser in (self.model_a, self.model_b):
+            chooser.combo.changed.connect(self.refresh_run_button)
+        self.image.changed.connect(self.refresh_run_button)
+        self.refresh_run_button()
+
+    def inputs_ready(self) -> bool:
+        return self.image.value is not None and bool(self.model_a.value) and bool(self.model_b.value)
 
     @staticmethod
     def _layer_naming(tag: str, result) -> dict:
@@ -56,9 +69,14 @@ class CompareWidget(WorkerWidget):
         if layer is None or not all(models):
             notify_error(ValueError("choose an image and two models"))
             return
+        try:
+            conf = self.settings.options().conf
+        except ValueError as exc:
+            notify_error(exc)
+            return
         roles = {tag: roles_to_build(self._viewer, layer, f"compare-{tag}") for tag in "AB"}
         self._start(self._job, layer, SourceInfo(layer, self._viewer.dims), roles, models, self.device.value,
-                    self.conf.value or None, self.match_iou.value, on_done=lambda out: self._on_done(layer, *out))
+                    conf, self.match_iou.value, on_done=lambda out: self._on_done(layer, *out))
 
     def _on_done(self, layer, results, agreement, new_layers):
         """GUI steps, one layer per event-loop turn."""

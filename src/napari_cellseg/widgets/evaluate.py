@@ -32,7 +32,7 @@ class EvaluateWidget(WorkerWidget):
         self.metrics = widgets.Label(value="")
         super().__init__(viewer, [self.prediction, self.ground_truth, self.threshold], "Evaluate")
         self.append(self.metrics)
-        self.plot = LinePlot()
+        self.plot = LinePlot(viewer=viewer)
         self.native.layout().addWidget(self.plot.canvas)
         for picker in (self.prediction, self.ground_truth):
             viewer.layers.events.inserted.connect(picker.reset_choices)

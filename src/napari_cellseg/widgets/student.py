@@ -42,7 +42,7 @@ class StudentWidget(TrainingWidget):
         super().__init__(viewer, [self.mode, self.teacher, self.image, self.labels_layer, self.folder,
                                   self.val_suffixes, self.init, self.epochs, self.batch, self.crop, self.resume,
                                   self.out, self.device], "Train U-Net student")
-        self.plot = LinePlot()
+        self.plot = LinePlot(viewer=viewer)
         self.native.layout().addWidget(self.plot.canvas)
         self.mode.changed.connect(self._on_mode)
         self._on_mode(self.mode.value)

@@ -29,7 +29,7 @@ class TrackWidget(WorkerWidget):
         self.save_button = widgets.PushButton(text="Save tracks CSV")
         self.extend([self.track_id, self.csv, self.save_button])
         self.save_button.changed.connect(self.save_csv)
-        self.plot = LinePlot()
+        self.plot = LinePlot(viewer=viewer)
         self.native.layout().addWidget(self.plot.canvas)
         self.track_id.changed.connect(self._plot_track)
         for picker in (self.labels_layer, self.intensity):

@@ -37,7 +37,7 @@ class FinetuneWidget(TrainingWidget):
         self.device = device_choice()
         super().__init__(viewer, [self.image, self.labels_layer, self.dataset, self.model, self.arch, self.backbone,
                                   self.epochs, self.batch, self.val_fraction, self.out, self.device], "Fine-tune")
-        self.plot = LinePlot()
+        self.plot = LinePlot(viewer=viewer)
         self.native.layout().addWidget(self.plot.canvas)
         for picker in (self.image, self.labels_layer):
             viewer.layers.events.inserted.connect(picker.reset_choices)
