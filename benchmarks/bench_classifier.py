@@ -34,9 +34,9 @@ def main(argv=None):
 
     import torch
 
-    from napari_cellseg.classify.model import Classifier, build_resnet50
-    from napari_cellseg.classify.pipeline import classify_iter
-    from napari_cellseg.core.pipeline import run
+    from napari_cellseg.classifier.model import Classifier, build_resnet50
+    from napari_cellseg.classifier.predict import classify_iter
+    from napari_cellseg.pipeline.segment import run
 
     model = build_resnet50(8, 1).eval()
     raw_model = build_resnet50(8, 1).eval()
@@ -93,10 +93,10 @@ def main(argv=None):
 
 
 def three_class_accuracy(device: str = "cpu", epochs: int = 3, seed: int = 0) -> dict:
-    from napari_cellseg.classify.crops import crop_file
-    from napari_cellseg.classify.synthetic import three_class_crops
-    from napari_cellseg.classify.train import DEFAULTS, train_iter
-    from napari_cellseg.core.pipeline import run
+    from napari_cellseg.classifier.crops import crop_file
+    from napari_cellseg.classifier.synthetic import three_class_crops
+    from napari_cellseg.classifier.train import DEFAULTS, train_iter
+    from napari_cellseg.pipeline.segment import run
 
     import tempfile
 

@@ -70,8 +70,8 @@ def main(argv=None):
 
     from napari_cellseg import load_model
     from napari_cellseg.core.datasets import export_dataset, split_names
-    from napari_cellseg.core.finetune import finetune_iter
-    from napari_cellseg.core.pipeline import run
+    from napari_cellseg.pipeline.finetune import finetune_iter
+    from napari_cellseg.pipeline.segment import run
 
     pairs = list(load_pairs(Path(args.data)))
     if not pairs:
@@ -104,8 +104,8 @@ def main(argv=None):
     started = time.perf_counter()
 
     def on_progress(progress):
-        if progress.metrics:
-            print(f"epoch {progress.epoch}: {progress.losses} {progress.metrics}", file=sys.stderr, flush=True)
+        if progress.get("metrics"):
+            print(f"epoch {progress.epoch}: {progress.get('losses')} {progress.get('metrics')}", file=sys.stderr, flush=True)
 
     # a gentle schedule: ultralytics' default warm-up (bias lr 0.1) wrecks a pretrained head on 7 images
     result = run(finetune_iter(base.info.path, data_yaml, out, epochs=args.epochs, batch=args.batch,
@@ -126,9 +126,9 @@ def main(argv=None):
 def finetune_student(args, base, train, test) -> None:
     from napari_cellseg import load_model
     from napari_cellseg.core.datasets import split_names
-    from napari_cellseg.core.pipeline import run
-    from napari_cellseg.student.data import samples_from_arrays
-    from napari_cellseg.student.train import train_iter
+    from napari_cellseg.pipeline.segment import run
+    from napari_cellseg.unet_student.data import samples_from_arrays
+    from napari_cellseg.unet_student.train import train_iter
 
     figures = {"arch": "student", "model": args.model, "held_out": sorted(p[0] for p in test),
                "n_train_images": len(train), "epochs": args.epochs, "crop": args.crop, "steps": args.steps,
@@ -143,8 +143,8 @@ def finetune_student(args, base, train, test) -> None:
     started = time.perf_counter()
 
     def on_progress(progress):
-        if progress.record:
-            print(f"epoch {progress.epoch}: {progress.record}", file=sys.stderr, flush=True)
+        if progress.get("record"):
+            print(f"epoch {progress.epoch}: {progress.get('record')}", file=sys.stderr, flush=True)
 
     result = run(train_iter(fit, val, out, epochs=args.epochs, batch=args.batch, crop=args.crop, lr=args.lr0,
                             init=base.info.path, steps_per_epoch=args.steps), on_progress)

@@ -58,7 +58,7 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=None, help="write the calibrated float16 checkpoint here")
     add_teacher_refine_option(parser)
     args = parser.parse_args(argv)
-    from napari_cellseg.student.model import compact_checkpoint
+    from napari_cellseg.unet_student.model import compact_checkpoint
 
     ids = [r["id"] for r in csv.DictReader(open(args.data / "metadata.csv")) if not is_validation(r["id"])]
     ids = sorted(ids)[: 2 * args.images: 2]

@@ -40,7 +40,7 @@ from napari_cellseg import load_model, segment  # noqa: E402
 from napari_cellseg.core.io import read_image  # noqa: E402
 from napari_cellseg.core.metrics import evaluate  # noqa: E402
 from napari_cellseg.core.normalize import channel_ranges, to_stack_of_frames  # noqa: E402
-from napari_cellseg.core.pipeline import plan_tiling, run  # noqa: E402
+from napari_cellseg.pipeline.segment import plan_tiling, run  # noqa: E402
 from napari_cellseg.core.refine import ContourRefinement, foreground_iter, refine_labels  # noqa: E402
 
 FG_THRESHOLDS = (0.5, 0.6, 0.7)
@@ -56,8 +56,8 @@ def calibration_ids(data: Path, n: int = 80) -> list[str]:
 
 
 def train(args, held_out: set[str]) -> Path:
-    from napari_cellseg.student.data import load_sample
-    from napari_cellseg.student.train import train_iter
+    from napari_cellseg.unet_student.data import load_sample
+    from napari_cellseg.unet_student.train import train_iter
 
     def pairs(validation: bool):
         return [(p, args.data / "labels" / p.name) for p in sorted((args.data / "images").glob("*.png"))
@@ -73,7 +73,7 @@ def train(args, held_out: set[str]) -> Path:
                      info={"source": "trained on masks", "role": "contour refiner of nuclei",
                            "data": "DSB2018 stage1_train (corrected) ground truth, train split of "
                                    "train_nuclei_model.is_validation minus the 80 calibration images"})
-    result = run(gen, lambda p: p.record is not None and print(p.message, flush=True))
+    result = run(gen, lambda p: p.get("record") is not None and print(p.message, flush=True))
     print(f"best validation Dice {result.best_dice:.4f}: {result.path}", flush=True)
     return Path(result.path)
 
@@ -124,7 +124,7 @@ def main(argv=None):
     parser.add_argument("--package-only", type=Path, default=None, help="calibrate and package this checkpoint")
     args = parser.parse_args(argv)
     from napari_cellseg.backends import resolve_model
-    from napari_cellseg.student.model import compact_checkpoint
+    from napari_cellseg.unet_student.model import compact_checkpoint
 
     started = time.time()
     ids = calibration_ids(args.data)

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from napari_cellseg.backends.base import DEFAULT_CONF  # noqa: E402
+from napari_cellseg.core.backend import DEFAULT_CONF  # noqa: E402
 from napari_cellseg.core.datasets import write_yolo_dataset  # noqa: E402
 from napari_cellseg.core.io import read_image  # noqa: E402
 from napari_cellseg.core.normalize import bright_background, normalize_to_uint8, to_stack_of_frames  # noqa: E402

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from train_nuclei_model import is_validation  # noqa: E402
 
 from napari_cellseg import load_model  # noqa: E402
-from napari_cellseg.student.distill import distill_iter  # noqa: E402
+from napari_cellseg.pipeline.distill import distill_iter  # noqa: E402
 
 
 def add_teacher_refine_option(parser: argparse.ArgumentParser) -> None:
@@ -68,11 +68,11 @@ def main(argv=None):
     started = time.time()
     train_started = None
     for progress in gen:
-        if progress.phase == "teacher" and (progress.done % 50 == 0 or progress.done == progress.total):
+        if progress.get("phase", "train") == "teacher" and (progress.done % 50 == 0 or progress.done == progress.total):
             print(f"[{time.time() - started:7.0f} s] {progress.message}", flush=True)
-        if progress.phase == "train":
+        if progress.get("phase", "train") == "train":
             train_started = train_started or time.time()
-            if progress.record or progress.done % 10 == 0:
+            if progress.get("record") or progress.done % 10 == 0:
                 print(f"[{time.time() - started:7.0f} s] {progress.message}", flush=True)
             if args.max_minutes and time.time() - train_started > 60 * args.max_minutes:
                 print("time is up: stopping, the best checkpoint is kept", flush=True)

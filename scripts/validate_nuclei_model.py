@@ -26,7 +26,7 @@ from train_nuclei_model import is_validation  # noqa: E402
 from napari_cellseg import load_model, segment  # noqa: E402
 from napari_cellseg.core.io import read_image  # noqa: E402
 from napari_cellseg.core.metrics import evaluate  # noqa: E402
-from napari_cellseg.core.pipeline import parse_diameter  # noqa: E402
+from napari_cellseg.pipeline.segment import parse_diameter  # noqa: E402
 
 
 def validate(model, data: Path, conf: float | None, limit: int | None = None, **options) -> dict:

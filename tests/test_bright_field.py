@@ -90,7 +90,7 @@ def test_the_named_nuclei_model_hands_light_images_to_nuclei_brightfield():
     assert result.metadata["parameters"]["refine"] is None
     assert result.n_objects > 0
     assert "nuclei-brightfield" in nuclei._companions  # loaded once, kept for the next run
-    from napari_cellseg.core.pipeline import contour_refiner
+    from napari_cellseg.pipeline.segment import contour_refiner
 
     assert contour_refiner(nuclei._companions["nuclei-brightfield"], "auto") is None
     assert segment(image, nuclei).metadata["model"]["path"] == nuclei.info.path

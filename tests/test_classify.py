@@ -5,14 +5,14 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_cellseg.classify.crops import cell_crops, crop_at
-from napari_cellseg.classify.model import (
+from napari_cellseg.classifier.crops import cell_crops, crop_at
+from napari_cellseg.classifier.model import (
     DEFAULT_CLASSES, ClassifierLoadError, build_resnet50, load_classifier,
 )
-from napari_cellseg.classify.pipeline import classify_iter
-from napari_cellseg.classify.train import confusion_matrix, cross_validate_iter, train_iter
+from napari_cellseg.classifier.predict import classify_iter
+from napari_cellseg.classifier.train import confusion_matrix, cross_validate_iter, train_iter
 from napari_cellseg.cli import main
-from napari_cellseg.core.pipeline import run
+from napari_cellseg.pipeline.segment import run
 
 
 def _spot_or_ring(kind: int, rng, size=40):
@@ -204,7 +204,7 @@ def test_deeploc_two_channel_eleven_classes_train_save_load_predict(shared_data,
     label_column = [c for c in rows[0] if c.lower() not in ("index", "id", "crop", "file")][-1]
     names = sorted({r[label_column] for r in rows})
     labels = np.array([names.index(r[label_column]) for r in rows])
-    from napari_cellseg.classify.crops import normalise_frame
+    from napari_cellseg.classifier.crops import normalise_frame
 
     normalised = np.stack([[normalise_frame(c) for c in crop] for crop in crops])
     result = run(train_iter(normalised, labels, names, epochs=1, batch_size=12))

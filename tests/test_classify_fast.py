@@ -4,8 +4,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from napari_cellseg.classify.fast import DenseConv, inference_model  # noqa: E402
-from napari_cellseg.classify.model import Classifier, build_resnet50  # noqa: E402
+from napari_cellseg.classifier.fast import DenseConv, inference_model  # noqa: E402
+from napari_cellseg.classifier.model import Classifier, build_resnet50  # noqa: E402
 
 
 def _resnet_with_batch_norm_statistics(n_classes=5, in_channels=1, seed=0):

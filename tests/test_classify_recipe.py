@@ -9,10 +9,10 @@ import tifffile
 
 torch = pytest.importorskip("torch")
 
-from napari_cellseg.classify.crops import cell_crops, crop_file  # noqa: E402
-from napari_cellseg.classify.model import DEFAULT_CLASSES, build_resnet50, load_classifier  # noqa: E402
-from napari_cellseg.classify.synthetic import THREE_CLASSES, write_crop_folders  # noqa: E402
-from napari_cellseg.classify.train import (  # noqa: E402
+from napari_cellseg.classifier.crops import cell_crops, crop_file  # noqa: E402
+from napari_cellseg.classifier.model import DEFAULT_CLASSES, build_resnet50, load_classifier  # noqa: E402
+from napari_cellseg.classifier.synthetic import THREE_CLASSES, write_crop_folders  # noqa: E402
+from napari_cellseg.classifier.train import (  # noqa: E402
     Evaluation, build_for_training, recalibrate_batch_norm, split_validation,
 )
 from napari_cellseg.cli import main  # noqa: E402
@@ -155,7 +155,7 @@ def test_a_cell_is_cropped_resized_and_normalised_the_same_for_training_and_pred
 
 
 def test_crop_folders_with_track_names_split_by_track(tmp_path):
-    from napari_cellseg.classify.train import load_crop_folders
+    from napari_cellseg.classifier.train import load_crop_folders
 
     rng = np.random.default_rng(0)
     for name in ("a", "b"):

@@ -132,7 +132,7 @@ def test_unexpected_failures_are_one_line_too(tmp_path, capsys, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("kernel exploded")
 
-    monkeypatch.setattr("napari_cellseg.core.batch.segment_file", boom)
+    monkeypatch.setattr("napari_cellseg.pipeline.batch.segment_file", boom)
     code = main(["segment", str(tmp_path / "a.tif"), "--model", "otsu-watershed", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "internal error: RuntimeError: kernel exploded" in err[0]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from napari_cellseg import load_model
-from napari_cellseg.backends.base import InferenceSettings, ModelLoadError
+from napari_cellseg.core.backend import InferenceSettings, ModelLoadError
 
 
 def _fixture_dir() -> Path | None:
@@ -155,7 +155,7 @@ def test_truncated_checkpoint_is_one_line_error(tmp_path):
     data = (FIXTURE / "model_final.pth").read_bytes()
     (tmp_path / "model_final.pth").write_bytes(data[: len(data) // 2])
     shutil.copy(FIXTURE / "config.yaml", tmp_path / "config.yaml")
-    from napari_cellseg.backends.maskrcnn import MaskRCNNBackend
+    from napari_cellseg.maskrcnn.backend import MaskRCNNBackend
 
     for load in (lambda p: load_model(p, device="cpu"), lambda p: MaskRCNNBackend(p, device="cpu")):
         with pytest.raises(ModelLoadError) as info:

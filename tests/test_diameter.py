@@ -4,7 +4,7 @@ import pytest
 
 from napari_cellseg import load_model, segment
 from napari_cellseg.core.metrics import matching_stats
-from napari_cellseg.core.pipeline import AUTO_ZOOM_RANGE
+from napari_cellseg.pipeline.segment import AUTO_ZOOM_RANGE
 from napari_cellseg.core.tiling import tile_grid
 
 from synthetic import disc_image
@@ -93,7 +93,7 @@ def test_auto_on_a_stack_measures_the_first_frame_and_segments_every_frame_at_on
 
 
 def test_auto_measures_a_large_image_on_a_central_window_only(monkeypatch):
-    import napari_cellseg.core.pipeline as pipeline
+    import napari_cellseg.pipeline.segment as pipeline
 
     monkeypatch.setattr(pipeline, "MEASURING_SIDE", 96)
     # a grid of equal discs: the 96 px window holds 16 whole ones and cuts 20 more

@@ -3,7 +3,7 @@ import pytest
 from napari_cellseg import load_model
 from napari_cellseg.cli import main
 from napari_cellseg.core.datasets import export_dataset
-from napari_cellseg.core.finetune import finetune_architecture, finetune_iter, tile_dataset
+from napari_cellseg.pipeline.finetune import finetune_architecture, finetune_iter, tile_dataset
 
 from synthetic import disc_image
 
@@ -58,7 +58,7 @@ def test_cancel_stops_at_the_next_batch_and_keeps_weights(tmp_path, tiny_yolo, d
     progress = [next(gen) for _ in range(12)]  # past the first epoch (6 batches of 2)
     gen.close()
     assert progress[-1].epoch < 50
-    assert any(p.metrics is not None for p in progress)  # an epoch finished and reported its losses
+    assert any(p.get("metrics") is not None for p in progress)  # an epoch finished and reported its losses
     assert out.is_file() and load_model(out, device="cpu").info.task == "segment"
 
 
@@ -115,7 +115,7 @@ class _ScoredDiscs:
     device = "cpu"
 
     def __init__(self, truth):
-        from napari_cellseg.backends.base import ModelInfo
+        from napari_cellseg.core.backend import ModelInfo
 
         self.truth = truth
         self.info = ModelInfo(backend="stub", path="", sha256=None, task="segment", class_names={0: "cell"},
@@ -138,8 +138,8 @@ class _ScoredDiscs:
 
 
 def test_score_threshold_calibration_drops_low_scoring_false_objects():
-    from napari_cellseg.core.finetune import calibrate_conf_iter
-    from napari_cellseg.core.pipeline import run
+    from napari_cellseg.pipeline.finetune import calibrate_conf_iter
+    from napari_cellseg.pipeline.segment import run
 
     image, truth = disc_image((200, 200), n=8, seed=61)
     progress = []

@@ -76,7 +76,7 @@ def test_finetune_widget_trains_a_mask_rcnn_checkpoint(qtbot, make_napari_viewer
 def test_the_status_reports_both_calibrated_thresholds(make_napari_viewer, tiny_yolo, tmp_path):
     import shutil
 
-    from napari_cellseg.core.finetune import FinetuneResult
+    from napari_cellseg.core.result import FinetuneResult
 
     widget = FinetuneWidget(make_napari_viewer())
     shutil.copy(tiny_yolo, tmp_path / "tuned.pt")

@@ -7,10 +7,10 @@ import torch
 
 from napari_cellseg import load_model
 from napari_cellseg.backends import ModelLoadError
-from napari_cellseg.backends.base import InferenceSettings
-from napari_cellseg.backends.detectron2_convert import convert_detectron2_state, detectron2_architecture
+from napari_cellseg.core.backend import InferenceSettings
+from napari_cellseg.maskrcnn.convert import convert_detectron2_state, detectron2_architecture
 from napari_cellseg.core.fusion import fuse_detections
-from napari_cellseg.core.pipeline import apply_class_conf, run, segment_iter
+from napari_cellseg.pipeline.segment import apply_class_conf, run, segment_iter
 from napari_cellseg.core.tiling import TileDetections
 
 from detectron2_style import SMALL_CONFIG, detectron2_state, save_pkl, save_pth
@@ -135,7 +135,7 @@ def test_stride_in_1x1_moves_the_downsampling_to_the_first_conv(d2_model, d2_sta
 def test_aligned_roi_align_is_roialignv2():
     from torchvision.ops import MultiScaleRoIAlign, roi_align
 
-    from napari_cellseg.backends.maskrcnn import AlignedMultiScaleRoIAlign
+    from napari_cellseg.maskrcnn.backend import AlignedMultiScaleRoIAlign
 
     features = {"0": torch.randn(1, 4, 16, 16)}
     boxes = [torch.tensor([[1.0, 2.0, 9.0, 13.0]])]
@@ -166,7 +166,7 @@ def test_pkl_without_config_uses_defaults_and_says_so(d2_state, tmp_path):
 
 
 def _load_error(path) -> str:
-    from napari_cellseg.backends.maskrcnn import MaskRCNNBackend
+    from napari_cellseg.maskrcnn.backend import MaskRCNNBackend
 
     with pytest.raises(ModelLoadError) as info:
         MaskRCNNBackend(path, device="cpu")
@@ -283,7 +283,7 @@ def test_cli_segments_with_an_ensemble_tta_and_exports(d2_checkpoint, tmp_path):
 def test_detectron2_engine_agrees_with_the_converted_model(d2_checkpoint, d2_model):
     """Only where detectron2 is installed: the same checkpoint through detectron2 itself."""
     pytest.importorskip("detectron2")
-    from napari_cellseg.backends.maskrcnn import MaskRCNNBackend
+    from napari_cellseg.maskrcnn.backend import MaskRCNNBackend
 
     native = MaskRCNNBackend(d2_checkpoint, device="cpu", engine="detectron2")
     tile = (np.random.default_rng(3).random((200, 300, 3)) * 255).astype(np.uint8)
@@ -297,8 +297,8 @@ def test_detectron2_engine_without_detectron2_says_so(d2_checkpoint):
     try:
         import detectron2  # noqa: F401
     except ImportError:
-        from napari_cellseg.backends.base import ModelLoadError
-        from napari_cellseg.backends.maskrcnn import MaskRCNNBackend
+        from napari_cellseg.core.backend import ModelLoadError
+        from napari_cellseg.maskrcnn.backend import MaskRCNNBackend
 
         with pytest.raises(ModelLoadError, match="needs detectron2 installed"):
             MaskRCNNBackend(d2_checkpoint, device="cpu", engine="detectron2")

@@ -2,8 +2,8 @@
 import pytest
 
 from napari_cellseg import load_model
-from napari_cellseg.core.finetune_maskrcnn import NO_BACKBONE_NOTE, maskrcnn_finetune_iter
-from napari_cellseg.core.pipeline import run
+from napari_cellseg.maskrcnn.train import NO_BACKBONE_NOTE, maskrcnn_finetune_iter
+from napari_cellseg.pipeline.segment import run
 
 from synthetic import disc_image
 

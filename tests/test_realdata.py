@@ -85,7 +85,7 @@ def test_shipped_student_is_distilled_from_the_shipped_teacher_and_matches_its_c
     card = (MODELS_DIR / "STUDENT_CARD.md").read_text()
     assert student.info.sha256 in card
     assert student.info.extra["teacher"] == "nuclei"
-    from napari_cellseg.student.model import CHECKPOINT_KEY, load_checkpoint
+    from napari_cellseg.unet_student.model import CHECKPOINT_KEY, load_checkpoint
 
     meta = load_checkpoint(MODELS_DIR / NAMED_MODELS["nuclei-student"])[CHECKPOINT_KEY]
     assert meta["info"]["teacher_sha256"] == teacher.info.sha256  # the teacher that ships now

@@ -5,7 +5,8 @@ from scipy import ndimage
 
 from napari_cellseg import load_model, segment
 from napari_cellseg._sample_data import load_sample
-from napari_cellseg.core.pipeline import Progress, run, segment_iter
+from napari_cellseg.core.progress import Progress
+from napari_cellseg.pipeline.segment import run, segment_iter
 from napari_cellseg.core.refine import ContourRefinement, refine_labels
 
 from synthetic import disc_image
@@ -141,7 +142,7 @@ def test_refine_auto_follows_the_model_and_refine_must_be_a_student():
 
 def test_a_refiner_checkpoint_carries_its_settings_and_runs_use_them(tmp_path):
     from napari_cellseg.backends import ModelLoadError, resolve_model
-    from napari_cellseg.student.model import compact_checkpoint
+    from napari_cellseg.unet_student.model import compact_checkpoint
 
     source = resolve_model("nuclei-student")[1]
     settings = {"fg_threshold": 0.55, "reach": 2, "min_agreement": 0.3, "shrink": 2}
@@ -177,7 +178,7 @@ def test_the_named_nuclei_model_redraws_its_outlines_with_its_contour_unet_by_de
 
 def test_student_tta_averages_the_flips_maps_so_its_result_does_not_depend_on_a_flip():
     from napari_cellseg.backends import InferenceSettings
-    from napari_cellseg.student.data import model_input
+    from napari_cellseg.unet_student.data import model_input
 
     student = load_model("nuclei-student", device="cpu")
     image, _ = load_sample("small")
@@ -194,7 +195,7 @@ def test_student_tta_averages_the_flips_maps_so_its_result_does_not_depend_on_a_
 
 
 def test_with_tta_the_refiner_averages_the_flips_of_its_foreground_too():
-    from napari_cellseg.student.data import model_input
+    from napari_cellseg.unet_student.data import model_input
 
     refiner = load_model("nuclei-contours", device="cpu")
     image, _ = load_sample("small")

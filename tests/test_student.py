@@ -10,13 +10,13 @@ from synthetic import disc_image
 
 from napari_cellseg import load_model, segment
 from napari_cellseg.core.metrics import matching_stats
-from napari_cellseg.core.pipeline import run
-from napari_cellseg.student.data import (
+from napari_cellseg.pipeline.segment import run
+from napari_cellseg.unet_student.data import (
     DatasetLayoutError, discover_dataset, discover_seed_layout, is_validation_name, samples_from_arrays,
 )
-from napari_cellseg.student.model import build_unet, for_inference, parameter_count
-from napari_cellseg.student.targets import instances_from_predictions, make_targets
-from napari_cellseg.student.train import last_checkpoint_path, train_iter
+from napari_cellseg.unet_student.model import build_unet, for_inference, parameter_count
+from napari_cellseg.unet_student.targets import instances_from_predictions, make_targets
+from napari_cellseg.unet_student.train import last_checkpoint_path, train_iter
 
 TINY = (8, 16, 32, 64, 128)  # a narrow U-Net for fast tests; the default is the ~4.4 M one
 
@@ -158,7 +158,7 @@ def test_resume_continues_from_the_saved_epoch(tmp_path):
     assert last_checkpoint_path(out).is_file()
     epochs_seen = []
     resumed = run(train_iter(_disc_samples(3), _disc_samples(1, seed=50), out, epochs=3, resume=True, **OPTIONS),
-                  lambda p: p.record and epochs_seen.append(p.record["epoch"]))
+                  lambda p: p.get("record") and epochs_seen.append(p.get("record")["epoch"]))
     assert epochs_seen == [3]
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
     assert resumed.history[:2] == first.history
@@ -176,7 +176,7 @@ def test_collapse_is_detected_and_training_restarts_from_the_last_good_state(tmp
     messages = []
     result = run(train_iter(_disc_samples(3), _disc_samples(1, seed=50), tmp_path / "s.pt", epochs=5,
                             collapse_patience=1, epoch_hook=collapse_at_epoch_3, **{**OPTIONS, "steps_per_epoch": 6}),
-                 lambda p: p.record and messages.append(p.message))
+                 lambda p: p.get("record") and messages.append(p.message))
     collapsed = [r for r in result.history if "event" in r]
     assert len(collapsed) == 1 and collapsed[0]["epoch"] == 3 and collapsed[0]["val_dice"] < 0.05
     good = [r for r in result.history[:2] if r["val_dice"] >= 0.05]
@@ -232,7 +232,9 @@ def test_cli_train_unet_distill_and_segment(tmp_path, capsys):
 
 
 def test_student_and_yolo_probes_do_not_confuse_each_other(trained_student):
-    from napari_cellseg.backends import MODELS_DIR, unet, yolo
+    from napari_cellseg.backends import MODELS_DIR
+    from napari_cellseg.unet_student import backend as unet
+    from napari_cellseg.yolo import backend as yolo
 
     out, _ = trained_student
     assert unet.probe(out) and not yolo.probe(out)

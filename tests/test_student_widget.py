@@ -39,7 +39,7 @@ def test_student_widget_trains_plots_and_registers_the_model(qtbot, make_napari_
 def test_student_widget_fine_tunes_a_student_on_corrected_labels(qtbot, make_napari_viewer, tmp_path):
     import torch
 
-    from napari_cellseg.student.model import CHECKPOINT_KEY
+    from napari_cellseg.unet_student.model import CHECKPOINT_KEY
 
     viewer = make_napari_viewer()
     image, truth = disc_image((160, 160), n=10, seed=6)

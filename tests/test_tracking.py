@@ -5,7 +5,7 @@ import pytest
 import tifffile
 
 from napari_cellseg.cli import main
-from napari_cellseg.core.pipeline import run
+from napari_cellseg.pipeline.segment import run
 from napari_cellseg.core.tracking import track_iter
 from napari_path import open_widget
 

@@ -3,7 +3,7 @@ import pytest
 
 from napari_cellseg import load_model, segment, segment_iter
 from napari_cellseg.backends import ModelLoadError
-from napari_cellseg.core.pipeline import plan_tiling, run
+from napari_cellseg.pipeline.segment import plan_tiling, run
 
 from synthetic import disc_image
 from tiny_yolo import with_calibration
@@ -58,7 +58,7 @@ def test_a_checkpoints_calibrated_score_threshold_is_the_default(tmp_path, tiny_
 def test_a_tta_calibration_is_stored_apart_and_used_only_by_tta_runs(tmp_path, tiny_yolo):
     import shutil
 
-    from napari_cellseg.core.finetune import store_calibration
+    from napari_cellseg.pipeline.finetune import store_calibration
 
     path = shutil.copy(tiny_yolo, tmp_path / "tta.pt")
     store_calibration(path, {"conf": 0.4, "tta": True, "f1_50_by_conf": {0.4: 1.0}, "images": ["a"]})
@@ -163,7 +163,7 @@ def test_unavailable_device_is_an_error(tiny_yolo):
 
 
 def test_soft_masks_are_the_probabilities_behind_the_binary_ones(tiny_yolo_model):
-    from napari_cellseg.backends.base import InferenceSettings
+    from napari_cellseg.core.backend import InferenceSettings
 
     image, _ = disc_image((128, 128), n=8, radius=(7, 12), seed=5, dtype=np.uint8)
     tile = np.repeat(image[..., None], 3, axis=-1)
@@ -184,7 +184,7 @@ def test_soft_masks_are_the_probabilities_behind_the_binary_ones(tiny_yolo_model
 
 
 def test_a_checkpoints_mask_threshold_shrinks_masks_and_an_explicit_one_wins(tmp_path, tiny_yolo):
-    from napari_cellseg.backends.base import InferenceSettings
+    from napari_cellseg.core.backend import InferenceSettings
     from napari_cellseg.core.normalize import apply_ranges, as_rgb, channel_ranges
 
     strict = load_model(with_calibration(tiny_yolo, tmp_path / "strict.pt", mask_threshold=0.55), device="cpu")

@@ -10,7 +10,7 @@ __all__ = ["__version__", "segment", "segment_iter", "load_model", "Segmentation
 
 def __getattr__(name):
     if name in ("segment", "segment_iter"):
-        from .core import pipeline
+        from .pipeline import segment as pipeline
 
         return getattr(pipeline, name)
     if name == "load_model":

@@ -44,7 +44,7 @@ def _check_writable(out: Path) -> None:
 
 def cmd_segment(args) -> int:
     from .backends import load_model
-    from .core.batch import segment_files_on_cluster
+    from .pipeline.cluster import segment_files_on_cluster
 
     inputs = _expand_inputs(args.images)
     out = Path(args.out)
@@ -121,7 +121,7 @@ def _write_instance_exports(inputs: list[Path], out: Path, args, class_names: di
 def _segment_locally(path: Path, model, out: Path, parameters: dict, args):
     from tqdm import tqdm
 
-    from .core.batch import FileOutcome, is_done, segment_file
+    from .pipeline.batch import FileOutcome, is_done, segment_file
 
     if not args.overwrite and is_done(path, out):
         return FileOutcome(str(path), "skipped")
@@ -175,25 +175,25 @@ def cmd_export(args) -> int:
 def cmd_finetune(args) -> int:
     from tqdm import tqdm
 
-    from .core.pipeline import run
+    from .pipeline.segment import run
 
     data = Path(args.data)
     data_yaml = data / "data.yaml" if data.is_dir() else data
     if not data_yaml.is_file():
         raise CliError(f"{args.data}: no data.yaml (export a dataset with 'napari-cellseg export')")
-    from .core.finetune import finetune_architecture
+    from .pipeline.finetune import finetune_architecture
 
     arch = finetune_architecture(args.model, args.arch)
     with tqdm(total=1, unit="batch", disable=True if args.quiet else None, file=sys.stderr) as bar:
         def on_progress(progress):
             bar.total, bar.n = progress.total, progress.done
             bar.set_description(progress.message)
-            if progress.metrics and not args.quiet:
-                tqdm.write(f"epoch {progress.epoch}: {progress.losses} {progress.metrics}", file=sys.stderr)
+            if progress.get("metrics") and not args.quiet:
+                tqdm.write(f"epoch {progress.epoch}: {progress.get('losses')} {progress.get('metrics')}", file=sys.stderr)
 
         if arch == "maskrcnn":
             from .core.datasets import read_yolo_dataset
-            from .core.finetune_maskrcnn import maskrcnn_finetune_iter
+            from .maskrcnn.train import maskrcnn_finetune_iter
 
             base = args.model if finetune_architecture(args.model) == "maskrcnn" else None  # else: a new one
             size = {"min_size": args.imgsz, "max_size": round(args.imgsz * 1333 / 800)} if args.imgsz else {}
@@ -201,7 +201,7 @@ def cmd_finetune(args) -> int:
                                          epochs=args.epochs, batch=args.batch, device=args.device,
                                          backbone_weights=args.backbone_weights, **size)
         else:
-            from .core.finetune import finetune_iter
+            from .pipeline.finetune import finetune_iter
 
             job = finetune_iter(args.model, data_yaml, args.out, epochs=args.epochs, batch=args.batch,
                                 imgsz=args.imgsz, zoom=args.zoom, device=args.device)
@@ -228,7 +228,7 @@ def _student_options(args) -> dict:
 
 
 def _report_student(progress) -> None:
-    if progress.record is not None or (progress.phase == "teacher" and progress.done == progress.total):
+    if progress.get("record") is not None or (progress.get("phase", "train") == "teacher" and progress.done == progress.total):
         print(progress.message, flush=True)
     elif progress.done == 0 and progress.message:
         print(progress.message, flush=True)
@@ -249,9 +249,9 @@ def _val_suffixes(text: str) -> tuple[str, ...]:
 
 
 def cmd_train_unet(args) -> int:
-    from .core.pipeline import run
-    from .student.data import discover_dataset, load_sample
-    from .student.train import train_iter
+    from .pipeline.segment import run
+    from .unet_student.data import discover_dataset, load_sample
+    from .unet_student.train import train_iter
 
     train_pairs, val_pairs = discover_dataset(args.dataset, _val_suffixes(args.val_suffixes))
     print(f"{len(train_pairs)} training and {len(val_pairs)} validation images", flush=True)
@@ -264,8 +264,8 @@ def cmd_train_unet(args) -> int:
 
 def cmd_distill(args) -> int:
     from .backends import load_model
-    from .core.pipeline import run
-    from .student.distill import distill_iter, split_image_folder
+    from .pipeline.segment import run
+    from .pipeline.distill import distill_iter, split_image_folder
 
     train, val = split_image_folder(args.images, _val_suffixes(args.val_suffixes))
     print(f"{len(train)} training and {len(val)} validation images; teacher {args.teacher}", flush=True)
@@ -277,7 +277,7 @@ def cmd_distill(args) -> int:
 
 def cmd_track(args) -> int:
     from .core.io import read_image, write_csv, write_labels
-    from .core.pipeline import run
+    from .pipeline.segment import run
     from .core.tracking import track_iter
 
     path = Path(args.labels)
@@ -297,9 +297,9 @@ def cmd_track(args) -> int:
 
 
 def cmd_train_classifier(args) -> int:
-    from .classify.train import cross_validate_iter, load_crop_folders, train_iter
+    from .classifier.train import cross_validate_iter, load_crop_folders, train_iter
     from .core.io import write_csv
-    from .core.pipeline import run
+    from .pipeline.segment import run
 
     channels = [args.channel] if args.channel is not None else None
     crops, labels, classes, tracks = load_crop_folders(args.crops, args.crop_size, channels)
@@ -311,12 +311,12 @@ def cmd_train_classifier(args) -> int:
                    device=args.device)
 
     def report(progress):
-        if progress.train_loss is not None:
-            fold = "" if progress.fold is None else f"fold {progress.fold + 1}: "
-            val_text = ("" if progress.val_accuracy is None else
-                        f"; validation (eval mode) accuracy {progress.val_accuracy:.3f}, "
-                        f"balanced {progress.val_balanced_accuracy:.3f}")
-            print(f"{fold}epoch {progress.epoch}: training loss {progress.train_loss:.4f}{val_text}", flush=True)
+        if progress.get("train_loss") is not None:
+            fold = "" if progress.get('fold') is None else f"fold {progress.get('fold') + 1}: "
+            val_text = ("" if progress.get("val_accuracy") is None else
+                        f"; validation (eval mode) accuracy {progress.get('val_accuracy'):.3f}, "
+                        f"balanced {progress.get('val_balanced_accuracy'):.3f}")
+            print(f"{fold}epoch {progress.epoch}: training loss {progress.get('train_loss'):.4f}{val_text}", flush=True)
         elif progress.done == 0 and progress.message:
             print(progress.message, flush=True)
 
@@ -351,10 +351,10 @@ def cmd_train_classifier(args) -> int:
 
 
 def cmd_classify(args) -> int:
-    from .classify.model import load_classifier
-    from .classify.pipeline import classify_iter
+    from .classifier.model import load_classifier
+    from .classifier.predict import classify_iter
     from .core.io import read_image, write_csv
-    from .core.pipeline import run
+    from .pipeline.segment import run
 
     class_names = [n.strip() for n in args.class_names.split(",") if n.strip()] if args.class_names else None
     classifier = load_classifier(args.model, device=args.device, class_names=class_names)
@@ -363,7 +363,7 @@ def cmd_classify(args) -> int:
     _check_writable(out)
     channels = [args.channel] if args.channel is not None else None
     if target.is_dir():  # loose crops, one folder per class or not
-        from .classify.crops import crop_file
+        from .classifier.crops import crop_file
         from .core.io import IMAGE_SUFFIXES
 
         files = sorted(p for p in target.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -393,7 +393,7 @@ def cmd_demo(args) -> int:
 
     if args.headless or not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or sys.platform != "linux"):
         from .core.metrics import evaluate
-        from .core.pipeline import segment
+        from .pipeline.segment import segment
 
         image, truth = load_sample(args.sample)
         result = segment(image, args.model, device=args.device)
@@ -558,8 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .backends.base import ModelLoadError
-    from .classify.model import ClassifierLoadError
+    from .core.backend import ModelLoadError
+    from .classifier.model import ClassifierLoadError
     from .core.io import ImageReadError
     from .core.normalize import ImageInputError
 

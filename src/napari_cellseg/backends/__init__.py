@@ -10,14 +10,14 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from .base import InferenceSettings, ModelInfo, ModelLoadError, SegmentationBackend
+from ..core.backend import InferenceSettings, ModelInfo, ModelLoadError, SegmentationBackend, describe_file
 
 # name -> module; probed in this order when a file is given
 BACKENDS: dict[str, str] = {
-    "unet": "napari_cellseg.backends.unet",
-    "yolo": "napari_cellseg.backends.yolo",
-    "classical": "napari_cellseg.backends.classical",
-    "maskrcnn": "napari_cellseg.backends.maskrcnn",
+    "unet": "napari_cellseg.unet_student.backend",
+    "yolo": "napari_cellseg.yolo.backend",
+    "classical": "napari_cellseg.classical.backend",
+    "maskrcnn": "napari_cellseg.maskrcnn.backend",
 }
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
@@ -31,7 +31,7 @@ BUILTIN_MODELS: dict[str, str] = {"otsu-watershed": "classical"}
 # not nuclei-brightfield: on light training images its own outlines score higher (README, "Histology and bright-field")
 CONTOUR_REFINERS: dict[str, str] = {"nuclei": "nuclei-contours"}
 # named models that hand images with a light background (histology, bright-field) to a specialist by default
-# (core.pipeline.bright_field_model; README, "Histology and bright-field")
+# (pipeline.segment.bright_field_model; README, "Histology and bright-field")
 BRIGHT_FIELD_MODELS: dict[str, str] = {"nuclei": "nuclei-brightfield"}
 
 __all__ = [
@@ -121,22 +121,3 @@ def _load_one(model, device: str, backend: str | None) -> SegmentationBackend:
             return module.load(path, device)
     raise ModelLoadError(f"{path}: {describe_file(path)}; no backend of napari-cellseg can load it")
 
-
-def describe_file(path: Path) -> str:
-    """A short description of what a file that no backend accepts looks like."""
-    import zipfile
-
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-    if head.startswith(b"PK"):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-        except zipfile.BadZipFile:
-            return "a corrupted or truncated PyTorch checkpoint"
-        if any(n.endswith("data.pkl") for n in names):
-            return "a PyTorch checkpoint of an unknown kind (not ultralytics)"
-        return "a zip archive, not a checkpoint"
-    if head[:1] == b"\x80":
-        return "a legacy pickle file, not an ultralytics checkpoint"
-    return f"not a model checkpoint (starts with {head!r})"

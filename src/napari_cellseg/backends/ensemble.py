@@ -13,7 +13,7 @@ import numpy as np
 
 from ..core.fusion import fuse_detections
 from ..core.tiling import TileDetections
-from .base import InferenceSettings, ModelLoadError
+from ..core.backend import InferenceSettings, ModelLoadError
 
 NAME = "ensemble"
 

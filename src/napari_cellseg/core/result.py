@@ -177,3 +177,14 @@ def concat_tables(tables: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     if not tables:
         return object_table(np.zeros((1, 1), np.int32))
     return {name: np.concatenate([t[name] for t in tables]) for name in OBJECT_COLUMNS}
+
+
+@dataclass
+class FinetuneResult:
+    """What a fine-tuning job returns: the checkpoint written (None if none), its history and calibration."""
+    path: Path | None
+    epochs_done: int
+    cancelled: bool
+    history: list[dict] = field(default_factory=list)
+    calibration: dict | None = None  # the score threshold chosen on the validation images, and why
+    calibration_tta: dict | None = None  # the same for test-time augmented runs

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .pipeline import Progress
+from .progress import Progress
 
 
 @dataclass

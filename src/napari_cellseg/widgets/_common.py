@@ -8,7 +8,7 @@ from magicgui import widgets
 from psygnal import Signal
 
 from ..backends import available_models
-from ..backends.base import DEVICES
+from ..core.backend import DEVICES
 from ..core.recent import on_change, recent_models, remember_model
 
 
@@ -69,8 +69,8 @@ class ModelCache:
         """(the loaded model, whether it was loaded just now); ``warm_up``: a newly loaded model
         also makes one tiny inference."""
         from ..backends import load_model
-        from ..backends.base import resolve_device
-        from ..core.pipeline import warm_up as warm_up_model
+        from ..core.backend import resolve_device
+        from ..pipeline.segment import warm_up as warm_up_model
 
         device = resolve_device(device)  # 'auto' and the device it picks share one entry
         names = tuple(model) if isinstance(model, (list, tuple)) else (model,)  # a list: an ensemble

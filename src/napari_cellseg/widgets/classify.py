@@ -32,8 +32,8 @@ def _layer_choices(viewer, kind) -> list:
 
 class ClassifyWidget(WorkerWidget):
     def __init__(self, viewer: napari.viewer.Viewer):
-        from ..classify.model import DEFAULT_CLASSES
-        from ..classify.train import DEFAULTS
+        from ..classifier.model import DEFAULT_CLASSES
+        from ..classifier.train import DEFAULTS
 
         self.classifier = None
         self.last_result = None
@@ -133,7 +133,7 @@ class ClassifyWidget(WorkerWidget):
         return [n.strip() for n in self.class_names.value.split(",") if n.strip()] or None
 
     def _load(self):
-        from ..classify.model import load_classifier
+        from ..classifier.model import load_classifier
 
         path = str(self.model_file.value)
         key = (str(Path(path).resolve()), tuple(self._names() or ()), self.device.value)
@@ -143,7 +143,7 @@ class ClassifyWidget(WorkerWidget):
         return self.classifier
 
     def run(self):
-        from ..classify.pipeline import classify_iter
+        from ..classifier.predict import classify_iter
 
         image, tracked = self.image.value, self.tracked.value
         if not self.inputs_ready():
@@ -207,8 +207,8 @@ class ClassifyWidget(WorkerWidget):
         self.status.value = f"saved CSVs in {folder}"
 
     def train_from_points(self, *_):
-        from ..classify.crops import crops_at_points
-        from ..classify.train import train_iter
+        from ..classifier.crops import crops_at_points
+        from ..classifier.train import train_iter
 
         points, image, tracked = self.train_points.value, self.image.value, self.tracked.value
         if points is None or image is None or "phenotype" not in points.features:

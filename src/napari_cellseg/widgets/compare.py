@@ -49,7 +49,8 @@ class CompareWidget(WorkerWidget):
     def _job(self, layer, source: SourceInfo, roles: dict, models: list[str], device: str, conf: float | None,
              match_iou: float):
         from ..core.metrics import agreement
-        from ..core.pipeline import Progress, segment_iter
+        from ..core.progress import Progress
+        from ..pipeline.segment import segment_iter
 
         results = []
         for i, name in enumerate(models):

@@ -13,7 +13,7 @@ from ._plot import LinePlot
 
 def _evaluate_job(pred: np.ndarray, gt: np.ndarray, threshold: float):
     from ..core.metrics import evaluate, unmatched
-    from ..core.pipeline import Progress
+    from ..core.progress import Progress
 
     yield Progress(0, 2, 0, 1, "matching objects")
     row = evaluate(pred, gt)

@@ -76,7 +76,8 @@ class SegmentWidget(WorkerWidget):
         return [self.model.value, *extra] if extra else self.model.value
 
     def _job(self, layer, source: SourceInfo, roles: tuple, model_name: str, device: str, parameters: dict):
-        from ..core.pipeline import Progress, segment_iter
+        from ..core.progress import Progress
+        from ..pipeline.segment import segment_iter
 
         yield Progress(0, 1, 0, 1, "loading model")
         model = self._cache.get(model_name, device)  # in the worker thread, cached for re-runs

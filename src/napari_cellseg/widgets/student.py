@@ -60,16 +60,17 @@ class StudentWidget(TrainingWidget):
     @staticmethod
     def _job(mode, teacher, device, folder, layer, suffixes, out, options):
         from ..backends import load_model
-        from ..student.data import Sample, discover_dataset, load_sample, model_input, split_in_memory
-        from ..student.distill import distill_iter, split_image_folder
-        from ..student.train import StudentProgress, train_iter
+        from ..unet_student.data import Sample, discover_dataset, load_sample, model_input, split_in_memory
+        from ..pipeline.distill import distill_iter, split_image_folder
+        from ..core.progress import Progress
+        from ..unet_student.train import train_iter
 
         if mode == DISTIL:
             if folder is not None:
                 train, val = split_image_folder(folder, suffixes)
             else:
                 train, val = split_in_memory(*layer)
-            yield StudentProgress(0, 1, 0, 0, f"loading the teacher {Path(str(teacher)).name}", phase="teacher")
+            yield Progress(0, 1, 0, 0, f"loading the teacher {Path(str(teacher)).name}", {"phase": "teacher"}, unit="image")
             model = load_model(teacher, device=device)
             return (yield from distill_iter(model, train, val, out, teacher_name=str(teacher), **options))
         if folder is not None:
@@ -108,7 +109,7 @@ class StudentWidget(TrainingWidget):
 
     def _on_progress(self, progress):
         super()._on_progress(progress)
-        record = progress.record
+        record = progress.get("record")
         if record is None:
             return
         self.history.append(record)

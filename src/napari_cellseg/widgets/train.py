@@ -46,10 +46,11 @@ class FinetuneWidget(TrainingWidget):
     def _job(self, image, labels, dataset, model, out, epochs, batch, val_fraction, device, arch="yolo",
              backbone=None):
         from ..core.datasets import export_dataset, read_yolo_dataset
-        from ..core.finetune import TrainProgress, finetune_iter
+        from ..core.progress import Progress
+        from ..pipeline.finetune import finetune_iter
 
         if arch in ("maskrcnn", "new maskrcnn"):
-            from ..core.finetune_maskrcnn import maskrcnn_finetune_iter
+            from ..maskrcnn.train import maskrcnn_finetune_iter
 
             samples = [(image[0], image[1], labels)] if dataset is None else list(read_yolo_dataset(
                 Path(dataset) / "data.yaml"))
@@ -60,7 +61,7 @@ class FinetuneWidget(TrainingWidget):
         workdir = Path(tempfile.mkdtemp(prefix="napari-cellseg-train-"))
         try:
             if dataset is None:
-                yield TrainProgress(0, 1, 0, epochs, "exporting the corrected labels")
+                yield Progress(0, 1, 0, epochs, "exporting the corrected labels")
                 dataset = export_dataset([(image[0], image[1], labels)], workdir / "dataset", "yolo", val_fraction)
             else:
                 dataset = Path(dataset) / "data.yaml"
@@ -84,7 +85,7 @@ class FinetuneWidget(TrainingWidget):
         labels_arg = None if dataset else labels.data
         self._out_path = Path(self.out.value)
         device = "cpu" if self.device.value == "auto" else self.device.value
-        from ..core.finetune import finetune_architecture
+        from ..pipeline.finetune import finetune_architecture
 
         try:
             arch = "new maskrcnn" if self.arch.value == "new Mask R-CNN" else finetune_architecture(self.model.value)
@@ -98,10 +99,10 @@ class FinetuneWidget(TrainingWidget):
 
     def _on_progress(self, progress):
         super()._on_progress(progress)
-        if progress.metrics is not None:
+        if progress.get("metrics") is not None:
             if self.history and self.history[-1]["epoch"] == progress.epoch:
                 self.history.pop()  # the final re-validation of the best weights
-            self.history.append({"epoch": progress.epoch, **progress.losses, **progress.metrics})
+            self.history.append({"epoch": progress.epoch, **progress.get("losses"), **progress.get("metrics")})
             epochs = [h["epoch"] for h in self.history]
             loss_key = "train/seg_loss" if "train/seg_loss" in self.history[-1] else "train/loss"  # YOLO / Mask R-CNN
             self.plot.show(epochs, [h.get(loss_key, float("nan")) for h in self.history],

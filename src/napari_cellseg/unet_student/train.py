@@ -1,6 +1,6 @@
 """Training the student U-Net, as a generator.
 
-``train_iter`` yields a :class:`StudentProgress` per batch and one with an epoch ``record``
+``train_iter`` yields a :class:`Progress` per batch and one with an epoch ``record``
 ({epoch, loss, val_dice, lr, seconds[, event]}) at every epoch end; closing the generator
 (Cancel) stops after the current batch, keeping the checkpoints written so far.
 
@@ -27,27 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.progress import Progress
 from .data import Sample, intensity_jitter, random_crop, to_network, validation_crops
 from .model import CHECKPOINT_KEY, DEFAULT_WIDTHS, build_unet, checkpoint_meta, load_checkpoint, save_checkpoint
 from .targets import PostProcess, make_targets
 
 DEFAULT_TILE = 768  # inference tile side in image pixels: most images in one tile (the network is fully convolutional)
 NORMALISATION = "per-channel 1st-99.8th percentile to uint8 RGB, then /255"
-
-
-@dataclass(frozen=True)
-class StudentProgress:
-    done: int  # batches (or teacher images) finished
-    total: int
-    epoch: int
-    epochs: int
-    message: str = ""
-    record: dict | None = None  # at epoch ends
-    phase: str = "train"  # "teacher" while distilling masks, then "train"
-
-    @property
-    def fraction(self) -> float:
-        return self.done / self.total if self.total else 1.0
 
 
 @dataclass
@@ -159,7 +145,7 @@ def train_iter(
     tile: int = DEFAULT_TILE,
     info: dict | None = None,
     epoch_hook: Callable | None = None,
-) -> Generator[StudentProgress, None, StudentResult]:
+) -> Generator[Progress, None, StudentResult]:
     """Train (or resume) a student; see the module docstring. ``info``: provenance kept in the checkpoint.
 
     ``init``: a student checkpoint whose weights start the training (e.g. a distilled student
@@ -170,7 +156,7 @@ def train_iter(
     """
     import torch
 
-    from ..backends.base import resolve_device
+    from ..core.backend import resolve_device
 
     if not train:
         raise ValueError("no training images")
@@ -223,7 +209,7 @@ def train_iter(
                                          "crop": crop, "n_train": len(train), "n_val": len(val),
                                          "val_names": [s.name for s in val][:2000]})
 
-    yield StudentProgress(0, total, start_epoch, epochs, f"training from epoch {start_epoch + 1}")
+    yield Progress(0, total, start_epoch, epochs, f"training from epoch {start_epoch + 1}", unit="epoch")
     epoch = start_epoch
     try:
         while epoch < epochs:
@@ -246,8 +232,9 @@ def train_iter(
                 optimizer.step()
                 losses.append(float(loss.detach()))
                 done += 1
-                yield StudentProgress(done, total, epoch, epochs,
-                                      f"epoch {epoch + 1}/{epochs}, batch {step + 1}/{steps}, loss {losses[-1]:.3f}")
+                yield Progress(done, total, epoch, epochs,
+                               f"epoch {epoch + 1}/{epochs}, batch {step + 1}/{steps}, loss {losses[-1]:.3f}",
+                               unit="epoch")
             if finite and bn_batches:
                 recalibrate_batchnorm(model, [_batch(train, crop, batch, rng, scale_jitter, False, False)
                                               for _ in range(bn_batches)], device)
@@ -289,7 +276,7 @@ def train_iter(
             message = f"epoch {epoch}/{epochs}: loss {record['loss']:.4f}, val Dice {dice:.4f}, lr {current_lr:.2g}"
             if "event" in record:
                 message += " - " + record["event"]
-            yield StudentProgress(done, total, epoch, epochs, message, record)
+            yield Progress(done, total, epoch, epochs, message, {"record": record}, unit="epoch")
         cancelled = False
     finally:
         if cancelled and history and not out.is_file() and last_path.is_file():

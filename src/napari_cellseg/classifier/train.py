@@ -24,25 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.progress import Progress
 from .model import DEFAULT_CROP, Classifier, adapt_first_conv, build_resnet50
 
 FREEZE_CHOICES = ("seed", "head", "none")
 INIT_CHOICES = ("auto", "imagenet", "none")  # or a path to a weights file
 DEFAULTS = {"epochs": 10, "batch_size": 32, "lr": 1e-3, "freeze": "seed", "init": "auto", "val_fraction": 0.2,
             "crop_size": DEFAULT_CROP}
-
-
-@dataclass(frozen=True)
-class EpochProgress:
-    done: int
-    total: int
-    epoch: int
-    epochs: int
-    message: str = ""
-    train_loss: float | None = None
-    val_accuracy: float | None = None  # eval mode, un-augmented validation crops
-    val_balanced_accuracy: float | None = None
-    fold: int | None = None
 
 
 @dataclass
@@ -367,7 +355,7 @@ def train_iter(
     epochs: int = DEFAULTS["epochs"], batch_size: int = DEFAULTS["batch_size"], lr: float = DEFAULTS["lr"],
     freeze: str = DEFAULTS["freeze"], init=DEFAULTS["init"], seed: int = 0, fold: int | None = None,
     device: str = "cpu", crop_mode: str = "resize",
-) -> Generator[EpochProgress, None, TrainResult]:
+) -> Generator[Progress, None, TrainResult]:
     """Train; after each epoch score the validation crops in eval mode. Returns the best epoch.
 
     ``val``: curated validation crops and labels; otherwise ``val_fraction`` of the crops are held
@@ -375,7 +363,7 @@ def train_iter(
     """
     import torch
 
-    from ..backends.base import resolve_device
+    from ..core.backend import resolve_device
 
     device = resolve_device(device)
     crops = np.asarray(crops, np.float32)
@@ -411,7 +399,7 @@ def train_iter(
     steps = max(1, len(crops) // max(2, batch_size))  # equal batches of at least 2: batch norm needs them
     total = epochs * steps
     history = []
-    yield EpochProgress(0, total, 0, epochs, "; ".join(notes), fold=fold)
+    yield Progress(0, total, 0, epochs, "; ".join(notes), {"fold": fold}, unit="epoch")
 
     def snapshot():
         return Classifier(copy.deepcopy(model).cpu().eval(), list(class_names), in_channels, size,
@@ -430,8 +418,8 @@ def train_iter(
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-            yield EpochProgress((epoch - 1) * steps + step + 1, total, epoch, epochs,
-                                f"epoch {epoch}/{epochs}, step {step + 1}/{steps}", fold=fold)
+            yield Progress((epoch - 1) * steps + step + 1, total, epoch, epochs,
+                           f"epoch {epoch}/{epochs}, step {step + 1}/{steps}", {"fold": fold}, unit="epoch")
         recalibrate_batch_norm(model, crops, device=device)
         row = {"epoch": epoch, "train_loss": float(np.mean(losses))}
         if has_val:
@@ -442,8 +430,9 @@ def train_iter(
             if best_key is None or key > best_key:
                 best, best_key, best_epoch, best_eval = snapshot(), key, epoch, evaluation
         history.append(row)
-        yield EpochProgress(epoch * steps, total, epoch, epochs, f"epoch {epoch}/{epochs} done", row["train_loss"],
-                            row.get("val_accuracy"), row.get("val_balanced_accuracy"), fold)
+        yield Progress(epoch * steps, total, epoch, epochs, f"epoch {epoch}/{epochs} done",
+                       {"train_loss": row["train_loss"], "val_accuracy": row.get("val_accuracy"),
+                        "val_balanced_accuracy": row.get("val_balanced_accuracy"), "fold": fold}, unit="epoch")
     model.eval()
     last = snapshot()
     if best is None:

@@ -15,33 +15,10 @@ import os
 import queue
 import threading
 from collections.abc import Generator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-
-class TrainingCancelled(Exception):
-    pass
-
-
-@dataclass(frozen=True)
-class TrainProgress:
-    done: int  # batches over the whole run
-    total: int
-    epoch: int
-    epochs: int
-    message: str = ""
-    losses: dict | None = None  # at epoch ends
-    metrics: dict | None = None
-
-
-@dataclass
-class FinetuneResult:
-    path: Path | None
-    epochs_done: int
-    cancelled: bool
-    history: list[dict] = field(default_factory=list)
-    calibration: dict | None = None  # the score threshold chosen on the validation images, and why
-    calibration_tta: dict | None = None  # the same for test-time augmented runs
+from ..core.progress import Progress, TrainingCancelled
+from ..core.result import FinetuneResult
 
 
 # score thresholds tried by the calibration: ultralytics' 0.25 is often too low for a model
@@ -59,9 +36,9 @@ def calibrate_conf_iter(model, samples, grid=CONF_GRID, *, tta: bool = False
     import numpy as np
 
     from ..backends import load_model
-    from ..backends.base import DEFAULT_CONF
-    from .metrics import matching_stats
-    from .pipeline import run, segment_iter
+    from ..core.backend import DEFAULT_CONF
+    from ..core.metrics import matching_stats
+    from .segment import run, segment_iter
 
     model = load_model(model, device="cpu") if isinstance(model, (str, Path)) else model
     f1 = {conf: [] for conf in grid}
@@ -81,7 +58,7 @@ def store_calibration(path: str | Path, *calibrations: dict) -> None:
     model's own: ``conf``, or ``conf_tta`` for a calibration made with test-time augmentation."""
     import torch
 
-    from .io import atomic_path
+    from ..core.io import atomic_path
 
     ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own file, just written
     for calibration in calibrations:
@@ -98,8 +75,8 @@ def tile_dataset(data_yaml: Path, tile: int, out_dir: Path) -> Path:
     """
     import yaml
 
-    from .datasets import read_yolo_dataset, write_yolo_dataset
-    from .tiling import tile_grid
+    from ..core.datasets import read_yolo_dataset, write_yolo_dataset
+    from ..core.tiling import tile_grid
 
     config = yaml.safe_load(Path(data_yaml).read_text())
     names = config.get("names", {0: "cell"})
@@ -121,7 +98,8 @@ def finetune_architecture(model: str | os.PathLike | None, arch: str = "auto") -
     """'yolo' or 'maskrcnn': the one asked for, or that of the model to start from."""
     if arch != "auto":
         return arch
-    from ..backends import maskrcnn, resolve_model
+    from ..backends import resolve_model
+    from ..maskrcnn import backend as maskrcnn
 
     _, path = resolve_model(model) if model else (None, None)
     return "maskrcnn" if path is not None and maskrcnn.probe(path) else "yolo"
@@ -131,7 +109,7 @@ def finetune_iter(
     model: str | Path, data_yaml: str | Path, out: str | Path, *, epochs: int = 10, batch: int = 8,
     imgsz: int | None = None, zoom: float | None = None, device: str = "cpu", workdir: str | Path | None = None,
     calibrate_conf: bool = True, calibrate_tta: bool = True, **train_args,
-) -> Generator[TrainProgress, None, FinetuneResult]:
+) -> Generator[Progress, None, FinetuneResult]:
     """Fine-tune a YOLO segmentation model on a YOLO dataset; yields progress per batch and epoch.
 
     ``calibrate_conf``: afterwards, choose the score threshold on the validation images;
@@ -198,21 +176,21 @@ def finetune_iter(
         done, n_batches, cancelled = 0, 1, False
         thread.start()
         try:
-            yield TrainProgress(0, epochs, 0, epochs, "preparing")
+            yield Progress(0, epochs, 0, epochs, "preparing", unit="epoch")
             while True:
                 event = events.get()
                 if event[0] == "batch":
                     _, epoch, total_epochs, n_batches = event
                     done += 1
-                    yield TrainProgress(done, total_epochs * n_batches, epoch, total_epochs,
-                                        f"epoch {epoch + 1}/{total_epochs}")
+                    yield Progress(done, total_epochs * n_batches, epoch, total_epochs,
+                                   f"epoch {epoch + 1}/{total_epochs}", unit="epoch")
                 elif event[0] == "epoch":
                     _, epoch, total_epochs, losses, metrics = event
                     if history and history[-1]["epoch"] == epoch:
                         history.pop()  # ultralytics re-validates the best weights at the end: keep the latest
                     history.append({"epoch": epoch, **losses, **metrics})
-                    yield TrainProgress(done, total_epochs * n_batches, epoch, total_epochs,
-                                        f"epoch {epoch}/{total_epochs} done", losses, metrics)
+                    yield Progress(done, total_epochs * n_batches, epoch, total_epochs, f"epoch {epoch}/{total_epochs} done",
+                                   {"losses": losses, "metrics": metrics}, unit="epoch")
                 elif event[0] == "error":
                     raise event[1]
                 else:
@@ -244,7 +222,7 @@ def _calibrate(path: Path, data_yaml: Path, done: int, total: int, epochs: int, 
     import yaml
 
     from ..backends import load_model
-    from .datasets import read_yolo_dataset
+    from ..core.datasets import read_yolo_dataset
 
     config = yaml.safe_load(data_yaml.read_text())
     if not config.get("val") or config.get("val") == config.get("train"):
@@ -263,7 +241,7 @@ def _calibrate(path: Path, data_yaml: Path, done: int, total: int, epochs: int, 
             except StopIteration as stop:
                 calibrations.append(stop.value)
                 break
-            yield TrainProgress(done, total, epochs, epochs, f"calibrating {what}: image {k}/{n}")
+            yield Progress(done, total, epochs, epochs, f"calibrating {what}: image {k}/{n}", unit="epoch")
     store_calibration(path, *calibrations)
     return calibrations[0], calibrations[1] if with_tta else None
 
@@ -285,7 +263,7 @@ def _package(weights: Path, out: Path, base_info, history: list[dict], zoom: flo
     import torch
     from ultralytics.utils.torch_utils import strip_optimizer
 
-    from .io import atomic_path
+    from ..core.io import atomic_path
 
     with atomic_path(out) as tmp:
         ckpt = torch.load(weights, map_location="cpu", weights_only=False)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import ModelLoadError
+from ..core.backend import ModelLoadError
 
 # detectron2 defaults (detectron2/config/defaults.py) for what changes results
 D2_PIXEL_MEAN = (103.530, 116.280, 123.675)  # BGR, 0..255

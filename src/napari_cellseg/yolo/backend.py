@@ -12,7 +12,7 @@ import numpy as np
 
 from ..core.io import sha256_of
 from ..core.tiling import TileDetections
-from .base import DEFAULT_CONF, InferenceSettings, ModelInfo, ModelLoadError, checkpoint_pickle, resolve_device
+from ..core.backend import DEFAULT_CONF, InferenceSettings, ModelInfo, ModelLoadError, checkpoint_pickle, resolve_device
 
 NAME = "yolo"
 STRIDE = 32  # YOLO11 input sides must be multiples of the largest stride
@@ -36,7 +36,7 @@ class YoloBackend:
         if not path.is_file():
             raise ModelLoadError(f"{path}: no such model file")
         if not probe(path):
-            from . import describe_file
+            from ..core.backend import describe_file
 
             raise ModelLoadError(f"{path}: {describe_file(path)}; expected an ultralytics YOLO checkpoint")
         self.device = resolve_device(device)

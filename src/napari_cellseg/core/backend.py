@@ -6,7 +6,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ..core.tiling import TileDetections
+from .tiling import TileDetections
 
 
 class ModelLoadError(ValueError):
@@ -57,7 +57,7 @@ class ModelInfo:
     # a model (name or path) whose foreground redraws this model's outlines by default (core.refine)
     refine_with: str | None = None
     # a model (name or path) that segments images with a light background (histology, bright-field)
-    # in this model's place by default (core.pipeline.bright_field_model)
+    # in this model's place by default (pipeline.segment.bright_field_model)
     bright_field_with: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -118,3 +118,23 @@ def resolve_device(device: str = "auto") -> str:
     if device != "cpu" and not device.startswith(("cuda", "mps")):
         raise ModelLoadError(f"unknown device '{device}'; use one of {', '.join(DEVICES)}")
     return device
+
+
+def describe_file(path) -> str:
+    """A short description of what a file that no backend accepts looks like."""
+    import zipfile
+
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile:
+            return "a corrupted or truncated PyTorch checkpoint"
+        if any(n.endswith("data.pkl") for n in names):
+            return "a PyTorch checkpoint of an unknown kind (not ultralytics)"
+        return "a zip archive, not a checkpoint"
+    if head[:1] == b"\x80":
+        return "a legacy pickle file, not an ultralytics checkpoint"
+    return f"not a model checkpoint (starts with {head!r})"

@@ -2,5 +2,6 @@
 
 model.py (architecture), targets.py (training targets and instance post-processing),
 data.py (datasets, split, augmentation), train.py (training generator with checkpoints,
-resume and collapse recovery), distill.py (teacher masks, then training).
+resume and collapse recovery), backend.py (the segmentation backend); distillation from a
+teacher, which runs the teacher through the pipeline, is pipeline/distill.py.
 """

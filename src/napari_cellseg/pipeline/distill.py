@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import (
+from ..unet_student.data import (
     DEFAULT_VAL_SUFFIXES, IMAGE_SUFFIXES, DatasetLayoutError, Sample, _images_in, is_validation_name,
     is_validation_position, model_input, position_number, sample_name,
 )
-from .train import StudentProgress, StudentResult, train_iter
+from ..core.progress import Progress
+from ..unet_student.train import StudentResult, train_iter
 
 
 def split_image_folder(folder: str | Path, val_suffixes=DEFAULT_VAL_SUFFIXES) -> tuple[list[Path], list[Path]]:
@@ -58,10 +59,10 @@ def _cache_name(name: str) -> str:
 
 
 def teacher_labels_iter(teacher, images: list, cache_dir: str | Path, segment_options: dict | None = None,
-                        ) -> Generator[StudentProgress, None, list[np.ndarray]]:
+                        ) -> Generator[Progress, None, list[np.ndarray]]:
     """Teacher labels for ``images`` ((name, path-or-array) pairs), cached in ``cache_dir``."""
     from ..core.io import read_image, write_labels
-    from ..core.pipeline import run, segment_iter
+    from .segment import run, segment_iter
 
     # the teacher's own outlines unless the caller asks for its contour refinement ({"refine": "auto"})
     options = {"refine": None, **(segment_options or {})}
@@ -83,9 +84,9 @@ def teacher_labels_iter(teacher, images: list, cache_dir: str | Path, segment_op
             result = run(segment_iter(image, teacher, **options))
             write_labels(cached, result.labels)
             labels.append(result.labels.astype(np.int32))
-        yield StudentProgress(k + 1, len(images), 0, 0,
-                              f"teacher: image {k + 1}/{len(images)} ({int(labels[-1].max())} objects)",
-                              phase="teacher")
+        yield Progress(k + 1, len(images), 0, 0,
+                       f"teacher: image {k + 1}/{len(images)} ({int(labels[-1].max())} objects)",
+                       {"phase": "teacher"}, unit="image")
     return labels
 
 
@@ -101,7 +102,7 @@ def _named(images) -> list:
 
 def distill_iter(teacher, train_images: list, val_images: list, out: str | Path, *,
                  cache_dir: str | Path | None = None, segment_options: dict | None = None,
-                 teacher_name: str | None = None, **train_kwargs) -> Generator[StudentProgress, None, StudentResult]:
+                 teacher_name: str | None = None, **train_kwargs) -> Generator[Progress, None, StudentResult]:
     """Teacher masks for train and validation images, then :func:`train_iter` on them.
 
     Images: paths or (name, array) pairs. ``cache_dir`` defaults to ``<out stem>_teacher_masks``

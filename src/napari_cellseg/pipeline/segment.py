@@ -14,27 +14,15 @@ from functools import partial
 import numpy as np
 
 from ..backends import InferenceSettings, SegmentationBackend, load_model
-from .fusion import fuse_detections, predict_with_flips
-from .normalize import ImageLayout, apply_ranges, as_rgb, bright_background, channel_ranges, to_stack_of_frames
-from .refine import ContourRefinement, foreground_iter, refine_labels
-from .result import RunSummary, SegmentationResult, concat_tables, object_table
-from .tiling import InstanceStitcher, tile_grid
-from .options import parse_diameter  # noqa: F401 - re-exported: callers have used it from here
+from ..core.fusion import fuse_detections, predict_with_flips
+from ..core.normalize import ImageLayout, apply_ranges, as_rgb, bright_background, channel_ranges, to_stack_of_frames
+from ..core.refine import ContourRefinement, foreground_iter, refine_labels
+from ..core.result import RunSummary, SegmentationResult, concat_tables, object_table
+from ..core.tiling import InstanceStitcher, tile_grid
+from ..core.progress import Progress
+from ..core.options import parse_diameter  # noqa: F401 - re-exported: callers have used it from here
 
 DEFAULT_IMGSZ = 640
-
-
-@dataclass(frozen=True)
-class Progress:
-    done: int  # tiles finished over the whole run
-    total: int
-    frame: int
-    n_frames: int
-    message: str = ""
-
-    @property
-    def fraction(self) -> float:
-        return self.done / self.total if self.total else 1.0
 
 
 @dataclass(frozen=True)
@@ -434,7 +422,7 @@ def segment(
 
     Keyword arguments are those of :func:`segment_iter`.
     """
-    from .io import read_image
+    from ..core.io import read_image
 
     if isinstance(image, (str, os.PathLike)):
         image = read_image(image)

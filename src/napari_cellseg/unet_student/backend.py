@@ -1,4 +1,4 @@
-"""U-Net student backend (see napari_cellseg.student).
+"""U-Net student backend (see napari_cellseg.unet_student).
 
 A student checkpoint is a plain ``torch.save`` dict of tensors and numbers, marked by the
 top-level key ``napari_cellseg_unet``; it loads with ``weights_only=True`` (no code runs).
@@ -11,7 +11,7 @@ import numpy as np
 
 from ..core.io import sha256_of
 from ..core.tiling import TileDetections
-from .base import InferenceSettings, ModelInfo, ModelLoadError, checkpoint_pickle, resolve_device
+from ..core.backend import InferenceSettings, ModelInfo, ModelLoadError, checkpoint_pickle, resolve_device
 
 NAME = "unet"
 MARKER = b"napari_cellseg_unet"
@@ -43,14 +43,14 @@ class UNetBackend:
     """A trained U-Net student; instances by seeded watershed on its foreground/boundary/distance maps."""
 
     def __init__(self, path: str | Path, device: str = "auto"):
-        from ..student.model import CHECKPOINT_KEY, for_inference, load_checkpoint, model_from_checkpoint
-        from ..student.targets import PostProcess
+        from .model import CHECKPOINT_KEY, for_inference, load_checkpoint, model_from_checkpoint
+        from .targets import PostProcess
 
         path = Path(path)
         if not path.is_file():
             raise ModelLoadError(f"{path}: no such model file")
         if not probe(path):
-            from . import describe_file
+            from ..core.backend import describe_file
 
             raise ModelLoadError(f"{path}: {describe_file(path)}; expected a napari-cellseg U-Net student checkpoint")
         self.device = resolve_device(device)
@@ -81,7 +81,7 @@ class UNetBackend:
     def probabilities(self, tile: np.ndarray, augmented: bool = False) -> np.ndarray:
         """(3, H, W) foreground, boundary and distance maps of an (H, W, 3) uint8 tile; ``augmented``:
         the mean of the maps of the tile as is and flipped left-right, up-down and both."""
-        from ..student.model import predict_probabilities
+        from .model import predict_probabilities
 
         if not augmented:
             return predict_probabilities(self._model, tile, self.device)
@@ -103,7 +103,7 @@ class UNetBackend:
         import cv2
         from scipy import ndimage
 
-        from ..student.targets import instances_from_predictions
+        from .targets import instances_from_predictions
 
         h, w = tile.shape[:2]
         zh, zw = max(1, round(h * settings.zoom)), max(1, round(w * settings.zoom))

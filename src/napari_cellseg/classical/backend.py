@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.tiling import TileDetections
-from .base import InferenceSettings, ModelInfo
+from ..core.backend import InferenceSettings, ModelInfo
 
 NAME = "classical"
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core.pipeline import Progress
+from ..core.progress import Progress
 from .crops import cell_crops
 from .model import Classifier
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .finetune import FinetuneResult, TrainProgress
+from ..core.progress import Progress
+from ..core.result import FinetuneResult
 
 NO_BACKBONE_NOTE = "no local backbone weights: training from scratch"
 
@@ -34,8 +35,8 @@ def _targets(labels: np.ndarray):
 
 def prepare_samples(samples) -> list[tuple[np.ndarray, np.ndarray]]:
     """(uint8 RGB frame, labels) pairs from (name, image, labels) samples; frames without objects are dropped."""
-    from .datasets import frames_of
-    from .normalize import model_rgb, to_stack_of_frames
+    from ..core.datasets import frames_of
+    from ..core.normalize import model_rgb, to_stack_of_frames
 
     out = []
     for name, image, labels in samples:
@@ -53,12 +54,12 @@ def maskrcnn_finetune_iter(
     samples, out: str | Path, *, base: str | Path | None = None, epochs: int = 10, batch: int = 2,
     lr: float = 0.002, device: str = "cpu", backbone_weights: str | Path | None = None,
     min_size: int = 800, max_size: int = 1333, seed: int = 0,
-) -> Generator[TrainProgress, None, FinetuneResult]:
+) -> Generator[Progress, None, FinetuneResult]:
     """Train from ``base`` (a Mask R-CNN checkpoint) or from a new one-class ResNet-50-FPN."""
     import torch
 
-    from ..backends.detectron2_convert import MaskRCNNConfig
-    from ..backends.maskrcnn import build_model, checkpoint_to_torchvision
+    from .convert import MaskRCNNConfig
+    from .backend import build_model, checkpoint_to_torchvision
 
     torch.manual_seed(seed)
     frames = prepare_samples(samples)
@@ -68,7 +69,7 @@ def maskrcnn_finetune_iter(
         if config.num_classes != 1:
             raise ValueError(f"{base}: fine-tuning keeps one class ('cell'); the checkpoint has {config.num_classes}")
         model = build_model(config, trainable_layers=3)
-        from ..backends.detectron2_convert import load_weights_strict
+        from .convert import load_weights_strict
 
         load_weights_strict(model, state, unmapped, base)
     else:
@@ -97,7 +98,7 @@ def maskrcnn_finetune_iter(
     best = None
     done = 0
     out = Path(out)
-    yield TrainProgress(0, total, 0, epochs, notes[0] if notes else "training")
+    yield Progress(0, total, 0, epochs, notes[0] if notes else "training", unit="epoch")
     for epoch in range(epochs):
         order = rng.permutation(len(frames))
         losses = []
@@ -120,21 +121,23 @@ def maskrcnn_finetune_iter(
             optimizer.step()
             losses.append(float(loss.detach()))
             done += 1
-            yield TrainProgress(done, total, epoch, epochs, f"epoch {epoch + 1}/{epochs}, loss {losses[-1]:.3f}")
+            yield Progress(done, total, epoch, epochs, f"epoch {epoch + 1}/{epochs}, loss {losses[-1]:.3f}",
+                           unit="epoch")
         mean_loss = float(np.mean(losses))
         history.append({"epoch": epoch + 1, "train/loss": round(mean_loss, 4)})
         if best is None or mean_loss < best:
             best = mean_loss
             _save(model, config, history, out, base)
-        yield TrainProgress(done, total, epoch + 1, epochs, f"epoch {epoch + 1}/{epochs} done",
-                            {"train/loss": round(mean_loss, 4)}, {"best/loss": round(best, 4)})
+        yield Progress(done, total, epoch + 1, epochs, f"epoch {epoch + 1}/{epochs} done",
+                       {"losses": {"train/loss": round(mean_loss, 4)}, "metrics": {"best/loss": round(best, 4)}},
+                       unit="epoch")
     return FinetuneResult(out if out.is_file() else None, len(history), False, history)
 
 
 def _save(model, config, history, out: Path, base) -> None:
     import torch
 
-    from .io import atomic_path
+    from ..core.io import atomic_path
 
     with atomic_path(out) as tmp:
         torch.save({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},

@@ -25,9 +25,9 @@ import numpy as np
 
 from ..core.io import sha256_of
 from ..core.tiling import TileDetections
-from .base import InferenceSettings, ModelInfo, ModelLoadError, checkpoint_pickle, resolve_device
+from ..core.backend import InferenceSettings, ModelInfo, ModelLoadError, checkpoint_pickle, resolve_device
 from .detectron2_inference import Detectron2Inference
-from .detectron2_convert import (
+from .convert import (
     IMAGENET_MEAN_255, IMAGENET_STD_255, MaskRCNNConfig, config_contradictions, config_from_detectron2,
     convert_detectron2_state, detectron2_architecture, is_caffe2_state, is_detectron2_state, load_weights_strict,
     read_config_yaml,
@@ -163,7 +163,7 @@ def checkpoint_to_torchvision(path: Path, checkpoint: dict | None = None) -> tup
         else:
             config = config_from_detectron2(None)
             if arch["groups"] > 1:  # FB/Caffe2 ResNeXt ImageNet models: other strides and std
-                from .detectron2_convert import D2_PIXEL_STD_FB
+                from .convert import D2_PIXEL_STD_FB
 
                 config.stride_in_1x1, config.pixel_std = False, D2_PIXEL_STD_FB
                 config.notes.append("ResNeXt without config.yaml: STRIDE_IN_1X1 False and PIXEL_STD "

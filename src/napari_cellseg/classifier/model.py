@@ -137,7 +137,7 @@ def _load_weights_only(path: Path):
 
 def load_classifier(path: str | Path, device: str = "cpu", in_channels: int | None = None,
                     class_names: list[str] | None = None) -> Classifier:
-    from ..backends.base import resolve_device
+    from ..core.backend import resolve_device
     from ..core.io import sha256_of
 
     device = resolve_device(device)

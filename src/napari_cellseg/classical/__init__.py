@@ -1,0 +1,1 @@
+"""The classical baseline: Otsu threshold and seeded watershed, no weights."""

@@ -1,0 +1,1 @@
+"""Mask R-CNN: detectron2 checkpoints on torchvision (conversion, the exact detectron2 inference path, fine-tuning)."""

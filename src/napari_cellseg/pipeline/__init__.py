@@ -1,0 +1,1 @@
+"""The pipeline layer: the scale rule, tiling and stitching, ensembles, refinement, batch and Dask runs, and the jobs that use several families (fine-tune dispatch and calibration, distillation). It uses the model families only through the registry in backends/."""
