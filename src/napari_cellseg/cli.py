@@ -363,17 +363,11 @@ def cmd_classify(args) -> int:
     _check_writable(out)
     channels = [args.channel] if args.channel is not None else None
     if target.is_dir():  # loose crops, one folder per class or not
-        from .classifier.crops import crop_file
-        from .core.io import IMAGE_SUFFIXES
+        from .classifier.predict import classify_crop_folder
 
-        files = sorted(p for p in target.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        crops = [crop_file(path, classifier.crop_size, channels) for path in files]
-        probabilities = classifier.predict(np.stack(crops)) if crops else np.zeros((0, 1))
-        names = np.array(classifier.class_names, dtype=object)
-        best = probabilities.argmax(1)
-        write_csv(out / "crops_phenotypes.csv", {"file": [str(p.relative_to(target)) for p in files],
-                                                 "phenotype": names[best], "probability": probabilities.max(1)})
-        print(f"{len(files)} crops classified -> {out / 'crops_phenotypes.csv'}")
+        table = classify_crop_folder(target, classifier, channels)
+        write_csv(out / "crops_phenotypes.csv", table)
+        print(f"{len(table['file'])} crops classified -> {out / 'crops_phenotypes.csv'}")
         return 0
     if not args.labels:
         raise CliError("give --labels TRACKED.tif for an image, or a folder of crops")

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from ..core.io import IMAGE_SUFFIXES
 from ..core.progress import Progress
-from .crops import cell_crops
+from .crops import cell_crops, crop_file
 from .model import Classifier
 
 
@@ -86,3 +88,16 @@ def classify_iter(image: np.ndarray, tracked: np.ndarray, classifier: Classifier
         "crop_mode": classifier.crop_mode,
         "channels": channels,
     })
+
+
+def classify_crop_folder(folder, classifier: Classifier, channels: list[int] | None = None) -> dict:
+    """Classify loose crop files under ``folder`` (sub-folders or not): a table of file (relative to
+    ``folder``), phenotype and probability, one row per crop, sorted by file name."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    crops = [crop_file(path, classifier.crop_size, channels) for path in files]
+    probabilities = classifier.predict(np.stack(crops)) if crops else np.zeros((0, 1))
+    names = np.array(classifier.class_names, dtype=object)
+    return {"file": [str(p.relative_to(folder)) for p in files], "phenotype": list(names[probabilities.argmax(1)]),
+            "probability": probabilities.max(1)}
+

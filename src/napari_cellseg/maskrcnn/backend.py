@@ -1,7 +1,7 @@
 """Mask R-CNN (ResNet-50-FPN / ResNeXt-101-32x8d-FPN) on torchvision, for torchvision and detectron2 checkpoints.
 
 detectron2 checkpoints (``model_final.pth`` or the model-zoo ``.pkl``) are converted by name
-(:mod:`.detectron2_convert`) into torchvision's modules and run with detectron2's own inference
+(:mod:`.convert`) into torchvision's modules and run with detectron2's own inference
 arithmetic (:mod:`.detectron2_inference`: PIL resize of the uint8 frame, BGR 0..255 minus the
 checkpoint's pixel mean/std, unrounded anchors, per-level RPN top-k, ROIAlignV2, class-specific
 boxes, per-class NMS, detectron2's mask pasting); on the shared detectron2 fixture this gives
