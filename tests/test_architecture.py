@@ -104,3 +104,25 @@ def test_no_import_cycles():
     # a package's __init__ re-exporting its submodules is not a cycle worth naming
     cycles = [c for c in cycles if not all(part.startswith(c.split(" -> ")[0]) for part in c.split(" -> "))]
     assert not cycles, "\n".join(cycles)
+
+
+def test_each_job_s_options_are_defined_once_and_reach_the_cli():
+    """The CLI's flags, defaults and help of a job come from its options object in core/options.py."""
+    from napari_cellseg.classifier.model import DEFAULT_CROP
+    from napari_cellseg.classifier.train import DEFAULTS
+    from napari_cellseg.cli import build_parser
+    from napari_cellseg.core.options import (ClassifierTrainOptions, FinetuneOptions, SegmentOptions, option_fields,
+                                             spec_of)
+
+    assert DEFAULTS["crop_size"] == DEFAULT_CROP
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices
+    for command, options in (("segment", SegmentOptions), ("finetune", FinetuneOptions),
+                             ("train-classifier", ClassifierTrainOptions)):
+        actions = {a.dest: a for a in sub[command]._actions}
+        for f in option_fields(options):
+            if not spec_of(f).cli:
+                continue
+            assert f.name in actions, (command, f.name)
+            assert spec_of(f).help in actions[f.name].help, (command, f.name)
+            if not isinstance(f.default, bool):
+                assert actions[f.name].default == f.default, (command, f.name)

@@ -23,7 +23,9 @@ def detector_with_specialist():
     detector, specialist = load_model("otsu-watershed"), load_model("otsu-watershed")
     specialist.info = replace(specialist.info, path="bright-field specialist")
     detector.info = replace(detector.info, path="detector", bright_field_with="specialist")
-    detector._companions = {"specialist": specialist}  # as if loaded by name before
+    from napari_cellseg.pipeline.segment import companions_of
+
+    companions_of(detector)["specialist"] = specialist  # as if loaded by name before
     return detector, specialist
 
 
@@ -89,10 +91,10 @@ def test_the_named_nuclei_model_hands_light_images_to_nuclei_brightfield():
     # the specialist keeps its own outlines (refinement lowers its score on light images)
     assert result.metadata["parameters"]["refine"] is None
     assert result.n_objects > 0
-    assert "nuclei-brightfield" in nuclei._companions  # loaded once, kept for the next run
-    from napari_cellseg.pipeline.segment import contour_refiner
+    from napari_cellseg.pipeline.segment import companions_of, contour_refiner
 
-    assert contour_refiner(nuclei._companions["nuclei-brightfield"], "auto") is None
+    assert "nuclei-brightfield" in companions_of(nuclei)  # loaded once, kept for the next run
+    assert contour_refiner(companions_of(nuclei)["nuclei-brightfield"], "auto") is None
     assert segment(image, nuclei).metadata["model"]["path"] == nuclei.info.path
 
 

@@ -173,7 +173,9 @@ def test_the_named_nuclei_model_redraws_its_outlines_with_its_contour_unet_by_de
     assert stored is not None and {k: info[k] for k in stored.as_dict()} == stored.as_dict()
     assert refined.n_objects == plain.n_objects and (refined.labels != plain.labels).any()
     assert plain.metadata["parameters"]["refine"] is None
-    assert "nuclei-contours" in nuclei._companions  # loaded once, kept for the next run
+    from napari_cellseg.pipeline.segment import companions_of
+
+    assert "nuclei-contours" in companions_of(nuclei)  # loaded once, kept for the next run
 
 
 def test_student_tta_averages_the_flips_maps_so_its_result_does_not_depend_on_a_flip():

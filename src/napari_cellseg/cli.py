@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .core.options import ClassifierTrainOptions, FinetuneOptions, SegmentOptions, StudentTrainOptions
+
 EXIT_BAD_INPUT = 2
 
 
@@ -44,12 +46,10 @@ def _check_writable(out: Path) -> None:
 
 def cmd_segment(args) -> int:
     from .backends import load_model
-    from .pipeline.cluster import segment_files_on_cluster
 
     inputs = _expand_inputs(args.images)
     out = Path(args.out)
     _check_writable(out)
-    from .core.options import SegmentOptions
 
     try:
         options = SegmentOptions.from_args(args)
@@ -61,6 +61,8 @@ def cmd_segment(args) -> int:
     model = load_model(args.model, device=args.device)  # fails fast on a bad model, before any work
     class_names = model.info.class_names
     if args.scheduler or args.workers:
+        from .pipeline.cluster import segment_files_on_cluster  # imports Dask's distributed: only for clusters
+
         del model  # each Dask worker loads its own copy once
         outcomes = segment_files_on_cluster(
             inputs, args.model, out, parameters, scheduler=args.scheduler, n_workers=args.workers or 2,
@@ -191,20 +193,11 @@ def cmd_finetune(args) -> int:
             if progress.get("metrics") and not args.quiet:
                 tqdm.write(f"epoch {progress.epoch}: {progress.get('losses')} {progress.get('metrics')}", file=sys.stderr)
 
-        if arch == "maskrcnn":
-            from .core.datasets import read_yolo_dataset
-            from .maskrcnn.train import maskrcnn_finetune_iter
+        from .pipeline.finetune import train_any_iter
 
-            base = args.model if finetune_architecture(args.model) == "maskrcnn" else None  # else: a new one
-            size = {"min_size": args.imgsz, "max_size": round(args.imgsz * 1333 / 800)} if args.imgsz else {}
-            job = maskrcnn_finetune_iter(list(read_yolo_dataset(data_yaml)), args.out, base=base,
-                                         epochs=args.epochs, batch=args.batch, device=args.device,
-                                         backbone_weights=args.backbone_weights, **size)
-        else:
-            from .pipeline.finetune import finetune_iter
-
-            job = finetune_iter(args.model, data_yaml, args.out, epochs=args.epochs, batch=args.batch,
-                                imgsz=args.imgsz, zoom=args.zoom, device=args.device)
+        options = FinetuneOptions.from_args(args).job_kwargs()
+        options["arch"] = arch
+        job = train_any_iter(args.model, args.out, data_yaml=data_yaml, device=args.device, **options)
         result = run(job, on_progress)
     if result.path is None:
         raise CliError("training produced no weights")
@@ -219,12 +212,11 @@ def cmd_finetune(args) -> int:
 
 
 def _student_options(args) -> dict:
-    widths = tuple(int(w) for w in args.widths.split(",")) if args.widths else None
-    options = dict(epochs=args.epochs, batch=args.batch, crop=args.crop, lr=args.lr, device=args.device,
-                   resume=args.resume, steps_per_epoch=args.steps, init=args.init)
-    if widths:
-        options["widths"] = widths
-    return options
+    try:
+        options = StudentTrainOptions.from_args(args).job_kwargs()
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    return {**options, "device": args.device, "init": args.init}
 
 
 def _report_student(progress) -> None:
@@ -302,13 +294,17 @@ def cmd_train_classifier(args) -> int:
     from .pipeline.segment import run
 
     channels = [args.channel] if args.channel is not None else None
-    crops, labels, classes, tracks = load_crop_folders(args.crops, args.crop_size, channels)
+    try:
+        train_options = ClassifierTrainOptions.from_args(args)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    crops, labels, classes, tracks = load_crop_folders(args.crops, train_options.crop_size, channels)
     val = None
     if args.val:
         val_crops, val_labels, _, _ = load_crop_folders(args.val, crops.shape[-1], channels, class_names=classes)
         val = (val_crops, val_labels)
-    options = dict(epochs=args.epochs, batch_size=args.batch, lr=args.lr, freeze=args.freeze, init=args.init,
-                   device=args.device)
+    options = {**train_options.job_kwargs(), "device": args.device}
+    val_fraction = options.pop("val_fraction")
 
     def report(progress):
         if progress.get("train_loss") is not None:
@@ -322,14 +318,15 @@ def cmd_train_classifier(args) -> int:
 
     print(f"{len(crops)} crops of {crops.shape[1]} channel(s), {crops.shape[-1]} px; classes: {', '.join(classes)}"
           + ("; tracks from file names" if tracks is not None else ""))
-    if args.folds:
-        summary = run(cross_validate_iter(crops, labels, classes, folds=args.folds, tracks=tracks, **options),
+    if train_options.folds:
+        summary = run(cross_validate_iter(crops, labels, classes, folds=train_options.folds, tracks=tracks,
+                                          **options),
                       report)
-        print(f"cross-validation ({args.folds} folds, eval mode, held-out fold, last epoch): balanced accuracy "
+        print(f"cross-validation ({train_options.folds} folds, eval mode, held-out fold, last epoch): balanced accuracy "
               + ", ".join(f"{a:.3f}" for a in summary["fold_balanced_accuracy"])
               + f"; mean {summary['mean_balanced_accuracy']:.3f} +/- {summary['std_balanced_accuracy']:.3f} (sd)")
-    result = run(train_iter(crops, labels, classes, val=val, tracks=tracks, val_fraction=args.val_fraction,
-                            **options), report)
+    result = run(train_iter(crops, labels, classes, val=val, tracks=tracks, val_fraction=val_fraction, **options),
+                 report)
     out = Path(args.out)
     last = out.with_name(out.stem + "_last" + (out.suffix or ".pt"))
     extra = dict(history=result.history, notes=result.notes)
@@ -406,7 +403,6 @@ def cmd_demo(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .core.options import SegmentOptions
 
     parser = argparse.ArgumentParser(prog="napari-cellseg", description="Cell segmentation for napari, headless.")
     parser.add_argument("--version", action="version", version=__version__)
@@ -450,34 +446,18 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--model", default="nuclei", help="model to start from (default: the shipped nuclei model)")
     ft.add_argument("--data", required=True, help="dataset folder (with data.yaml) or the data.yaml itself")
     ft.add_argument("--out", required=True, help="where to write the fine-tuned model (.pt)")
-    ft.add_argument("--epochs", type=int, default=10)
-    ft.add_argument("--batch", type=int, default=8)
-    ft.add_argument("--imgsz", type=int, default=None,
-                    help="default: the model's training size (a new Mask R-CNN: its shortest-edge size, 800)")
-    ft.add_argument("--zoom", type=float, default=None,
-                    help="network pixels per image pixel for the new images (default: the model's own); "
-                         "choose it so the new cells look as large as those the model knows")
+    FinetuneOptions.add_arguments(ft)
     ft.add_argument("--device", default="cpu")
-    ft.add_argument("--arch", choices=["auto", "yolo", "maskrcnn"], default="auto",
-                    help="auto: that of --model; 'maskrcnn' with a non-Mask R-CNN --model trains a new one")
-    ft.add_argument("--backbone-weights", default=None,
-                    help="Mask R-CNN from scratch: a local torchvision ResNet-50 ImageNet state dict for the backbone")
     ft.add_argument("-q", "--quiet", action="store_true")
     ft.set_defaults(func=cmd_finetune)
 
     def student_arguments(p):
         p.add_argument("--out", required=True, help="student checkpoint to write (.pt); '<stem>.last.pt' beside it")
-        p.add_argument("--epochs", type=int, default=30)
-        p.add_argument("--batch", type=int, default=8)
-        p.add_argument("--crop", type=int, default=256, help="training crop side, a multiple of 16")
-        p.add_argument("--lr", type=float, default=2e-3)
-        p.add_argument("--steps", type=int, default=None, help="batches per epoch (default: one crop per image)")
+        StudentTrainOptions.add_arguments(p)
         p.add_argument("--val-suffixes", default="09,10,19,20",
                        help="time-lapse layout: PosNNN folders whose number ends so are validation")
-        p.add_argument("--resume", action="store_true", help="continue from '<out stem>.last.pt'")
         p.add_argument("--init", default=None, help="start from the weights of this student checkpoint")
         p.add_argument("--device", default="cpu")
-        p.add_argument("--widths", default=None, help="U-Net widths, e.g. 24,48,96,192,384 (the default)")
 
     tu = sub.add_parser("train-unet", help="train the U-Net student on images with masks")
     tu.add_argument("dataset", help="'images/' + 'labels/' folders, or '<exp>_raw_data/PosNNN' + '<exp>_masks/PosNNN'")
@@ -508,19 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "balanced accuracy; <out>_last.pt, _validation.csv, "
                                                  "_confusion.csv and _history.csv beside it")
     tc.add_argument("--val", default=None, help="a separate (curated) validation folder, same classes")
-    tc.add_argument("--val-fraction", type=float, default=0.2,
-                    help="without --val: share of each class held out for validation (0: none)")
-    tc.add_argument("--epochs", type=int, default=10)
-    tc.add_argument("--batch", type=int, default=32)
-    tc.add_argument("--lr", type=float, default=1e-3)
-    tc.add_argument("--folds", type=int, default=0, help="k-fold cross-validation before the final training")
-    tc.add_argument("--freeze", choices=["seed", "head", "none"], default="seed",
-                    help="with ImageNet weights, seed: train only the first convolution and the final layer "
-                         "(default); without them every layer trains")
-    tc.add_argument("--init", default="auto",
-                    help="ImageNet ResNet50 weights: a local file, 'auto' (torchvision's cache if it has them, "
-                         "else random; never downloads), 'imagenet' (download when online) or 'none'")
-    tc.add_argument("--crop-size", type=int, default=40, help="crops are resized to this side (default 40)")
+    ClassifierTrainOptions.add_arguments(tc)
     tc.add_argument("--channel", type=int, default=None, help="channel of multi-channel crop files")
     tc.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     tc.set_defaults(func=cmd_train_classifier)

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.options import ClassifierTrainOptions, option_fields, spec_of
 from ..core.progress import Progress
-from .model import DEFAULT_CROP, Classifier, adapt_first_conv, build_resnet50
+from .model import Classifier, adapt_first_conv, build_resnet50
 
-FREEZE_CHOICES = ("seed", "head", "none")
+FREEZE_CHOICES = spec_of(next(f for f in option_fields(ClassifierTrainOptions) if f.name == "freeze")).choices
 INIT_CHOICES = ("auto", "imagenet", "none")  # or a path to a weights file
-DEFAULTS = {"epochs": 10, "batch_size": 32, "lr": 1e-3, "freeze": "seed", "init": "auto", "val_fraction": 0.2,
-            "crop_size": DEFAULT_CROP}
+DEFAULTS = {f.name: f.default for f in option_fields(ClassifierTrainOptions)}  # defined once, in core.options
 
 
 @dataclass

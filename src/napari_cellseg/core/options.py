@@ -231,3 +231,110 @@ class SegmentOptions(Options):
         values["refine"] = "auto" if self.refine else None
         values["bright_field"] = "auto" if self.bright_field else None
         return values
+
+
+@dataclass
+class FinetuneOptions(Options):
+    """A fine-tuning run (YOLO, or Mask R-CNN continued or new) besides its data, start model and output."""
+
+    epochs: int = option(10, Spec("passes over the training images", min=1, max=1000, step=1, advanced=False))
+    batch: int = option(8, Spec("images per training step (lower it when memory runs out)", label="batch size",
+                                min=1, max=256, step=1))
+    imgsz: int | None = option(MODEL, Spec(
+        "network input size for training (a new Mask R-CNN: its shortest-edge size, 800)", label="network input size",
+        unit="network pixels", min=32, max=4096, step=32, model_value=True))
+    zoom: float | None = option(MODEL, Spec(
+        "scale the new images are seen at: choose it so the new cells look as large as those the model knows "
+        "(e.g. 0.5 for 60-pixel cells with a model trained at 1.5)", label="zoom",
+        unit="network pixels per image pixel", min=0.05, max=8.0, step=0.05, model_value=True,
+        backends=("yolo",)))
+    val_fraction: float = option(0.2, Spec(
+        "share of the images kept aside to validate every epoch and to calibrate the score threshold (layers "
+        "exported from the viewer; an exported dataset keeps its own split)", label="validation share",
+        min=0.0, max=0.9, step=0.05, cli=False))
+    arch: str = option("auto", Spec(
+        "auto: the family of the start model; 'maskrcnn' with a start model of another kind trains a new "
+        "ResNet-50-FPN Mask R-CNN", label="architecture", choices=("auto", "yolo", "maskrcnn"), widget=False))
+    backbone_weights: str | None = option(None, Spec(
+        "a new Mask R-CNN only: a local torchvision ResNet-50 ImageNet state dict for its backbone",
+        label="backbone weights", none_text="none", backends=("maskrcnn",), widget=False))
+
+    def job_kwargs(self) -> dict:
+        """The keyword arguments of ``pipeline.finetune.train_any_iter``."""
+        return {f.name: getattr(self, f.name) for f in option_fields(type(self))}
+
+
+@dataclass
+class ClassifierTrainOptions(Options):
+    """Training the ResNet50 phenotype classifier, besides its crops and output file."""
+
+    epochs: int = option(10, Spec("passes over the training crops; the best epoch by validation balanced "
+                                  "accuracy is kept", min=1, max=500, step=1, advanced=False))
+    batch_size: int = option(32, Spec("crops per training step", label="batch size", min=1, max=1024, step=1,
+                                      flag="--batch"))
+    lr: float = option(1e-3, Spec("learning rate (Adam)", label="learning rate", min=1e-6, max=1.0, step=1e-4))
+    val_fraction: float = option(0.2, Spec(
+        "without a separate validation folder: share of each class held out for validation, whole tracks at a "
+        "time (0: none)", label="validation share", min=0.0, max=0.9, step=0.05))
+    folds: int = option(0, Spec("k-fold cross-validation before the final training (0: none)",
+                                label="cross-validation folds", min=0, max=20, step=1, widget=False))
+    freeze: str = option("seed", Spec(
+        "with ImageNet weights, seed: train only the first convolution and the final layer; head: only the "
+        "final layer; none: every layer (without ImageNet weights every layer trains)", label="frozen layers",
+        choices=("seed", "head", "none")))
+    init: str = option("auto", Spec(
+        "ImageNet ResNet50 weights: a local file, 'auto' (torchvision's cache if it has them, else random; "
+        "never downloads), 'imagenet' (download when online) or 'none'", label="ImageNet weights",
+        metavar="FILE|auto|imagenet|none", parse=str))
+    crop_size: int = option(40, Spec("crops are resized to this side", label="crop size", unit="pixels", min=8,
+                                     max=512, step=8))
+
+    def job_kwargs(self) -> dict:
+        """The keyword arguments of ``classifier.train.train_iter`` (and ``cross_validate_iter``)."""
+        values = {f.name: getattr(self, f.name) for f in option_fields(type(self))}
+        for not_a_training_argument in ("folds", "crop_size"):
+            values.pop(not_a_training_argument)
+        return values
+
+
+def parse_widths(text) -> tuple[int, ...] | None:
+    """'24,48,96,192,384' -> (24, 48, 96, 192, 384); empty: None (the default widths)."""
+    if text is None or isinstance(text, tuple):
+        return text
+    parts = [part.strip() for part in str(text).split(",") if part.strip()]
+    if not parts:
+        return None
+    try:
+        widths = tuple(int(part) for part in parts)
+    except ValueError:
+        raise ValueError(f"widths must be comma-separated whole numbers, e.g. 24,48,96,192,384 (got {text!r})") from None
+    if any(w < 1 for w in widths):
+        raise ValueError(f"widths must be positive (got {text!r})")
+    return widths
+
+
+@dataclass
+class StudentTrainOptions(Options):
+    """Training the U-Net student (on masks, or on a teacher's masks), besides its images and output file."""
+
+    epochs: int = option(30, Spec("passes over the training images; the best epoch by validation Dice is kept",
+                                  min=1, max=1000, step=1, advanced=False))
+    batch: int = option(8, Spec("training crops per step", label="batch size", min=1, max=256, step=1))
+    crop: int = option(256, Spec("side of the random training crops, a multiple of 16", label="crop size",
+                                 unit="pixels", min=32, max=1024, step=16))
+    lr: float = option(2e-3, Spec("learning rate (AdamW, cosine schedule)", label="learning rate", min=1e-6, max=1.0,
+                                  step=1e-4, widget=False))
+    steps_per_epoch: int | None = option(None, Spec("batches per epoch; unset: one crop per image",
+                                                    label="steps per epoch", min=1, max=100000, step=1,
+                                                    none_text="one crop per image", flag="--steps", widget=False))
+    widths: tuple | None = option(None, Spec("U-Net widths of the five levels, e.g. 24,48,96,192,384 (the default)",
+                                             parse=parse_widths, metavar="W1,W2,...", widget=False))
+    resume: bool = option(False, Spec("continue from '<out stem>.last.pt' where an earlier run stopped",
+                                      label="resume"))
+
+    def job_kwargs(self) -> dict:
+        """The keyword arguments of ``unet_student.train.train_iter`` (and ``distill_iter``)."""
+        values = {f.name: getattr(self, f.name) for f in option_fields(type(self))}
+        if values["widths"] is None:
+            values.pop("widths")  # the architecture's own default
+        return values

@@ -105,6 +105,44 @@ def finetune_architecture(model: str | os.PathLike | None, arch: str = "auto") -
     return "maskrcnn" if path is not None and maskrcnn.probe(path) else "yolo"
 
 
+def train_any_iter(
+    model: str | Path | None, out: str | Path, *, arch: str = "auto", data_yaml: str | Path | None = None,
+    samples=None, epochs: int = 10, batch: int | None = None, device: str = "cpu", imgsz: int | None = None,
+    zoom: float | None = None, backbone_weights: str | Path | None = None, val_fraction: float = 0.2,
+) -> Generator[Progress, None, FinetuneResult]:
+    """Fine-tune ``model``, or train a new Mask R-CNN, on a YOLO dataset (``data_yaml``) or on
+    (name, image, labels) ``samples`` (e.g. corrected layers): the one place that picks the family.
+
+    ``arch``: "yolo", "maskrcnn" or "auto" (that of ``model``). A Mask R-CNN run continues from
+    ``model`` when it is a Mask R-CNN checkpoint, else starts a new one-class ResNet-50-FPN.
+    """
+    import shutil
+    import tempfile
+
+    from ..core.datasets import export_dataset, read_yolo_dataset
+
+    if (data_yaml is None) == (samples is None):
+        raise ValueError("give a dataset (data.yaml) or samples to train on, not both")
+    arch = finetune_architecture(model, arch)
+    if arch == "maskrcnn":
+        from ..maskrcnn.train import maskrcnn_finetune_iter
+
+        base = model if model and finetune_architecture(model) == "maskrcnn" else None  # else: a new one
+        size = {"min_size": imgsz, "max_size": round(imgsz * 1333 / 800)} if imgsz else {}
+        samples = list(read_yolo_dataset(data_yaml)) if samples is None else list(samples)
+        return (yield from maskrcnn_finetune_iter(samples, out, base=base, epochs=epochs, batch=batch or 2,
+                                                  device=device, backbone_weights=backbone_weights, **size))
+    workdir = Path(tempfile.mkdtemp(prefix="napari-cellseg-train-"))
+    try:
+        if data_yaml is None:
+            yield Progress(0, 1, 0, epochs, "exporting the training images", unit="epoch")
+            data_yaml = export_dataset(list(samples), workdir / "dataset", "yolo", val_fraction)
+        return (yield from finetune_iter(model, data_yaml, out, epochs=epochs, batch=batch or 8, imgsz=imgsz,
+                                         zoom=zoom, device=device, workdir=workdir))
+    finally:  # the exported dataset and ultralytics' run folder; the model is in ``out``
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def finetune_iter(
     model: str | Path, data_yaml: str | Path, out: str | Path, *, epochs: int = 10, batch: int = 8,
     imgsz: int | None = None, zoom: float | None = None, device: str = "cpu", workdir: str | Path | None = None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -186,12 +187,19 @@ def segment_iter(
     return result
 
 
+# the models loaded beside a model (its contour refiner, its bright-field specialist), kept exactly as
+# long as that model lives: a widget's or a batch's model cache decides their lifetime, not this module
+_COMPANIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def companions_of(model: SegmentationBackend) -> dict:
+    """The companions loaded for ``model`` so far, by name (a live dict: adding one pre-loads it)."""
+    return _COMPANIONS.setdefault(model, {})
+
+
 def companion_model(model: SegmentationBackend, name: str) -> SegmentationBackend:
-    """A model that works beside ``model`` (its contour refiner, its bright-field specialist), loaded by name
-    once and kept on it."""
-    store = getattr(model, "_companions", None)
-    if store is None:
-        store = model._companions = {}
+    """A model that works beside ``model``, loaded by name once per ``model``."""
+    store = companions_of(model)
     if name not in store:
         store[name] = load_model(name, device=model.device)
     return store[name]

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from magicgui import widgets
 
+from ..core.options import ClassifierTrainOptions
+from ._options import OptionControls
 from ._common import WorkerWidget, device_choice, full_resolution, notify_error
 from ._layers import CLASS_COLORS, META_KEY
 from ._plot import LinePlot
@@ -33,7 +35,6 @@ def _layer_choices(viewer, kind) -> list:
 class ClassifyWidget(WorkerWidget):
     def __init__(self, viewer: napari.viewer.Viewer):
         from ..classifier.model import DEFAULT_CLASSES
-        from ..classifier.train import DEFAULTS
 
         self.classifier = None
         self.last_result = None
@@ -73,15 +74,10 @@ class ClassifyWidget(WorkerWidget):
             "a Points layer whose 'phenotype' feature holds the class of the cell under each point "
                     "(e.g. the phenotypes layer after your corrections); crops are cut from the image "
                     "above, around the tracked cell under each point"})
-        self.crop_size = widgets.SpinBox(label="crop size (new classifier)", value=DEFAULTS["crop_size"], min=8,
-                                         max=512, tooltip="each cell's box is resized to this side (the seed: 40)")
-        self.train_epochs = widgets.SpinBox(label="epochs", value=DEFAULTS["epochs"], min=1, max=500,
-                                            tooltip="passes over the training crops; the best epoch by "
-                                                    "validation balanced accuracy is kept")
-        self.init = widgets.LineEdit(label="ImageNet weights", value=DEFAULTS["init"],
-                                     tooltip="'auto': torchvision's cached ImageNet ResNet50 (seed recipe: only "
-                                             "the first convolution and the final layer train), else random "
-                                             "weights with every layer trained; a file path; or 'none'")
+        # the training options as the CLI's train-classifier defines them (core.options)
+        self.train_settings = OptionControls(ClassifierTrainOptions, only=("crop_size", "epochs", "init"))
+        self.crop_size, self.train_epochs, self.init = (self.train_settings[name] for name in
+                                                        ("crop_size", "epochs", "init"))
         self.train_out = widgets.FileEdit(label="save classifier as", mode="w", filter="*.pt",
                                           value=str(Path.home() / "napari-cellseg-classifier.pt"),
                                           tooltip="best epoch here; the last epoch, validation and confusion "

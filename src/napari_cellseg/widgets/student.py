@@ -7,6 +7,8 @@ from pathlib import Path
 
 from magicgui import widgets
 
+from ..core.options import StudentTrainOptions
+from ._options import OptionControls
 from ._common import ModelChooser, TrainingWidget, device_choice, full_resolution, notify_error
 from ._plot import LinePlot
 
@@ -29,10 +31,10 @@ class StudentWidget(TrainingWidget):
                                                "<exp>_raw_data/PosNNN + <exp>_masks/PosNNN")
         self.val_suffixes = widgets.LineEdit(label="validation positions", value="09,10,19,20",
                                              tooltip="PosNNN folders whose number ends so are validation")
-        self.epochs = widgets.SpinBox(label="epochs", value=30, min=1, max=1000)
-        self.batch = widgets.SpinBox(label="batch", value=8, min=1, max=256)
-        self.crop = widgets.SpinBox(label="crop", value=256, min=32, max=1024, step=16)
-        self.resume = widgets.CheckBox(label="resume", value=False)
+        # the training options as the CLI's train-unet and distill define them (core.options)
+        self.settings = OptionControls(StudentTrainOptions)
+        self.epochs, self.batch, self.crop, self.resume = (self.settings[name] for name in
+                                                           ("epochs", "batch", "crop", "resume"))
         self.init = widgets.FileEdit(label="start from", mode="r", filter="*.pt",
                                      tooltip="optional: a student whose weights start the training, e.g. "
                                              "the shipped one, to fine-tune it on your corrected labels")
@@ -99,8 +101,11 @@ class StudentWidget(TrainingWidget):
         self._out_path = Path(self.out.value)
         device = "cpu" if self.device.value == "auto" else self.device.value
         suffixes = tuple(s.strip() for s in self.val_suffixes.value.split(",") if s.strip())
-        options = dict(epochs=self.epochs.value, batch=self.batch.value, crop=self.crop.value,
-                       resume=self.resume.value, device=device)
+        try:
+            options = {**self.settings.options().job_kwargs(), "device": device}
+        except ValueError as exc:
+            notify_error(exc)
+            return
         if mode == TRAIN and str(self.init.value) not in ("", "."):
             options["init"] = str(self.init.value)
         options.update(getattr(self, "extra_options", {}))  # e.g. a narrow U-Net in tests

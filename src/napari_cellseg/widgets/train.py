@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import napari  # a real annotation: napari injects the viewer by the parameter's type
 
-import shutil
-import tempfile
 from pathlib import Path
 
 from magicgui import widgets
 
+from ..core.options import FinetuneOptions
+from ._options import Collapsible, OptionControls
 from ._common import ModelChooser, TrainingWidget, device_choice, full_resolution, notify_error
 from ._plot import LinePlot
 
@@ -29,47 +29,30 @@ class FinetuneWidget(TrainingWidget):
                                              "(or from a local backbone file)")
         self.backbone = widgets.FileEdit(label="backbone weights", mode="r", filter="*.pth *.pt",
                                          tooltip="optional, new Mask R-CNN only: torchvision ResNet-50 ImageNet weights")
-        self.epochs = widgets.SpinBox(label="epochs", value=10, min=1, max=1000)
-        self.batch = widgets.SpinBox(label="batch", value=8, min=1, max=256)
-        self.val_fraction = widgets.FloatSpinBox(label="validation share", value=0.2, min=0.0, max=0.9, step=0.05)
+        # the training options as the CLI's finetune defines them (core.options); imgsz and zoom advanced
+        self.settings = OptionControls(FinetuneOptions)
+        self.epochs, self.batch, self.val_fraction = (self.settings[name] for name in
+                                                      ("epochs", "batch", "val_fraction"))
         self.out = widgets.FileEdit(label="save model as", mode="w", filter="*.pt",
                                     value=str(Path.home() / "napari-cellseg-finetuned.pt"))
         self.device = device_choice()
         super().__init__(viewer, [self.image, self.labels_layer, self.dataset, self.model, self.arch, self.backbone,
-                                  self.epochs, self.batch, self.val_fraction, self.out, self.device], "Fine-tune")
+                                  *self.settings.main, self.out,
+                                  Collapsible("Advanced", [*self.settings.advanced, self.device])], "Fine-tune")
         self.plot = LinePlot(viewer=viewer)
         self.native.layout().addWidget(self.plot.canvas)
         for picker in (self.image, self.labels_layer):
             viewer.layers.events.inserted.connect(picker.reset_choices)
             viewer.layers.events.removed.connect(picker.reset_choices)
 
-    def _job(self, image, labels, dataset, model, out, epochs, batch, val_fraction, device, arch="yolo",
-             backbone=None):
-        from ..core.datasets import export_dataset, read_yolo_dataset
-        from ..core.progress import Progress
-        from ..pipeline.finetune import finetune_iter
+    @staticmethod
+    def _job(image, labels, dataset, model, out, device, arch, backbone, options):
+        from ..pipeline.finetune import train_any_iter
 
-        if arch in ("maskrcnn", "new maskrcnn"):
-            from ..maskrcnn.train import maskrcnn_finetune_iter
-
-            samples = [(image[0], image[1], labels)] if dataset is None else list(read_yolo_dataset(
-                Path(dataset) / "data.yaml"))
-            base = model if arch == "maskrcnn" else None
-            result = yield from maskrcnn_finetune_iter(samples, out, base=base, epochs=epochs, batch=batch,
-                                                       device=device, backbone_weights=backbone)
-            return result
-        workdir = Path(tempfile.mkdtemp(prefix="napari-cellseg-train-"))
-        try:
-            if dataset is None:
-                yield Progress(0, 1, 0, epochs, "exporting the corrected labels")
-                dataset = export_dataset([(image[0], image[1], labels)], workdir / "dataset", "yolo", val_fraction)
-            else:
-                dataset = Path(dataset) / "data.yaml"
-            result = yield from finetune_iter(model, dataset, out, epochs=epochs, batch=batch, device=device,
-                                              workdir=workdir)
-            return result
-        finally:  # the exported dataset and the run folder; the model is in ``out``
-            shutil.rmtree(workdir, ignore_errors=True)
+        data = {"data_yaml": Path(dataset) / "data.yaml"} if dataset is not None else {
+            "samples": [(image[0], image[1], labels)]}
+        options = {**options, "arch": arch, "backbone_weights": backbone}
+        return (yield from train_any_iter(model, out, device=device, **data, **options))
 
     def run(self):
         dataset = self.dataset.value if str(self.dataset.value) not in ("", ".") else None
@@ -88,14 +71,19 @@ class FinetuneWidget(TrainingWidget):
         from ..pipeline.finetune import finetune_architecture
 
         try:
-            arch = "new maskrcnn" if self.arch.value == "new Mask R-CNN" else finetune_architecture(self.model.value)
+            new_maskrcnn = self.arch.value == "new Mask R-CNN"
+            arch = "maskrcnn" if new_maskrcnn else finetune_architecture(self.model.value)
         except ValueError as exc:  # a model file that no longer exists
             notify_error(exc)
             return
         backbone = self.backbone.value if str(self.backbone.value) not in ("", ".") else None
-        self._start(self._job, image_arg, labels_arg, dataset, self.model.value, self._out_path,
-                    self.epochs.value, self.batch.value, self.val_fraction.value, device, arch, backbone,
-                    on_done=self._on_done)
+        try:
+            options = self.settings.options().job_kwargs()
+        except ValueError as exc:
+            notify_error(exc)
+            return
+        self._start(self._job, image_arg, labels_arg, dataset, None if new_maskrcnn else self.model.value,
+                    self._out_path, device, arch, backbone, options, on_done=self._on_done)
 
     def _on_progress(self, progress):
         super()._on_progress(progress)
