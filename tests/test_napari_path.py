@@ -81,3 +81,31 @@ def test_demo_in_a_window_prints_the_headless_summary(qtbot, make_napari_viewer,
     # the same objects and scores; only the timing differs
     assert in_window[1] == headless[1]
     assert in_window[0].split(" in ")[0] == headless[0].split(" in ")[0]
+
+
+def _controls(container, path=""):
+    """Every value widget (pickers, spin boxes, file pickers, check boxes, combo boxes, labels, tables) and
+    PushButton under a magicgui container, into nested containers (ModelChooser, Collapsible bodies), with a
+    readable path for each. A FileEdit counts as one control: its line and button show its tooltip."""
+    from magicgui.widgets import PushButton
+    from magicgui.widgets.bases import BaseContainerWidget, BaseValueWidget
+
+    for child in container:
+        name = f"{path}/{getattr(child, 'text', None) or child.label or child.name or type(child).__name__}"
+        if isinstance(child, (BaseValueWidget, PushButton)):
+            yield name, child
+        elif isinstance(child, BaseContainerWidget):
+            yield from _controls(child, name)
+
+
+@pytest.mark.parametrize("key", list(WIDGETS))
+def test_every_control_of_every_widget_has_a_tooltip(make_napari_viewer, key):
+    from magicgui.widgets import Container
+
+    viewer = make_napari_viewer()
+    widget = open_widget(viewer, key)
+    assert isinstance(widget, Container)
+    controls = list(_controls(widget))
+    assert len(controls) >= 3
+    missing = [name for name, control in controls if not (control.tooltip or "").strip()]
+    assert not missing, f"{WIDGETS[key]}: controls without a tooltip: {missing}"

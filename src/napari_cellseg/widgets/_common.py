@@ -127,6 +127,69 @@ def full_resolution(layer):
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
+def layer_file(layer, viewer=None) -> Path | None:
+    """The file (or folder) a layer was opened from: its own ``source.path``, else, for one of our
+    output layers, that of the image it was made from (found in ``viewer``); None when neither."""
+    if layer is None:
+        return None
+    path = getattr(getattr(layer, "source", None), "path", None)
+    if path:
+        return Path(path)
+    source_id = (getattr(layer, "metadata", None) or {}).get("napari_cellseg", {}).get("source_layer_id")
+    if viewer is not None and source_id is not None:
+        for other in viewer.layers:
+            if other is not layer and other.unique_id == source_id:
+                return layer_file(other, viewer)
+    return None
+
+
+def output_folder(path: Path | None) -> Path:
+    """Where outputs go by default: the folder of ``path`` (``path`` itself for a folder), else the
+    current working directory (never the home folder's root)."""
+    if path is None:
+        return Path.cwd()
+    return path if path.is_dir() else path.parent
+
+
+def output_stem(layer, path: Path | None) -> str:
+    """A file-name stem for outputs of ``layer``: the stem of its file (a folder's name), else its name."""
+    if path is not None:
+        stem = path.name if path.is_dir() else path.name.split(".")[0]
+        if stem:
+            return stem
+    name = getattr(layer, "name", "") or "napari-cellseg"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.strip()) or "napari-cellseg"
+
+
+class OutputDefault:
+    """Keeps a save-path control (a FileEdit) at a default beside the chosen input: ``<folder>/<stem><suffix>``
+    for a file (``suffix`` e.g. ``"_student.pt"``), or the folder itself (``suffix=None``, a folder control).
+    ``locate()`` gives (layer or None, its file or folder or None). Follows the input when it changes,
+    until the user chooses a path of their own."""
+
+    def __init__(self, control: widgets.FileEdit, locate, suffix: str | None, triggers=()):
+        self.control, self.locate, self.suffix = control, locate, suffix
+        self._auto: str | None = None
+        for trigger in triggers:
+            trigger.changed.connect(self.update)
+        self.update()
+
+    def default(self) -> Path:
+        layer, path = self.locate()
+        folder = output_folder(path)
+        return folder if self.suffix is None else folder / f"{output_stem(layer, path)}{self.suffix}"
+
+    def user_chose(self) -> bool:
+        current = str(self.control.value or "")
+        return current not in ("", ".") and self._auto is not None and current != self._auto
+
+    def update(self, *_) -> None:
+        if self.user_chose():
+            return
+        self.control.value = str(self.default())
+        self._auto = str(self.control.value)
+
+
 def device_choice() -> widgets.ComboBox:
     return widgets.ComboBox(label="device", choices=list(DEVICES), value="auto",
                             tooltip="where the model runs: auto picks a GPU (CUDA or Apple MPS) when there is one, "

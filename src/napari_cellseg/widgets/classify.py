@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from magicgui import widgets
 
-from ._common import WorkerWidget, device_choice, full_resolution, notify_error
+from ._common import OutputDefault, WorkerWidget, device_choice, full_resolution, layer_file, notify_error
 from ._layers import CLASS_COLORS, META_KEY
 from ._plot import LinePlot
 
@@ -66,8 +66,10 @@ class ClassifyWidget(WorkerWidget):
         self.counts = widgets.Table(tooltip="cells of each phenotype in each frame")
         self.csv_dir = widgets.FileEdit(label="save CSVs to", mode="d",
                                         tooltip="folder for phenotypes.csv, phenotype_per_track.csv and "
-                                                "phenotype_counts.csv")
-        self.save_button = widgets.PushButton(text="Save CSVs", tooltip="write the last result's tables")
+                                                "phenotype_counts.csv; by default the image's folder (else the "
+                                                "working folder)")
+        self.save_button = widgets.PushButton(text="Save CSVs", enabled=False,
+                                              tooltip="write the last result's tables; enabled after a run")
         self.train_points = widgets.create_widget(
             annotation=napari.layers.Points | None, label="train from points", options={"nullable": True, "tooltip":
             "a Points layer whose 'phenotype' feature holds the class of the cell under each point "
@@ -83,12 +85,13 @@ class ClassifyWidget(WorkerWidget):
                                              "the first convolution and the final layer train), else random "
                                              "weights with every layer trained; a file path; or 'none'")
         self.train_out = widgets.FileEdit(label="save classifier as", mode="w", filter="*.pt",
-                                          value=str(Path.home() / "napari-cellseg-classifier.pt"),
                                           tooltip="best epoch here; the last epoch, validation and confusion "
-                                                  "CSVs beside it")
+                                                  "CSVs beside it; by default <image>_classifier.pt beside the "
+                                                  "image's file (else in the working folder)")
         self.train_button = widgets.PushButton(text="Train from points",
                                                tooltip="train a classifier; a fifth of each class (whole tracks) "
-                                                       "is held out and scored in eval mode after every epoch")
+                                                       "is held out and scored in eval mode after every epoch; enabled once an "
+                                                       "image and a Points layer with a 'phenotype' feature are chosen")
         self.validation = widgets.Table(tooltip="validation of the last training (eval mode, un-augmented "
                                                 "held-out crops): per class recall and the confusion row")
         self.extend([self.track_id, self.csv_dir, self.save_button, self.train_points, self.crop_size,
@@ -108,7 +111,27 @@ class ClassifyWidget(WorkerWidget):
             viewer.layers.events.removed.connect(picker.reset_choices)
         viewer.layers.events.inserted.connect(self._refresh_classify_button)
         viewer.layers.events.removed.connect(self._refresh_classify_button)
+        image_file = lambda: (self.image.value, layer_file(self.image.value, viewer))  # noqa: E731
+        self.train_out_default = OutputDefault(self.train_out, image_file, "_classifier.pt", triggers=(self.image,))
+        self.csv_dir_default = OutputDefault(self.csv_dir, image_file, None, triggers=(self.image,))
+        for picker in (self.image, self.train_points):
+            picker.changed.connect(self._refresh_classify_button)
+        self.train_points.changed.connect(self._watch_points)
+        self._watched_points = None
+        self._watch_points(self.train_points.value)
         self._refresh_classify_button()
+
+    def _watch_points(self, layer) -> None:
+        """Train follows the chosen Points layer's features (a 'phenotype' column may come later)."""
+        if self._watched_points is not None:
+            self._watched_points.events.features.disconnect(self._refresh_classify_button)
+        self._watched_points = layer
+        if layer is not None:
+            layer.events.features.connect(self._refresh_classify_button)
+
+    def train_inputs_ready(self) -> bool:
+        points = self.train_points.value
+        return self.image.value is not None and points is not None and "phenotype" in points.features
 
     def inputs_ready(self) -> bool:
         """An image and tracked labels whose frames match it, and an existing classifier file."""
@@ -120,6 +143,7 @@ class ClassifyWidget(WorkerWidget):
 
     def _refresh_classify_button(self, *_):
         self.run_button.enabled = self.worker is None and self.inputs_ready()
+        self.train_button.enabled = self.worker is None and self.train_inputs_ready()
 
     def _on_finished(self):
         super()._on_finished()
@@ -174,6 +198,7 @@ class ClassifyWidget(WorkerWidget):
                                 metadata=meta, scale=tracked.scale, translate=tracked.translate, **styling)
         self.consensus.value = pd.DataFrame(result.per_track()).to_dict("list")
         self.counts.value = pd.DataFrame(result.counts_per_frame()).to_dict("list")
+        self.save_button.enabled = True
         self.status.value = f"{len(rows)} cells classified in {len(np.unique(rows['frame']))} frames"
         self._plot_timeline()
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from magicgui import widgets
 
-from ._common import ModelChooser, TrainingWidget, device_choice, full_resolution, notify_error
+from ._common import (ModelChooser, OutputDefault, TrainingWidget, device_choice, full_resolution, layer_file,
+                      notify_error)
 from ._plot import LinePlot
 
 
@@ -18,30 +19,68 @@ class FinetuneWidget(TrainingWidget):
 
         self.last_result = None
         self.history: list[dict] = []
-        self.image = widgets.create_widget(annotation=napari.layers.Image | None, label="image",
-                                           options={"nullable": True})
-        self.labels_layer = widgets.create_widget(annotation=napari.layers.Labels | None, label="labels",
-                                                  options={"nullable": True})
-        self.dataset = widgets.FileEdit(label="or dataset", mode="d", tooltip="a folder with data.yaml")
+        self.image = widgets.create_widget(
+            annotation=napari.layers.Image | None, label="image",
+            options={"nullable": True, "tooltip": "the image the corrected labels belong to (or choose a dataset "
+                                                  "folder below instead)"})
+        self.labels_layer = widgets.create_widget(
+            annotation=napari.layers.Labels | None, label="labels",
+            options={"nullable": True, "tooltip": "the corrected labels of that image, of the same size: the "
+                                                  "training targets"})
+        self.dataset = widgets.FileEdit(label="or dataset", mode="d",
+                                        tooltip="instead of the layers: a YOLO dataset folder with data.yaml")
         self.model = ModelChooser(label="start from")
         self.arch = widgets.ComboBox(label="architecture", choices=["from the model", "new Mask R-CNN"],
                                      tooltip="'new Mask R-CNN' trains a ResNet-50-FPN Mask R-CNN from scratch "
                                              "(or from a local backbone file)")
         self.backbone = widgets.FileEdit(label="backbone weights", mode="r", filter="*.pth *.pt",
                                          tooltip="optional, new Mask R-CNN only: torchvision ResNet-50 ImageNet weights")
-        self.epochs = widgets.SpinBox(label="epochs", value=10, min=1, max=1000)
-        self.batch = widgets.SpinBox(label="batch", value=8, min=1, max=256)
-        self.val_fraction = widgets.FloatSpinBox(label="validation share", value=0.2, min=0.0, max=0.9, step=0.05)
+        self.epochs = widgets.SpinBox(label="epochs", value=10, min=1, max=1000,
+                                      tooltip="passes over the training images; the best epoch on the validation "
+                                              "images is kept")
+        self.batch = widgets.SpinBox(label="batch", value=8, min=1, max=256,
+                                     tooltip="images per training step; lower it if memory runs out")
+        self.val_fraction = widgets.FloatSpinBox(
+            label="validation share", value=0.2, min=0.0, max=0.9, step=0.05,
+            tooltip="share (0-0.9) of the exported tiles held out to score each epoch and calibrate the score "
+                    "threshold; 0: validate on the training tiles")
         self.out = widgets.FileEdit(label="save model as", mode="w", filter="*.pt",
-                                    value=str(Path.home() / "napari-cellseg-finetuned.pt"))
+                                    tooltip="the fine-tuned model (best epoch); by default <image>_finetuned.pt "
+                                            "beside the image's file (else in the working folder)")
         self.device = device_choice()
         super().__init__(viewer, [self.image, self.labels_layer, self.dataset, self.model, self.arch, self.backbone,
                                   self.epochs, self.batch, self.val_fraction, self.out, self.device], "Fine-tune")
+        self.run_button.tooltip = "fine-tune in the background; enabled once an image and its labels of the same " \
+                                  "size (or a dataset folder with data.yaml) and a model to start from are chosen"
         self.plot = LinePlot(viewer=viewer)
         self.native.layout().addWidget(self.plot.canvas)
         for picker in (self.image, self.labels_layer):
             viewer.layers.events.inserted.connect(picker.reset_choices)
             viewer.layers.events.removed.connect(picker.reset_choices)
+        self.out_default = OutputDefault(self.out, self._out_source, "_finetuned.pt",
+                                         triggers=(self.image, self.dataset))
+        for control in (self.image, self.labels_layer, self.dataset, self.model.combo, self.arch):
+            control.changed.connect(self.refresh_run_button)
+        self.refresh_run_button()
+
+    def _dataset(self) -> Path | None:
+        return Path(self.dataset.value) if str(self.dataset.value) not in ("", ".") else None
+
+    def _out_source(self):
+        dataset = self._dataset()
+        if dataset is not None:
+            return None, dataset  # <dataset>/<dataset's name>_finetuned.pt
+        return self.image.value, layer_file(self.image.value, self._viewer)
+
+    def inputs_ready(self) -> bool:
+        dataset = self._dataset()
+        if dataset is not None:
+            data_ok = (dataset / "data.yaml").is_file()
+        else:
+            image, labels = self.image.value, self.labels_layer.value
+            data_ok = image is not None and labels is not None and \
+                tuple(labels.data.shape) == tuple(full_resolution(image).shape[:labels.data.ndim])
+        return data_ok and (bool(self.model.value) or self.arch.value == "new Mask R-CNN")
 
     def _job(self, image, labels, dataset, model, out, epochs, batch, val_fraction, device, arch="yolo",
              backbone=None):
