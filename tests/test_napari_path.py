@@ -259,3 +259,25 @@ def test_tables_default_beside_the_opened_labels(make_napari_viewer, tmp_path, m
                              metadata={"napari_cellseg": {"role": "labels", "source_layer_id": movie.unique_id}})
     widget.labels_layer.value = made
     assert widget.csv.value == data / name.replace("cells", "movie")
+
+
+def test_segment_dock_fits_a_1000_px_screen_and_its_status_wraps(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    widget = open_widget(viewer, "segment")
+    dock = widget.native.parentWidget()  # napari's dock widget around ours
+    window = viewer.window._qt_window
+    assert not widget.advanced.opened
+    qtbot.wait(100)
+    assert widget.native.sizeHint().height() < 900, widget.native.sizeHint()
+    width_before, window_height = dock.width(), window.height()
+    widget.status.value = "segmented 123 objects " + "with a rather long explanation of what happened " * 6
+    assert len(widget.status.value) >= 300
+    qtbot.wait(200)
+    assert widget.status.native.wordWrap()
+    assert dock.width() <= max(500, width_before), (width_before, dock.width())
+    # a word-wrapped label asks for its height at a narrow width: the dock (and the window with it)
+    # grew past a 1000 px screen before the label was told to take the dock's width
+    assert widget.native.minimumSizeHint().height() < 900, widget.native.minimumSizeHint()
+    assert widget.native.sizeHint().height() < 900, widget.native.sizeHint()
+    assert window.height() <= max(window_height, 1000), (window_height, window.height())
+    assert widget.status.native.width() > 200  # the text uses the dock's width

@@ -190,6 +190,18 @@ class OutputDefault:
         self._auto = str(self.control.value)
 
 
+def wrapping(label: widgets.Label) -> widgets.Label:
+    """A label whose long text wraps at the dock's width: it neither widens the dock nor, by asking for
+    its narrow word-wrapped height, makes the dock (and napari's window) taller than the screen."""
+    from qtpy.QtWidgets import QSizePolicy
+
+    label.native.setWordWrap(True)
+    label.native.setMinimumWidth(50)
+    # the label's own (narrow) width hint is ignored: it takes the dock's width, and its height follows
+    label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    return label
+
+
 def device_choice() -> widgets.ComboBox:
     return widgets.ComboBox(label="device", choices=list(DEVICES), value="auto",
                             tooltip="where the model runs: auto picks a GPU (CUDA or Apple MPS) when there is one, "
@@ -234,9 +246,7 @@ class WorkerWidget(widgets.Container):
         self.cancel_button = widgets.PushButton(text="Cancel", enabled=False,
                                                 tooltip="stop the run at its next step; nothing is added")
         self.progress = widgets.ProgressBar(label="progress", value=0, min=0, max=1, tooltip="progress of the run")
-        self.status = widgets.Label(value="", tooltip="what the last run did")
-        self.status.native.setWordWrap(True)  # a long result line wraps instead of widening the dock
-        self.status.native.setMinimumWidth(50)
+        self.status = wrapping(widgets.Label(value="", tooltip="what the last run did"))
         super().__init__(widgets=[*controls, self.run_button, self.cancel_button, self.progress, self.status])
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)

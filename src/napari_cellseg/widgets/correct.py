@@ -12,7 +12,7 @@ import numpy as np
 from magicgui import widgets
 
 from ..core import editing
-from ._common import reporting_errors
+from ._common import reporting_errors, wrapping
 from ._layers import META_KEY
 
 
@@ -43,8 +43,7 @@ class CorrectWidget(widgets.Container):
             annotation=napari.layers.Shapes | None, label="cut line",
             options={"nullable": True, "tooltip": "a Shapes layer whose last line or path cuts an object for Split "
                                                   "along line"})
-        self.status = widgets.Label(value="", tooltip="what the last edit did")
-        self.status.native.setWordWrap(True)
+        self.status = wrapping(widgets.Label(value="", tooltip="what the last edit did"))
         buttons = {
             "Merge": (self.merge, "merge the given labels into one object (the first id)"),
             "Delete": (self.delete, "delete the given labels (or the selected one)"),

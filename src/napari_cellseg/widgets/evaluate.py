@@ -6,7 +6,7 @@ import napari  # a real annotation: napari injects the viewer by the parameter's
 import numpy as np
 from magicgui import widgets
 
-from ._common import WorkerWidget, notify_error
+from ._common import WorkerWidget, notify_error, wrapping
 from ._layers import META_KEY
 from ._plot import LinePlot
 
@@ -36,8 +36,8 @@ class EvaluateWidget(WorkerWidget):
             label="IoU for FP/FN", value=0.5, min=0.05, max=0.95, step=0.05,
             tooltip="intersection over union (0-1) at which a predicted and a true object match; unmatched "
                     "ones become the false-positive and false-negative layers (the scores use every threshold)")
-        self.metrics = widgets.Label(value="", tooltip="counts, F1, precision and recall at IoU 0.5, the DSB "
-                                                       "score (mean over IoU 0.5-0.95), COCO mask mAP and Dice")
+        self.metrics = wrapping(widgets.Label(value="", tooltip="counts, F1, precision and recall at IoU 0.5, the DSB "
+                                                       "score (mean over IoU 0.5-0.95), COCO mask mAP and Dice"))
         super().__init__(viewer, [self.prediction, self.ground_truth, self.threshold], "Evaluate")
         self.run_button.tooltip = "score the prediction; enabled once two Labels layers of the same shape are chosen"
         self.append(self.metrics)

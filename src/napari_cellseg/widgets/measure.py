@@ -6,7 +6,7 @@ import napari  # a real annotation: napari injects the viewer by the parameter's
 import numpy as np
 from magicgui import widgets
 
-from ._common import OutputDefault, full_resolution, layer_file, reporting_errors
+from ._common import OutputDefault, full_resolution, layer_file, reporting_errors, wrapping
 
 
 class MeasureWidget(widgets.Container):
@@ -30,8 +30,7 @@ class MeasureWidget(widgets.Container):
         self.save_button = widgets.PushButton(text="Save CSV", enabled=False,
                                               tooltip="write the measured table; enabled after Measure")
         self.table = widgets.Table(tooltip="one row per object, as measured")
-        self.status = widgets.Label(value="", tooltip="what the last action did")
-        self.status.native.setWordWrap(True)
+        self.status = wrapping(widgets.Label(value="", tooltip="what the last action did"))
         super().__init__(widgets=[self.labels_layer, self.images, self.unit, self.measure_button, self.csv,
                                   self.save_button, self.status, self.table])
         self.measure_button.changed.connect(reporting_errors(self.measure, self.status))
