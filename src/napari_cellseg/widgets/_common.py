@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from magicgui import widgets
@@ -225,6 +227,16 @@ def reporting_errors(action, status: widgets.Label):
     return run
 
 
+@contextmanager
+def quiet_private_access():
+    """napari warns (and shows a notification) when a plugin touches its private attributes. The GUI
+    steps that add our layers do so on purpose, each guarded (see ``_layers``), so a user is spared a
+    "Private attribute access" toast on every run; other warnings still show."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Private attribute access", category=FutureWarning)
+        yield
+
+
 GUI_STEP_GAP_MS = 2  # between two GUI steps of a result: the event loop's other work runs there
 
 
@@ -279,7 +291,7 @@ class WorkerWidget(widgets.Container):
         self.worker.aborted.connect(generator.close, Qt.ConnectionType.DirectConnection)
         self.worker.yielded.connect(self._on_progress)
         self.worker.returned.connect(self._on_returned)
-        self.worker.returned.connect(lambda value: self._gui_steps(on_done(value)))
+        self.worker.returned.connect(lambda value: self._show_result(on_done, value))
         self.worker.errored.connect(self._on_error)
         self.worker.aborted.connect(self._on_aborted)
         self.worker.finished.connect(self._on_finished)
@@ -303,6 +315,11 @@ class WorkerWidget(widgets.Container):
     _steps = None  # GUI work still to do for the last result
     _finish_after_steps = False
 
+    def _show_result(self, on_done, value) -> None:
+        with quiet_private_access():  # a plain function's GUI work happens right here
+            steps = on_done(value)
+        self._gui_steps(steps)
+
     def _gui_steps(self, steps) -> None:
         """Run ``on_done``'s GUI work. A generator does one step per event-loop turn (it yields
         between steps), so that several slow napari calls never block the loop together; the run
@@ -317,7 +334,8 @@ class WorkerWidget(widgets.Container):
         from qtpy.QtCore import QTimer
 
         try:
-            next(self._steps)
+            with quiet_private_access():
+                next(self._steps)
         except StopIteration:
             self._steps = None
             self.result_shown.emit()

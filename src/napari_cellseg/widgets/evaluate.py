@@ -30,7 +30,7 @@ class EvaluateWidget(WorkerWidget):
             annotation=napari.layers.Labels, label="prediction",
             options={"tooltip": "the Labels layer to score, e.g. a Segment cells result"})
         self.ground_truth = widgets.create_widget(
-            annotation=napari.layers.Labels, label="ground truth",
+            annotation=napari.layers.Labels, label="truth",
             options={"tooltip": "the true labels, of the same shape as the prediction"})
         self.threshold = widgets.FloatSpinBox(
             label="IoU for FP/FN", value=0.5, min=0.05, max=0.95, step=0.05,
