@@ -281,3 +281,33 @@ def test_segment_dock_fits_a_1000_px_screen_and_its_status_wraps(make_napari_vie
     assert widget.native.sizeHint().height() < 900, widget.native.sizeHint()
     assert window.height() <= max(window_height, 1000), (window_height, window.height())
     assert widget.status.native.width() > 200  # the text uses the dock's width
+
+
+def test_plots_are_drawn_off_the_gui_thread_in_the_theme(make_napari_viewer, qtbot):
+    import threading
+
+    from napari_cellseg.widgets._plot import theme_colours
+
+    viewer = make_napari_viewer(show=True)
+    widget = open_widget(viewer, "evaluate")
+    qtbot.wait(100)
+    assert not widget.plot.canvas.isVisible() and not widget.plot.drawn.is_set()  # nothing drawn for nothing
+    truth = _labels((64, 64))
+    widget.prediction.value = viewer.add_labels(truth, name="pred")
+    widget.ground_truth.value = viewer.add_labels(truth.copy(), name="truth")
+    with qtbot.waitSignal(widget.result_shown, timeout=60_000):
+        widget.run()
+    qtbot.waitUntil(lambda: widget.plot.drawn.is_set() and not widget.plot.canvas.pixmap().isNull(), timeout=20_000)
+    assert widget.plot.canvas.isVisible() and widget.plot.lines["F1"][1][0] == 1.0
+    assert threading.get_ident() not in widget.plot.drawing_threads
+    from qtpy.QtGui import QColor
+
+    def corner():
+        return widget.plot.canvas.pixmap().toImage().pixelColor(2, 2).name()
+
+    assert corner() == QColor(theme_colours(viewer.theme)["background"]).name()
+    viewer.theme = "light"
+    widget.plot.drawn.clear()
+    qtbot.waitUntil(lambda: widget.plot.drawn.is_set(), timeout=20_000)
+    qtbot.wait(100)
+    assert corner() == QColor(theme_colours("light")["background"]).name() != QColor("#000").name()

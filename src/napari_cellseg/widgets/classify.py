@@ -216,8 +216,8 @@ class ClassifyWidget(WorkerWidget):
         index = [result.class_names.index(p) for p in t["phenotype"][rows]]
         self.plot.show(t["frame"][rows], index, xlabel="frame", ylabel="phenotype", title=f"track {track}",
                        label="phenotype")
-        self.plot.axes.set_yticks(range(len(result.class_names)), result.class_names, fontsize=6)
-        self.plot.canvas.draw_idle()
+        names = list(result.class_names)
+        self.plot.decorate(lambda axes: axes.set_yticks(range(len(names)), names, fontsize=6))
 
     def save_csvs(self, *_):
         from ..core.io import write_csv
@@ -295,14 +295,17 @@ class ClassifyWidget(WorkerWidget):
         self._refresh_classify_button()
 
     def _plot_confusion(self, evaluation):
-        axes = self.confusion_plot.axes
-        names = evaluation.class_names
+        names = list(evaluation.class_names)
+        confusion = np.array(evaluation.confusion)
+        recall_names = [f"{n} ({r:.2f})" if np.isfinite(r) else n for n, r in zip(names, evaluation.recall)]
         self.confusion_plot.show([], [], xlabel="predicted", ylabel="true",
                                  title=f"validation: balanced accuracy {evaluation.balanced_accuracy:.2f}")
-        axes.imshow(evaluation.confusion, cmap="Blues")
-        for (i, j), value in np.ndenumerate(evaluation.confusion):
-            axes.text(j, i, str(value), ha="center", va="center", fontsize=7, color="black")
-        axes.set_xticks(range(len(names)), names, fontsize=6, rotation=45)
-        axes.set_yticks(range(len(names)), [f"{n} ({r:.2f})" if np.isfinite(r) else n
-                                            for n, r in zip(names, evaluation.recall)], fontsize=6)
-        self.confusion_plot.canvas.draw_idle()
+
+        def draw(axes):  # in the plot's drawing thread
+            axes.imshow(confusion, cmap="Blues")
+            for (i, j), value in np.ndenumerate(confusion):
+                axes.text(j, i, str(value), ha="center", va="center", fontsize=7, color="black")
+            axes.set_xticks(range(len(names)), names, fontsize=6, rotation=45)
+            axes.set_yticks(range(len(names)), recall_names, fontsize=6)
+
+        self.confusion_plot.decorate(draw)
