@@ -12,6 +12,8 @@ loop was free, a longer one is a stall (the user's clicks, paints and drags wait
 * ``open segment + load model``: the Segment cells widget opens and loads its model in the background
   (it does so at once, so that a run finds the model ready); outside a run, shown for reference;
 * ``segment (first run)``, ``segment (re-run)``: Run with the shipped default model on the sample;
+* ``open fine-tune + imports``, ``open student + imports``: a training widget opens and imports torch
+  (and ultralytics) in the background (outside a run, for reference);
 * ``fine-tune``: Fine-tune a model from the sample image and its ground truth (``--epochs`` epochs);
 * ``student``: Train U-Net student on the sample and its ground truth (``--epochs`` epochs of
   ``--student-steps`` steps).
@@ -42,14 +44,14 @@ class StallProbe:
     """A 10 ms QTimer on the GUI thread; optionally a watchdog thread that records the GUI thread's stack
     when a tick is late."""
 
-    def __init__(self, where: bool = False, late_ms: float = 60):
+    def __init__(self, where: bool = False, late_ms: float = 60, depth: int = 3):
         from qtpy.QtCore import QTimer
 
         self.ticks: list[float] = []
         self.timer = QTimer()
         self.timer.setInterval(PROBE_MS)
         self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
-        self.where, self.late_s = where, late_ms / 1000
+        self.where, self.late_s, self.depth = where, late_ms / 1000, depth
         self.stacks: list[tuple[float, str]] = []  # (time, stack) of late moments
         self._stop = threading.Event()
         self._gui_thread = threading.get_ident()
@@ -59,7 +61,7 @@ class StallProbe:
             if self.ticks and time.perf_counter() - self.ticks[-1] > self.late_s:
                 frame = sys._current_frames().get(self._gui_thread)
                 if frame is not None:
-                    stack = "".join(traceback.format_stack(frame, limit=14))
+                    stack = "".join(traceback.format_stack(frame, limit=40))
                     self.stacks.append((self.ticks[-1], stack))
 
     def __enter__(self):
@@ -97,7 +99,7 @@ class StallProbe:
             start = self.ticks[i]
             seen = []
             for t, stack in self.stacks:
-                inner = "\n".join(stack.rstrip().splitlines()[-6:])
+                inner = "\n".join(stack.rstrip().splitlines()[-2 * self.depth:])
                 if t == start and inner not in seen:
                     seen.append(inner)
             out.append((round(float(gaps[i]), 1), "\n  ...\n".join(seen[-3:]) or "(no sample: the GIL was held)"))
@@ -140,6 +142,9 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=1, help="training epochs of fine-tune and student")
     parser.add_argument("--student-steps", type=int, default=20, help="student training steps per epoch")
     parser.add_argument("--where", action="store_true", help="sample the GUI thread's stack in stalls > 60 ms")
+    parser.add_argument("--depth", type=int, default=3, help="with --where: innermost frames shown per sample")
+    parser.add_argument("--gc-log", action="store_true",
+                        help="also list Python's full garbage collections (generation 2) longer than 50 ms")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per job at most")
     args = parser.parse_args(argv)
     jobs = [j.strip() for j in args.jobs.split(",") if j.strip()]
@@ -149,6 +154,23 @@ def main(argv=None) -> int:
     import napari
     from qtpy.QtWidgets import QApplication
 
+    collections = []
+    if args.gc_log:
+        import gc
+
+        started = {}
+
+        def on_gc(phase, info):
+            if info["generation"] != 2:
+                return
+            if phase == "start":
+                started["t"] = time.perf_counter()
+            elif "t" in started:
+                ms = (time.perf_counter() - started.pop("t")) * 1000
+                if ms > 50:
+                    collections.append((time.perf_counter(), round(ms, 1), threading.current_thread().name))
+
+        gc.callbacks.append(on_gc)
     load_at_start = os.getloadavg()[0]  # other processes' work on the same cores inflates every stall
     viewer = napari.Viewer(show=True)
     app = QApplication.instance()
@@ -161,7 +183,7 @@ def main(argv=None) -> int:
     rows, places = [], {}
 
     def measure(name, start, widget):
-        with StallProbe(where=args.where) as probe:
+        with StallProbe(where=args.where, depth=args.depth) as probe:
             start()
             run_event_loop_until(lambda: idle(widget), args.timeout)
         figures = probe.figures()
@@ -180,7 +202,7 @@ def main(argv=None) -> int:
             widget.device.value = "cpu"
             widget.model.combo.value = args.model
 
-        with StallProbe(where=args.where) as probe:
+        with StallProbe(where=args.where, depth=args.depth) as probe:
             open_segment()
             run_event_loop_until(lambda: holder["w"].preload_thread is None
                                  or not holder["w"].preload_thread.is_alive(), args.timeout)
@@ -191,8 +213,18 @@ def main(argv=None) -> int:
         measure("segment (re-run)", widget.run, widget)
         viewer.window.remove_dock_widget(widget.native.parentWidget())
 
+    def open_training(name, title):
+        holder = {}
+        with StallProbe(where=args.where, depth=args.depth) as probe:
+            holder["w"] = viewer.window.add_plugin_dock_widget(PLUGIN, title)[1]
+            thread = getattr(holder["w"], "preimport_thread", None)
+            run_event_loop_until(lambda: thread is None or not thread.is_alive(), args.timeout)
+        rows.append((f"open {name} + imports (no run)", {**probe.figures(), "status": "imported"}))
+        places[f"open {name} + imports (no run)"] = probe.worst_places()
+        return holder["w"]
+
     if "finetune" in jobs:
-        _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune a model")
+        widget = open_training("fine-tune", "Fine-tune a model")
         widget.image.value, widget.labels_layer.value = image, truth
         widget.model.combo.value = args.model
         widget.epochs.value, widget.batch.value = args.epochs, 2
@@ -205,7 +237,7 @@ def main(argv=None) -> int:
     if "student" in jobs:
         from napari_cellseg.widgets.student import TRAIN
 
-        _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Train U-Net student")
+        widget = open_training("student", "Train U-Net student")
         widget.mode.value = TRAIN
         widget.image.value, widget.labels_layer.value = image, truth
         widget.epochs.value, widget.batch.value, widget.crop.value = args.epochs, 4, 256
@@ -230,6 +262,8 @@ def main(argv=None) -> int:
         print(f"| {name} | {f['wall_s']} | {f['max_ms']} | {f['p95_ms']} | {f['over_goal']} | {verdict} |")
     for name, f in rows:
         print(f"\n{name}: {f['status']}")
+    if args.gc_log:
+        print(f"\nfull garbage collections > 50 ms: {[(ms, thread) for _, ms, thread in collections]}")
     if args.where:
         for name, worst in places.items():
             for gap, stack in worst:

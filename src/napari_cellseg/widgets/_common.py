@@ -11,6 +11,7 @@ from psygnal import Signal
 
 from ..backends import available_models
 from ..backends.base import DEVICES
+from ..core.heap import release_frozen, settle_heap
 from ..core.recent import on_change, recent_models, remember_model
 
 
@@ -85,6 +86,8 @@ class ModelCache:
         key = (names, device, tuple(stamps))
         with self._lock:
             if key not in self._models:
+                if self._models:
+                    release_frozen()  # the model dropped here may be frozen: let its cycles be freed
                 self._models.clear()  # one model resident at a time keeps memory bounded
                 loaded = load_model(list(names) if len(names) > 1 else names[0], device=device)
                 if warm_up:  # under the lock: no run uses the model before its warm-up is over
@@ -106,7 +109,6 @@ class ModelCache:
         the end, those stalls fall outside the runs. Errors are left for the run to report.
         Returns the thread (None without a model).
         """
-        import gc
         import threading
 
         def load():
@@ -115,13 +117,39 @@ class ModelCache:
             except Exception:  # noqa: BLE001 - the run reports the same error with context
                 return
             if loaded_now:
-                gc.collect()  # the collection the imports have made due, now rather than during a run
+                # the collection the imports have made due, now rather than during a run; then what is
+                # alive (modules, the model) is frozen out of later ones (see core.heap)
+                settle_heap()
 
         if not model:
             return None
         thread = threading.Thread(target=load, name="napari-cellseg-preload", daemon=True)
         thread.start()
         return thread
+
+
+def preimport(modules: tuple[str, ...]):
+    """Import ``modules`` (e.g. torch and ultralytics for a training widget) in a background thread, then
+    settle the heap (see ``core.heap``): a first import holds Python's interpreter lock in long stretches
+    (the dynamic loader mapping torch's libraries, the full collections its allocations set off), which
+    then happen while the user sets the widget up rather than during the first run. Returns the thread."""
+    import importlib
+    import sys
+    import threading
+
+    def load():
+        try:
+            for name in modules:
+                importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - only a head start: the run reports a missing library
+            return
+        settle_heap()
+
+    if all(name in sys.modules for name in modules):
+        return None
+    thread = threading.Thread(target=load, name="napari-cellseg-preimport", daemon=True)
+    thread.start()
+    return thread
 
 
 def full_resolution(layer):

@@ -8,7 +8,7 @@ from pathlib import Path
 from magicgui import widgets
 
 from ._common import (ModelChooser, OutputDefault, TrainingWidget, device_choice, full_resolution, layer_file,
-                      notify_error)
+                      notify_error, preimport)
 from ._plot import LinePlot
 
 DISTIL, TRAIN = "distil from a teacher", "train on labels"
@@ -70,6 +70,7 @@ class StudentWidget(TrainingWidget):
         for control in (self.mode, self.teacher.combo, self.image, self.labels_layer, self.folder):
             control.changed.connect(self.refresh_run_button)
         self.refresh_run_button()
+        self.preimport_thread = preimport(("torch",))
 
     def inputs_ready(self) -> bool:
         mode = self.mode.value

@@ -10,7 +10,7 @@ from pathlib import Path
 from magicgui import widgets
 
 from ._common import (ModelChooser, OutputDefault, TrainingWidget, device_choice, full_resolution, layer_file,
-                      notify_error)
+                      notify_error, preimport)
 from ._plot import LinePlot
 
 
@@ -62,6 +62,7 @@ class FinetuneWidget(TrainingWidget):
         for control in (self.image, self.labels_layer, self.dataset, self.model.combo, self.arch):
             control.changed.connect(self.refresh_run_button)
         self.refresh_run_button()
+        self.preimport_thread = preimport(("torch", "ultralytics"))
 
     def _dataset(self) -> Path | None:
         return Path(self.dataset.value) if str(self.dataset.value) not in ("", ".") else None
