@@ -126,3 +126,14 @@ def test_each_job_s_options_are_defined_once_and_reach_the_cli():
             assert spec_of(f).help in actions[f.name].help, (command, f.name)
             if not isinstance(f.default, bool):
                 assert actions[f.name].default == f.default, (command, f.name)
+
+
+def test_every_import_of_the_package_names_a_module_that_exists():
+    """Imports inside functions run late: a stale one (after a move) would fail only when that code runs."""
+    missing = []
+    for module, targets in _graph().items():
+        for target in targets:
+            path = PACKAGE.parent / Path(*target.split("."))
+            if not (path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()):
+                missing.append(f"{module} -> {target}")
+    assert not missing, "\n".join(sorted(missing))

@@ -51,6 +51,26 @@ def build_demo(viewer, sample: str = "dense", model: str = "nuclei", device: str
     return segment, evaluate
 
 
+def fit_to_screen(viewer, width: int = 1600, height: int = 1000) -> None:
+    """The window at ``width`` x ``height``, or the screen's free area where that is smaller."""
+    from qtpy.QtWidgets import QApplication
+
+    screen = QApplication.primaryScreen()
+    if screen is not None:
+        free = screen.availableGeometry()
+        width, height = min(width, free.width()), min(height, free.height())
+    viewer.window.resize(width, height)
+
+
+def save_and_close(viewer, path: str) -> None:
+    from .widgets._common import quiet_private_access
+
+    with quiet_private_access():  # napari counts the screenshot's own drawing as our plugin's access
+        viewer.screenshot(path, canvas_only=False, flash=False)
+    print(f"screenshot -> {path}", flush=True)
+    viewer.close()
+
+
 def run_demo(sample: str = "dense", model: str = "nuclei", device: str = "auto", screenshot: str | None = None) -> None:
     """The demo in a window: prints the same summary as ``--headless`` once scored; with ``screenshot``,
     saves the whole window then and exits."""
@@ -58,13 +78,18 @@ def run_demo(sample: str = "dense", model: str = "nuclei", device: str = "auto",
     from qtpy.QtCore import QTimer
 
     viewer = napari.Viewer(title="napari-cellseg demo")
+    fit_to_screen(viewer)
 
     def scored(text: str) -> None:
         print(text, flush=True)
         if screenshot:
             # a moment for the last layer and plot to be painted
-            QTimer.singleShot(500, lambda: (viewer.screenshot(screenshot, canvas_only=False, flash=False),
-                                            print(f"screenshot -> {screenshot}", flush=True), viewer.close()))
+            QTimer.singleShot(500, lambda: save_and_close(viewer, screenshot))
 
     build_demo(viewer, sample, model, device, on_scored=scored)
-    napari.run()
+    from .widgets._common import quiet_private_access
+
+    # napari's event loop runs inside this module here, so napari counts every paint (vispy reading its
+    # own font atlas) as an access by this plugin and shows a toast about it
+    with quiet_private_access():
+        napari.run()

@@ -162,6 +162,10 @@ def finetune_iter(
 
     from ultralytics import YOLO
 
+    from ..core.heap import settle_heap
+
+    settle_heap(collect=False)  # ultralytics' own collections (during and after training) skip the imports
+
     from ..backends import load_model, resolve_model
 
     base = load_model(model, device="cpu")  # checks it is a segmentation checkpoint; gives imgsz and zoom
@@ -192,6 +196,9 @@ def finetune_iter(
             events.put(("epoch", min(trainer.epoch + 1, trainer.epochs), trainer.epochs, losses, metrics))
 
         yolo.add_callback("on_train_batch_end", on_batch_end)
+        # the trainer, its data and model are built by now: frozen too, so that the collections
+        # ultralytics asks for during and after the epochs walk only what each epoch makes
+        yolo.add_callback("on_train_start", lambda _trainer: settle_heap(collect=False))
         yolo.add_callback("on_fit_epoch_end", on_epoch_end)
 
         # one optimiser step per batch: ultralytics otherwise accumulates gradients up to 64 images

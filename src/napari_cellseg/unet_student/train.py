@@ -157,7 +157,9 @@ def train_iter(
     import torch
 
     from ..core.backend import resolve_device
+    from ..core.heap import settle_heap
 
+    settle_heap(collect=False)  # later full collections (in this thread or napari's) skip the imports
     if not train:
         raise ValueError("no training images")
     if crop % 16:

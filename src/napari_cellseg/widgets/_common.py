@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from magicgui import widgets
@@ -9,6 +11,7 @@ from psygnal import Signal
 
 from ..backends import available_models
 from ..core.backend import DEVICES
+from ..core.heap import release_frozen, settle_heap
 from ..core.recent import on_change, recent_models, remember_model
 
 
@@ -83,6 +86,8 @@ class ModelCache:
         key = (names, device, tuple(stamps))
         with self._lock:
             if key not in self._models:
+                if self._models:
+                    release_frozen()  # the model dropped here may be frozen: let its cycles be freed
                 self._models.clear()  # one model resident at a time keeps memory bounded
                 loaded = load_model(list(names) if len(names) > 1 else names[0], device=device)
                 if warm_up:  # under the lock: no run uses the model before its warm-up is over
@@ -104,7 +109,6 @@ class ModelCache:
         the end, those stalls fall outside the runs. Errors are left for the run to report.
         Returns the thread (None without a model).
         """
-        import gc
         import threading
 
         def load():
@@ -113,7 +117,9 @@ class ModelCache:
             except Exception:  # noqa: BLE001 - the run reports the same error with context
                 return
             if loaded_now:
-                gc.collect()  # the collection the imports have made due, now rather than during a run
+                # the collection the imports have made due, now rather than during a run; then what is
+                # alive (modules, the model) is frozen out of later ones (see core.heap)
+                settle_heap()
 
         if not model:
             return None
@@ -122,9 +128,108 @@ class ModelCache:
         return thread
 
 
+def preimport(modules: tuple[str, ...]):
+    """Import ``modules`` (e.g. torch and ultralytics for a training widget) in a background thread, then
+    settle the heap (see ``core.heap``): a first import holds Python's interpreter lock in long stretches
+    (the dynamic loader mapping torch's libraries, the full collections its allocations set off), which
+    then happen while the user sets the widget up rather than during the first run. Returns the thread."""
+    import importlib
+    import sys
+    import threading
+
+    def load():
+        try:
+            for name in modules:
+                importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - only a head start: the run reports a missing library
+            return
+        settle_heap()
+
+    if all(name in sys.modules for name in modules):
+        return None
+    thread = threading.Thread(target=load, name="napari-cellseg-preimport", daemon=True)
+    thread.start()
+    return thread
+
+
 def full_resolution(layer):
     """The layer's pixels at full resolution (level 0 of a multiscale pyramid), still lazy if lazy."""
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+def layer_file(layer, viewer=None) -> Path | None:
+    """The file (or folder) a layer was opened from: its own ``source.path``, else, for one of our
+    output layers, that of the image it was made from (found in ``viewer``); None when neither."""
+    if layer is None:
+        return None
+    path = getattr(getattr(layer, "source", None), "path", None)
+    if path:
+        return Path(path)
+    source_id = (getattr(layer, "metadata", None) or {}).get("napari_cellseg", {}).get("source_layer_id")
+    if viewer is not None and source_id is not None:
+        for other in viewer.layers:
+            if other is not layer and other.unique_id == source_id:
+                return layer_file(other, viewer)
+    return None
+
+
+def output_folder(path: Path | None) -> Path:
+    """Where outputs go by default: the folder of ``path`` (``path`` itself for a folder), else the
+    current working directory (never the home folder's root)."""
+    if path is None:
+        return Path.cwd()
+    return path if path.is_dir() else path.parent
+
+
+def output_stem(layer, path: Path | None) -> str:
+    """A file-name stem for outputs of ``layer``: the stem of its file (a folder's name), else its name."""
+    if path is not None:
+        stem = path.name if path.is_dir() else path.name.split(".")[0]
+        if stem:
+            return stem
+    name = getattr(layer, "name", "") or "napari-cellseg"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.strip()) or "napari-cellseg"
+
+
+class OutputDefault:
+    """Keeps a save-path control (a FileEdit) at a default beside the chosen input: ``<folder>/<stem><suffix>``
+    for a file (``suffix`` e.g. ``"_student.pt"``), or the folder itself (``suffix=None``, a folder control).
+    ``locate()`` gives (layer or None, its file or folder or None). Follows the input when it changes,
+    until the user chooses a path of their own."""
+
+    def __init__(self, control: widgets.FileEdit, locate, suffix: str | None, triggers=()):
+        self.control, self.locate, self.suffix = control, locate, suffix
+        self._auto: str | None = None
+        for trigger in triggers:
+            trigger.changed.connect(self.update)
+        self.update()
+
+    def default(self) -> Path:
+        layer, path = self.locate()
+        folder = output_folder(path)
+        return folder if self.suffix is None else folder / f"{output_stem(layer, path)}{self.suffix}"
+
+    def user_chose(self) -> bool:
+        current = str(self.control.value or "")
+        return current not in ("", ".") and self._auto is not None and current != self._auto
+
+    def update(self, *_) -> None:
+        if self.user_chose():
+            return
+        self.control.value = str(self.default())
+        self._auto = str(self.control.value)
+
+
+def wrapping(label: widgets.Label) -> widgets.Label:
+    """A label whose long text wraps at the dock's width: it neither widens the dock nor, by asking for
+    its narrow word-wrapped height, makes the dock (and napari's window) taller than the screen."""
+    from qtpy.QtWidgets import QSizePolicy
+
+    label.native.setWordWrap(True)
+    label.native.setMinimumWidth(50)
+    # the label's own (narrow) width hint is ignored: it takes the dock's width, and its height follows
+    label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    return label
 
 
 def device_choice() -> widgets.ComboBox:
@@ -150,6 +255,16 @@ def reporting_errors(action, status: widgets.Label):
     return run
 
 
+@contextmanager
+def quiet_private_access():
+    """napari warns (and shows a notification) when a plugin touches its private attributes. The GUI
+    steps that add our layers do so on purpose, each guarded (see ``_layers``), so a user is spared a
+    "Private attribute access" toast on every run; other warnings still show."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Private attribute access", category=FutureWarning)
+        yield
+
+
 GUI_STEP_GAP_MS = 2  # between two GUI steps of a result: the event loop's other work runs there
 
 
@@ -171,9 +286,7 @@ class WorkerWidget(widgets.Container):
         self.cancel_button = widgets.PushButton(text="Cancel", enabled=False,
                                                 tooltip="stop the run at its next step; nothing is added")
         self.progress = widgets.ProgressBar(label="progress", value=0, min=0, max=1, tooltip="progress of the run")
-        self.status = widgets.Label(value="", tooltip="what the last run did")
-        self.status.native.setWordWrap(True)  # a long result line wraps instead of widening the dock
-        self.status.native.setMinimumWidth(50)
+        self.status = wrapping(widgets.Label(value="", tooltip="what the last run did"))
         super().__init__(widgets=[*controls, self.run_button, self.cancel_button, self.progress, self.status])
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
@@ -206,7 +319,7 @@ class WorkerWidget(widgets.Container):
         self.worker.aborted.connect(generator.close, Qt.ConnectionType.DirectConnection)
         self.worker.yielded.connect(self._on_progress)
         self.worker.returned.connect(self._on_returned)
-        self.worker.returned.connect(lambda value: self._gui_steps(on_done(value)))
+        self.worker.returned.connect(lambda value: self._show_result(on_done, value))
         self.worker.errored.connect(self._on_error)
         self.worker.aborted.connect(self._on_aborted)
         self.worker.finished.connect(self._on_finished)
@@ -230,6 +343,11 @@ class WorkerWidget(widgets.Container):
     _steps = None  # GUI work still to do for the last result
     _finish_after_steps = False
 
+    def _show_result(self, on_done, value) -> None:
+        with quiet_private_access():  # a plain function's GUI work happens right here
+            steps = on_done(value)
+        self._gui_steps(steps)
+
     def _gui_steps(self, steps) -> None:
         """Run ``on_done``'s GUI work. A generator does one step per event-loop turn (it yields
         between steps), so that several slow napari calls never block the loop together; the run
@@ -244,7 +362,8 @@ class WorkerWidget(widgets.Container):
         from qtpy.QtCore import QTimer
 
         try:
-            next(self._steps)
+            with quiet_private_access():
+                next(self._steps)
         except StopIteration:
             self._steps = None
             self.result_shown.emit()

@@ -11,7 +11,7 @@ from magicgui import widgets
 
 from ..core.options import ClassifierTrainOptions
 from ._options import OptionControls
-from ._common import WorkerWidget, device_choice, full_resolution, notify_error
+from ._common import OutputDefault, WorkerWidget, device_choice, full_resolution, layer_file, notify_error
 from ._layers import CLASS_COLORS, META_KEY
 from ._plot import LinePlot
 
@@ -67,8 +67,10 @@ class ClassifyWidget(WorkerWidget):
         self.counts = widgets.Table(tooltip="cells of each phenotype in each frame")
         self.csv_dir = widgets.FileEdit(label="save CSVs to", mode="d",
                                         tooltip="folder for phenotypes.csv, phenotype_per_track.csv and "
-                                                "phenotype_counts.csv")
-        self.save_button = widgets.PushButton(text="Save CSVs", tooltip="write the last result's tables")
+                                                "phenotype_counts.csv; by default the image's folder (else the "
+                                                "working folder)")
+        self.save_button = widgets.PushButton(text="Save CSVs", enabled=False,
+                                              tooltip="write the last result's tables; enabled after a run")
         self.train_points = widgets.create_widget(
             annotation=napari.layers.Points | None, label="train from points", options={"nullable": True, "tooltip":
             "a Points layer whose 'phenotype' feature holds the class of the cell under each point "
@@ -79,12 +81,13 @@ class ClassifyWidget(WorkerWidget):
         self.crop_size, self.train_epochs, self.init = (self.train_settings[name] for name in
                                                         ("crop_size", "epochs", "init"))
         self.train_out = widgets.FileEdit(label="save classifier as", mode="w", filter="*.pt",
-                                          value=str(Path.home() / "napari-cellseg-classifier.pt"),
                                           tooltip="best epoch here; the last epoch, validation and confusion "
-                                                  "CSVs beside it")
+                                                  "CSVs beside it; by default <image>_classifier.pt beside the "
+                                                  "image's file (else in the working folder)")
         self.train_button = widgets.PushButton(text="Train from points",
                                                tooltip="train a classifier; a fifth of each class (whole tracks) "
-                                                       "is held out and scored in eval mode after every epoch")
+                                                       "is held out and scored in eval mode after every epoch; enabled once an "
+                                                       "image and a Points layer with a 'phenotype' feature are chosen")
         self.validation = widgets.Table(tooltip="validation of the last training (eval mode, un-augmented "
                                                 "held-out crops): per class recall and the confusion row")
         self.extend([self.track_id, self.csv_dir, self.save_button, self.train_points, self.crop_size,
@@ -104,7 +107,27 @@ class ClassifyWidget(WorkerWidget):
             viewer.layers.events.removed.connect(picker.reset_choices)
         viewer.layers.events.inserted.connect(self._refresh_classify_button)
         viewer.layers.events.removed.connect(self._refresh_classify_button)
+        image_file = lambda: (self.image.value, layer_file(self.image.value, viewer))  # noqa: E731
+        self.train_out_default = OutputDefault(self.train_out, image_file, "_classifier.pt", triggers=(self.image,))
+        self.csv_dir_default = OutputDefault(self.csv_dir, image_file, None, triggers=(self.image,))
+        for picker in (self.image, self.train_points):
+            picker.changed.connect(self._refresh_classify_button)
+        self.train_points.changed.connect(self._watch_points)
+        self._watched_points = None
+        self._watch_points(self.train_points.value)
         self._refresh_classify_button()
+
+    def _watch_points(self, layer) -> None:
+        """Train follows the chosen Points layer's features (a 'phenotype' column may come later)."""
+        if self._watched_points is not None:
+            self._watched_points.events.features.disconnect(self._refresh_classify_button)
+        self._watched_points = layer
+        if layer is not None:
+            layer.events.features.connect(self._refresh_classify_button)
+
+    def train_inputs_ready(self) -> bool:
+        points = self.train_points.value
+        return self.image.value is not None and points is not None and "phenotype" in points.features
 
     def inputs_ready(self) -> bool:
         """An image and tracked labels whose frames match it, and an existing classifier file."""
@@ -116,6 +139,7 @@ class ClassifyWidget(WorkerWidget):
 
     def _refresh_classify_button(self, *_):
         self.run_button.enabled = self.worker is None and self.inputs_ready()
+        self.train_button.enabled = self.worker is None and self.train_inputs_ready()
 
     def _on_finished(self):
         super()._on_finished()
@@ -170,6 +194,7 @@ class ClassifyWidget(WorkerWidget):
                                 metadata=meta, scale=tracked.scale, translate=tracked.translate, **styling)
         self.consensus.value = pd.DataFrame(result.per_track()).to_dict("list")
         self.counts.value = pd.DataFrame(result.counts_per_frame()).to_dict("list")
+        self.save_button.enabled = True
         self.status.value = f"{len(rows)} cells classified in {len(np.unique(rows['frame']))} frames"
         self._plot_timeline()
 
@@ -187,8 +212,8 @@ class ClassifyWidget(WorkerWidget):
         index = [result.class_names.index(p) for p in t["phenotype"][rows]]
         self.plot.show(t["frame"][rows], index, xlabel="frame", ylabel="phenotype", title=f"track {track}",
                        label="phenotype")
-        self.plot.axes.set_yticks(range(len(result.class_names)), result.class_names, fontsize=6)
-        self.plot.canvas.draw_idle()
+        names = list(result.class_names)
+        self.plot.decorate(lambda axes: axes.set_yticks(range(len(names)), names, fontsize=6))
 
     def save_csvs(self, *_):
         from ..core.io import write_csv
@@ -266,14 +291,17 @@ class ClassifyWidget(WorkerWidget):
         self._refresh_classify_button()
 
     def _plot_confusion(self, evaluation):
-        axes = self.confusion_plot.axes
-        names = evaluation.class_names
+        names = list(evaluation.class_names)
+        confusion = np.array(evaluation.confusion)
+        recall_names = [f"{n} ({r:.2f})" if np.isfinite(r) else n for n, r in zip(names, evaluation.recall)]
         self.confusion_plot.show([], [], xlabel="predicted", ylabel="true",
                                  title=f"validation: balanced accuracy {evaluation.balanced_accuracy:.2f}")
-        axes.imshow(evaluation.confusion, cmap="Blues")
-        for (i, j), value in np.ndenumerate(evaluation.confusion):
-            axes.text(j, i, str(value), ha="center", va="center", fontsize=7, color="black")
-        axes.set_xticks(range(len(names)), names, fontsize=6, rotation=45)
-        axes.set_yticks(range(len(names)), [f"{n} ({r:.2f})" if np.isfinite(r) else n
-                                            for n, r in zip(names, evaluation.recall)], fontsize=6)
-        self.confusion_plot.canvas.draw_idle()
+
+        def draw(axes):  # in the plot's drawing thread
+            axes.imshow(confusion, cmap="Blues")
+            for (i, j), value in np.ndenumerate(confusion):
+                axes.text(j, i, str(value), ha="center", va="center", fontsize=7, color="black")
+            axes.set_xticks(range(len(names)), names, fontsize=6, rotation=45)
+            axes.set_yticks(range(len(names)), recall_names, fontsize=6)
+
+        self.confusion_plot.decorate(draw)

@@ -12,7 +12,7 @@ import numpy as np
 from magicgui import widgets
 
 from ..core import editing
-from ._common import reporting_errors
+from ._common import reporting_errors, wrapping
 from ._layers import META_KEY
 
 
@@ -27,22 +27,38 @@ class CorrectWidget(widgets.Container):
     def __init__(self, viewer: napari.viewer.Viewer):
 
         self._viewer = viewer
-        self.labels_layer = widgets.create_widget(annotation=napari.layers.Labels, label="labels")
-        self.ids = widgets.LineEdit(label="label ids", value="", tooltip="comma-separated; empty: the selected label")
-        self.min_area = widgets.SpinBox(label="min area (px)", value=20, min=1, max=100000)
-        self.seeds = widgets.create_widget(annotation=napari.layers.Points | None, label="split seeds",
-                                           options={"nullable": True})
-        self.line = widgets.create_widget(annotation=napari.layers.Shapes | None, label="cut line",
-                                          options={"nullable": True})
-        self.status = widgets.Label(value="")
+        self.labels_layer = widgets.create_widget(
+            annotation=napari.layers.Labels, label="labels",
+            options={"tooltip": "the Labels layer to correct; edits act on the frame on screen and Ctrl+Z undoes them"})
+        self.ids = widgets.LineEdit(label="label ids", value="",
+                                    tooltip="label values to act on, comma-separated (e.g. 12, 15); empty: the "
+                                            "label selected in the layer's controls (Fill holes: every object)")
+        self.min_area = widgets.SpinBox(label="min area (px)", value=20, min=1, max=100000,
+                                        tooltip="Remove small deletes objects smaller than this many pixels")
+        self.seeds = widgets.create_widget(
+            annotation=napari.layers.Points | None, label="split seeds",
+            options={"nullable": True, "tooltip": "optional: a Points layer with one point per part for Split "
+                                                  "(watershed); empty: the split finds two parts itself"})
+        self.line = widgets.create_widget(
+            annotation=napari.layers.Shapes | None, label="cut line",
+            options={"nullable": True, "tooltip": "a Shapes layer whose last line or path cuts an object for Split "
+                                                  "along line"})
+        self.status = wrapping(widgets.Label(value="", tooltip="what the last edit did"))
         buttons = {
-            "Merge": self.merge, "Delete": self.delete, "Fill holes": self.fill_holes,
-            "Remove small": self.remove_small, "Relabel 1..N": self.relabel, "Split (watershed)": self.split,
-            "Split along line": self.split_line, "New cell": self.new_cell,
+            "Merge": (self.merge, "merge the given labels into one object (the first id)"),
+            "Delete": (self.delete, "delete the given labels (or the selected one)"),
+            "Fill holes": (self.fill_holes, "fill the holes inside the given objects (empty ids: every object)"),
+            "Remove small": (self.remove_small, "delete every object smaller than min area"),
+            "Relabel 1..N": (self.relabel, "renumber the objects 1..N in every frame, without gaps"),
+            "Split (watershed)": (self.split, "split the given (or selected) object in two, or at the seed points"),
+            "Split along line": (self.split_line, "cut the object the line crosses along the cut line; "
+                                                  "enabled once a cut line layer is chosen"),
+            "New cell": (self.new_cell, "pick the next free label and switch to painting it"),
         }
         self.buttons = {}
-        for text, action in buttons.items():
-            button = widgets.PushButton(text=text)
+        for text, (action, tip) in buttons.items():
+            button = widgets.PushButton(text=text, tooltip=f"{tip}; needs a Labels layer" if text != "Split along line"
+                                        else tip)
             button.changed.connect(reporting_errors(action, self.status))
             self.buttons[text] = button
         super().__init__(widgets=[self.labels_layer, self.ids, self.min_area, self.seeds, self.line,
@@ -50,6 +66,14 @@ class CorrectWidget(widgets.Container):
         for picker in (self.labels_layer, self.seeds, self.line):
             viewer.layers.events.inserted.connect(picker.reset_choices)
             viewer.layers.events.removed.connect(picker.reset_choices)
+            picker.changed.connect(self.refresh_buttons)
+        self.refresh_buttons()
+
+    def refresh_buttons(self, *_) -> None:
+        """Every action needs a Labels layer; Split along line also a cut line layer."""
+        has_labels = self.labels_layer.value is not None
+        for text, button in self.buttons.items():
+            button.enabled = has_labels and (text != "Split along line" or self.line.value is not None)
 
     # -- helpers -------------------------------------------------------------------------------
     def _layer(self):

@@ -6,7 +6,7 @@ import napari  # a real annotation: napari injects the viewer by the parameter's
 import numpy as np
 from magicgui import widgets
 
-from ._common import WorkerWidget, notify_error
+from ._common import WorkerWidget, notify_error, wrapping
 from ._layers import META_KEY
 from ._plot import LinePlot
 
@@ -26,17 +26,32 @@ class EvaluateWidget(WorkerWidget):
     def __init__(self, viewer: napari.viewer.Viewer):
 
         self.last_metrics = None
-        self.prediction = widgets.create_widget(annotation=napari.layers.Labels, label="prediction")
-        self.ground_truth = widgets.create_widget(annotation=napari.layers.Labels, label="ground truth")
-        self.threshold = widgets.FloatSpinBox(label="IoU for FP/FN", value=0.5, min=0.05, max=0.95, step=0.05)
-        self.metrics = widgets.Label(value="")
+        self.prediction = widgets.create_widget(
+            annotation=napari.layers.Labels, label="prediction",
+            options={"tooltip": "the Labels layer to score, e.g. a Segment cells result"})
+        self.ground_truth = widgets.create_widget(
+            annotation=napari.layers.Labels, label="truth",
+            options={"tooltip": "the true labels, of the same shape as the prediction"})
+        self.threshold = widgets.FloatSpinBox(
+            label="IoU for FP/FN", value=0.5, min=0.05, max=0.95, step=0.05,
+            tooltip="intersection over union (0-1) at which a predicted and a true object match; unmatched "
+                    "ones become the false-positive and false-negative layers (the scores use every threshold)")
+        self.metrics = wrapping(widgets.Label(value="", tooltip="counts, F1, precision and recall at IoU 0.5, the DSB "
+                                                       "score (mean over IoU 0.5-0.95), COCO mask mAP and Dice"))
         super().__init__(viewer, [self.prediction, self.ground_truth, self.threshold], "Evaluate")
+        self.run_button.tooltip = "score the prediction; enabled once two Labels layers of the same shape are chosen"
         self.append(self.metrics)
         self.plot = LinePlot(viewer=viewer)
         self.native.layout().addWidget(self.plot.canvas)
         for picker in (self.prediction, self.ground_truth):
             viewer.layers.events.inserted.connect(picker.reset_choices)
             viewer.layers.events.removed.connect(picker.reset_choices)
+            picker.changed.connect(self.refresh_run_button)
+        self.refresh_run_button()
+
+    def inputs_ready(self) -> bool:
+        pred, gt = self.prediction.value, self.ground_truth.value
+        return pred is not None and gt is not None and pred.data.shape == gt.data.shape
 
     def run(self):
         pred, gt = self.prediction.value, self.ground_truth.value

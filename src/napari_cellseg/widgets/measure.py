@@ -6,21 +6,31 @@ import napari  # a real annotation: napari injects the viewer by the parameter's
 import numpy as np
 from magicgui import widgets
 
-from ._common import full_resolution, reporting_errors
+from ._common import OutputDefault, full_resolution, layer_file, reporting_errors, wrapping
 
 
 class MeasureWidget(widgets.Container):
     def __init__(self, viewer: napari.viewer.Viewer):
 
         self._viewer = viewer
-        self.labels_layer = widgets.create_widget(annotation=napari.layers.Labels, label="labels")
-        self.images = widgets.Select(label="intensity images", choices=self._image_names, allow_multiple=True)
-        self.unit = widgets.LineEdit(label="unit", value="µm", tooltip="used when the labels layer has a scale")
-        self.measure_button = widgets.PushButton(text="Measure")
-        self.csv = widgets.FileEdit(label="CSV", mode="w", filter="*.csv")
-        self.save_button = widgets.PushButton(text="Save CSV")
-        self.table = widgets.Table()
-        self.status = widgets.Label(value="")
+        self.labels_layer = widgets.create_widget(
+            annotation=napari.layers.Labels, label="labels",
+            options={"tooltip": "the Labels layer whose objects are measured (area, shape, centroid, ...)"})
+        self.images = widgets.Select(label="intensity images", choices=self._image_names, allow_multiple=True,
+                                     tooltip="optional: image layers of the same size whose mean, min and max "
+                                             "intensity per object are added; none chosen: shape only")
+        self.unit = widgets.LineEdit(label="unit", value="µm",
+                                     tooltip="the unit of the labels layer's scale (lengths and areas are given in "
+                                             "it); a layer without a scale is measured in pixels")
+        self.measure_button = widgets.PushButton(text="Measure", tooltip="measure every object into the table and "
+                                                 "the layer's features; enabled once a Labels layer is chosen")
+        self.csv = widgets.FileEdit(label="CSV", mode="w", filter="*.csv",
+                                    tooltip="where the table goes; by default beside the labels' file (else the "
+                                            "working folder)")
+        self.save_button = widgets.PushButton(text="Save CSV", enabled=False,
+                                              tooltip="write the measured table; enabled after Measure")
+        self.table = widgets.Table(tooltip="one row per object, as measured")
+        self.status = wrapping(widgets.Label(value="", tooltip="what the last action did"))
         super().__init__(widgets=[self.labels_layer, self.images, self.unit, self.measure_button, self.csv,
                                   self.save_button, self.status, self.table])
         self.measure_button.changed.connect(reporting_errors(self.measure, self.status))
@@ -29,6 +39,18 @@ class MeasureWidget(widgets.Container):
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self.labels_layer.reset_choices)
             event.connect(self.images.reset_choices)
+        self.csv_default = OutputDefault(
+            self.csv, lambda: (self.labels_layer.value, layer_file(self.labels_layer.value, viewer)),
+            "_objects.csv", triggers=(self.labels_layer,))
+        self.labels_layer.changed.connect(self.refresh_buttons)
+        self.refresh_buttons()
+
+    def refresh_buttons(self, *_) -> None:
+        """Measure needs a Labels layer; Save a table measured from the chosen layer."""
+        self.measure_button.enabled = self.labels_layer.value is not None
+        self.save_button.enabled = self.columns is not None and self.labels_layer.value is self._measured_layer
+
+    _measured_layer = None
 
     def _image_names(self, *_):
         return [layer.name for layer in self._viewer.layers if type(layer).__name__ == "Image"]
@@ -61,6 +83,8 @@ class MeasureWidget(widgets.Container):
             table = table.merge(old[["label", *keep]].drop_duplicates("label"), on="label", how="left")
         layer.features = table
         self.table.value = table.round(3).to_dict("list")
+        self._measured_layer = layer
+        self.refresh_buttons()
         self.status.value = f"{len(table)} objects measured"
 
     def save(self):

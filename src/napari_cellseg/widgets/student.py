@@ -9,7 +9,8 @@ from magicgui import widgets
 
 from ..core.options import StudentTrainOptions
 from ._options import OptionControls
-from ._common import ModelChooser, TrainingWidget, device_choice, full_resolution, notify_error
+from ._common import (ModelChooser, OutputDefault, TrainingWidget, device_choice, full_resolution, layer_file,
+                      notify_error, preimport)
 from ._plot import LinePlot
 
 DISTIL, TRAIN = "distil from a teacher", "train on labels"
@@ -20,12 +21,16 @@ class StudentWidget(TrainingWidget):
 
         self.last_result = None
         self.history: list[dict] = []
-        self.mode = widgets.ComboBox(label="mode", choices=[DISTIL, TRAIN], value=DISTIL)
+        self.mode = widgets.ComboBox(label="mode", choices=[DISTIL, TRAIN], value=DISTIL,
+                                     tooltip="distil: the teacher's masks on your images are the targets (no "
+                                             "labels needed); train: your labels are the targets")
         self.teacher = ModelChooser(label="teacher")
-        self.image = widgets.create_widget(annotation=napari.layers.Image | None, label="image",
-                                           options={"nullable": True})
-        self.labels_layer = widgets.create_widget(annotation=napari.layers.Labels | None, label="labels",
-                                                  options={"nullable": True})
+        self.image = widgets.create_widget(
+            annotation=napari.layers.Image | None, label="image",
+            options={"nullable": True, "tooltip": "the image to train on (or choose a folder below instead)"})
+        self.labels_layer = widgets.create_widget(
+            annotation=napari.layers.Labels | None, label="labels",
+            options={"nullable": True, "tooltip": "train mode: the labels of that image, of the same size"})
         self.folder = widgets.FileEdit(label="or folder", mode="d",
                                        tooltip="distil: a folder of images; train: images/ + labels/, or "
                                                "<exp>_raw_data/PosNNN + <exp>_masks/PosNNN")
@@ -39,11 +44,14 @@ class StudentWidget(TrainingWidget):
                                      tooltip="optional: a student whose weights start the training, e.g. "
                                              "the shipped one, to fine-tune it on your corrected labels")
         self.out = widgets.FileEdit(label="save student as", mode="w", filter="*.pt",
-                                    value=str(Path.home() / "napari-cellseg-student.pt"))
+                                    tooltip="the trained student (best epoch); by default <image>_student.pt "
+                                            "beside the image's file (else in the working folder)")
         self.device = device_choice()
         super().__init__(viewer, [self.mode, self.teacher, self.image, self.labels_layer, self.folder,
                                   self.val_suffixes, self.init, self.epochs, self.batch, self.crop, self.resume,
                                   self.out, self.device], "Train U-Net student")
+        self.run_button.tooltip = "train in the background; enabled once an image (train: and its labels of the " \
+                                  "same size) or a folder, and in distil mode a teacher, are chosen"
         self.plot = LinePlot(viewer=viewer)
         self.native.layout().addWidget(self.plot.canvas)
         self.mode.changed.connect(self._on_mode)
@@ -51,6 +59,27 @@ class StudentWidget(TrainingWidget):
         for picker in (self.image, self.labels_layer):
             viewer.layers.events.inserted.connect(picker.reset_choices)
             viewer.layers.events.removed.connect(picker.reset_choices)
+        self.out_default = OutputDefault(
+            self.out, lambda: (None, self._folder()) if self._folder() else
+            (self.image.value, layer_file(self.image.value, viewer)), "_student.pt", triggers=(self.image, self.folder))
+        for control in (self.mode, self.teacher.combo, self.image, self.labels_layer, self.folder):
+            control.changed.connect(self.refresh_run_button)
+        self.refresh_run_button()
+        self.preimport_thread = preimport(("torch",))
+
+    def inputs_ready(self) -> bool:
+        mode = self.mode.value
+        if mode == DISTIL and not self.teacher.value:
+            return False
+        if self._folder() is not None:
+            return self._folder().is_dir()
+        image, labels = self.image.value, self.labels_layer.value
+        if image is None:
+            return False
+        if mode == TRAIN:
+            return labels is not None and \
+                tuple(labels.data.shape) == tuple(full_resolution(image).shape[:labels.data.ndim])
+        return True
 
     def _on_mode(self, mode):
         self.teacher.visible = mode == DISTIL

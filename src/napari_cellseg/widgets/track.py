@@ -6,7 +6,7 @@ import napari  # a real annotation: napari injects the viewer by the parameter's
 import numpy as np
 from magicgui import widgets
 
-from ._common import WorkerWidget, full_resolution, notify_error
+from ._common import OutputDefault, WorkerWidget, full_resolution, layer_file, notify_error
 from ._layers import META_KEY
 from ._plot import LinePlot
 
@@ -15,19 +15,36 @@ class TrackWidget(WorkerWidget):
     def __init__(self, viewer: napari.viewer.Viewer):
 
         self.last_result = None
-        self.labels_layer = widgets.create_widget(annotation=napari.layers.Labels, label="labels (T,Y,X)")
-        self.intensity = widgets.create_widget(annotation=napari.layers.Image | None, label="intensity",
-                                               options={"nullable": True})
-        self.max_distance = widgets.FloatSpinBox(label="max move (px)", value=20.0, min=1.0, max=1000.0)
-        self.gap = widgets.SpinBox(label="gap closing (frames)", value=1, min=0, max=20)
-        self.divisions = widgets.CheckBox(label="detect divisions", value=True)
+        self.labels_layer = widgets.create_widget(
+            annotation=napari.layers.Labels, label="labels (T,Y,X)",
+            options={"tooltip": "a labelled time series (frames, rows, columns), e.g. Segment cells on a movie"})
+        self.intensity = widgets.create_widget(
+            annotation=napari.layers.Image | None, label="intensity",
+            options={"nullable": True, "tooltip": "optional: an image of the same frames whose mean intensity per "
+                                                  "object goes into the table; empty: none"})
+        self.max_distance = widgets.FloatSpinBox(
+            label="max move (px)", value=20.0, min=1.0, max=1000.0,
+            tooltip="the farthest a cell's centroid may move between two frames, in pixels")
+        self.gap = widgets.SpinBox(label="gap closing (frames)", value=1, min=0, max=20,
+                                   tooltip="frames a cell may go missing and still keep its track; 0: no gaps")
+        self.divisions = widgets.CheckBox(label="detect divisions", value=True,
+                                          tooltip="link two daughters to their mother's track (a parent in the "
+                                                  "Tracks layer's graph)")
         self.track_id = widgets.SpinBox(label="plot track", value=0, min=0, max=10**6,
                                         tooltip="0: the longest track")
         super().__init__(viewer, [self.labels_layer, self.intensity, self.max_distance, self.gap, self.divisions],
                          "Track")
-        self.csv = widgets.FileEdit(label="tracks CSV", mode="w", filter="*.csv")
-        self.save_button = widgets.PushButton(text="Save tracks CSV")
+        self.run_button.tooltip = "link the objects of every frame into tracks; enabled once a Labels layer " \
+                                  "with a time axis (T, Y, X) is chosen"
+        self.csv = widgets.FileEdit(label="tracks CSV", mode="w", filter="*.csv",
+                                    tooltip="where the per-object track table goes; by default beside the "
+                                            "labels' file (else the working folder)")
+        self.save_button = widgets.PushButton(text="Save tracks CSV", enabled=False,
+                                              tooltip="write the last tracking result's table; enabled after a run")
         self.extend([self.track_id, self.csv, self.save_button])
+        self.csv_default = OutputDefault(
+            self.csv, lambda: (self.labels_layer.value, layer_file(self.labels_layer.value, viewer)),
+            "_tracks.csv", triggers=(self.labels_layer,))
         self.save_button.changed.connect(self.save_csv)
         self.plot = LinePlot(viewer=viewer)
         self.native.layout().addWidget(self.plot.canvas)
@@ -35,6 +52,12 @@ class TrackWidget(WorkerWidget):
         for picker in (self.labels_layer, self.intensity):
             viewer.layers.events.inserted.connect(picker.reset_choices)
             viewer.layers.events.removed.connect(picker.reset_choices)
+        self.labels_layer.changed.connect(self.refresh_run_button)
+        self.refresh_run_button()
+
+    def inputs_ready(self) -> bool:
+        layer = self.labels_layer.value
+        return layer is not None and layer.data.ndim == 3
 
     def run(self):
         from ..core.tracking import track_iter
@@ -63,6 +86,7 @@ class TrackWidget(WorkerWidget):
         self._viewer.add_tracks(result.napari_tracks(), graph=result.parents, features=features,
                                 name=f"{layer.name} tracks", metadata=meta, scale=layer.scale,
                                 translate=layer.translate)
+        self.save_button.enabled = True
         self.status.value = f"{result.n_tracks} tracks, {len(result.parents)} divisions"
         self._plot_track()
 

@@ -9,7 +9,8 @@ from magicgui import widgets
 
 from ..core.options import FinetuneOptions
 from ._options import Collapsible, OptionControls
-from ._common import ModelChooser, TrainingWidget, device_choice, full_resolution, notify_error
+from ._common import (ModelChooser, OutputDefault, TrainingWidget, device_choice, full_resolution, layer_file,
+                      notify_error, preimport)
 from ._plot import LinePlot
 
 
@@ -18,11 +19,16 @@ class FinetuneWidget(TrainingWidget):
 
         self.last_result = None
         self.history: list[dict] = []
-        self.image = widgets.create_widget(annotation=napari.layers.Image | None, label="image",
-                                           options={"nullable": True})
-        self.labels_layer = widgets.create_widget(annotation=napari.layers.Labels | None, label="labels",
-                                                  options={"nullable": True})
-        self.dataset = widgets.FileEdit(label="or dataset", mode="d", tooltip="a folder with data.yaml")
+        self.image = widgets.create_widget(
+            annotation=napari.layers.Image | None, label="image",
+            options={"nullable": True, "tooltip": "the image the corrected labels belong to (or choose a dataset "
+                                                  "folder below instead)"})
+        self.labels_layer = widgets.create_widget(
+            annotation=napari.layers.Labels | None, label="labels",
+            options={"nullable": True, "tooltip": "the corrected labels of that image, of the same size: the "
+                                                  "training targets"})
+        self.dataset = widgets.FileEdit(label="or dataset", mode="d",
+                                        tooltip="instead of the layers: a YOLO dataset folder with data.yaml")
         self.model = ModelChooser(label="start from")
         self.arch = widgets.ComboBox(label="architecture", choices=["from the model", "new Mask R-CNN"],
                                      tooltip="'new Mask R-CNN' trains a ResNet-50-FPN Mask R-CNN from scratch "
@@ -34,16 +40,44 @@ class FinetuneWidget(TrainingWidget):
         self.epochs, self.batch, self.val_fraction = (self.settings[name] for name in
                                                       ("epochs", "batch", "val_fraction"))
         self.out = widgets.FileEdit(label="save model as", mode="w", filter="*.pt",
-                                    value=str(Path.home() / "napari-cellseg-finetuned.pt"))
+                                    tooltip="the fine-tuned model (best epoch); by default <image>_finetuned.pt "
+                                            "beside the image's file (else in the working folder)")
         self.device = device_choice()
         super().__init__(viewer, [self.image, self.labels_layer, self.dataset, self.model, self.arch, self.backbone,
                                   *self.settings.main, self.out,
                                   Collapsible("Advanced", [*self.settings.advanced, self.device])], "Fine-tune")
+        self.run_button.tooltip = "fine-tune in the background; enabled once an image and its labels of the same " \
+                                  "size (or a dataset folder with data.yaml) and a model to start from are chosen"
         self.plot = LinePlot(viewer=viewer)
         self.native.layout().addWidget(self.plot.canvas)
         for picker in (self.image, self.labels_layer):
             viewer.layers.events.inserted.connect(picker.reset_choices)
             viewer.layers.events.removed.connect(picker.reset_choices)
+        self.out_default = OutputDefault(self.out, self._out_source, "_finetuned.pt",
+                                         triggers=(self.image, self.dataset))
+        for control in (self.image, self.labels_layer, self.dataset, self.model.combo, self.arch):
+            control.changed.connect(self.refresh_run_button)
+        self.refresh_run_button()
+        self.preimport_thread = preimport(("torch", "ultralytics"))
+
+    def _dataset(self) -> Path | None:
+        return Path(self.dataset.value) if str(self.dataset.value) not in ("", ".") else None
+
+    def _out_source(self):
+        dataset = self._dataset()
+        if dataset is not None:
+            return None, dataset  # <dataset>/<dataset's name>_finetuned.pt
+        return self.image.value, layer_file(self.image.value, self._viewer)
+
+    def inputs_ready(self) -> bool:
+        dataset = self._dataset()
+        if dataset is not None:
+            data_ok = (dataset / "data.yaml").is_file()
+        else:
+            image, labels = self.image.value, self.labels_layer.value
+            data_ok = image is not None and labels is not None and \
+                tuple(labels.data.shape) == tuple(full_resolution(image).shape[:labels.data.ndim])
+        return data_ok and (bool(self.model.value) or self.arch.value == "new Mask R-CNN")
 
     @staticmethod
     def _job(image, labels, dataset, model, out, device, arch, backbone, options):
