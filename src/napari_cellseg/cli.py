@@ -91,6 +91,7 @@ def cmd_segment(args) -> int:
 def _write_instance_exports(inputs: list[Path], out: Path, args, class_names: dict | None = None) -> None:
     """Sartorius run-length CSV and/or COCO JSON over every segmented input, from the written outputs."""
     import csv
+    import json
 
     from .core.io import read_image
     from .core.submission import write_coco_json, write_sartorius_csv
@@ -108,7 +109,10 @@ def _write_instance_exports(inputs: list[Path], out: Path, args, class_names: di
                 rows = list(csv.DictReader(fh))
             table = {key: np.array([float(r[key]) for r in rows]) for key in ("label", "frame", "score", "class_id")}
             table = {k: (v.astype(np.int64) if k != "score" else v) for k, v in table.items()}
-            yield path.stem, labels, table
+            # the instances as predicted, overlaps kept (written by this version's runs); else the labels
+            instances_path = out / f"{path.stem}_instances.json"
+            predicted = json.loads(instances_path.read_text())["instances"] if instances_path.is_file() else None
+            yield path.stem, labels, table, predicted
 
     if args.rle_csv:
         n = write_sartorius_csv(args.rle_csv, items(False))
