@@ -422,7 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    seg = sub.add_parser("segment", help="segment images; writes <stem>_labels.tif, _objects.csv, _provenance.json")
+    seg = sub.add_parser("segment", help="segment images; writes <stem>_labels.tif, _objects.csv, _provenance.json, "
+                                            "_instances.json")
     seg.add_argument("images", nargs="+", help="image files (TIFF, PNG, JPEG), folders or glob patterns")
     seg.add_argument("--model", action="append", default=None,
                      help="checkpoint path or shipped name (default: nuclei); repeat for an ensemble")
@@ -433,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     rgb.add_argument("--rgb", dest="rgb", action="store_true", default=None, help="last axis is RGB(A) colour")
     rgb.add_argument("--no-rgb", dest="rgb", action="store_false", help="last axis is not colour")
     seg.add_argument("--rle-csv", default=None, help="also write all instances as a Kaggle Sartorius run-length CSV")
-    seg.add_argument("--coco", default=None, help="also write all instances as COCO JSON (RLE masks, scores)")
+    seg.add_argument("--coco", default=None, help="also write all instances as COCO JSON: each as the model predicted it (predicted box, "
+                     "score, class, whole RLE mask; overlaps kept, unlike the _labels.tif)")
     seg.add_argument("--scheduler", default=None, help="address of a Dask scheduler: one task per image")
     seg.add_argument("--workers", type=int, default=0, help="run on a local Dask cluster of N worker processes")
     seg.add_argument("--overwrite", action="store_true", help="redo inputs whose outputs already exist")

@@ -113,15 +113,15 @@ class SegmentationResult:
             "counts": out / f"{stem}_counts.csv",
             "provenance": out / f"{stem}_provenance.json",
         }
-        if self.instances is not None:
-            paths["instances"] = out / f"{stem}_instances.json"
-            write_json(paths["instances"], {"format": "napari-cellseg predicted instances 1",
-                                            "frame_shape": list(self.labels.shape[-2:]),
-                                            "instances": self.instances})
         write_labels(paths["labels"], self.labels)
         write_csv(paths["objects"], self.objects)
         counts = self.counts_per_frame()
         write_csv(paths["counts"], {"frame": np.arange(len(counts)), "count": counts})
+        if self.instances is not None:  # before the provenance, whose presence marks the input as done
+            paths["instances"] = out / f"{stem}_instances.json"
+            write_json(paths["instances"], {"format": "napari-cellseg predicted instances 1",
+                                            "frame_shape": list(self.labels.shape[-2:]),
+                                            "instances": self.instances})
         provenance = dict(self.metadata)
         provenance["n_objects"] = self.n_objects
         provenance["counts_per_frame"] = self.counts_per_frame().tolist()
