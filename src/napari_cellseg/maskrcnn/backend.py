@@ -6,7 +6,9 @@ arithmetic (:mod:`.detectron2_inference`: PIL resize of the uint8 frame, BGR 0..
 checkpoint's pixel mean/std, unrounded anchors, per-level RPN top-k, ROIAlignV2, class-specific
 boxes, per-class NMS, detectron2's mask pasting); on the shared detectron2 fixture this gives
 DefaultPredictor's detections within float32 noise. Settings come from the ``config.yaml`` beside
-the checkpoint, or detectron2's defaults (noted in ``info.extra['notes']`` and logged).
+the checkpoint, or detectron2's defaults (noted in ``info.extra['notes']``, logged, and in ``info.notes``,
+which every run's warnings carry). detectron2 checkpoints ask the pipeline for the frame as given and
+whole (``ModelInfo.wants_raw_uint8``, ``wants_whole_frame``), as DefaultPredictor is fed.
 torchvision checkpoints keep torchvision's own heads.
 
 Loading never runs code from the file: ``.pth`` files load with ``weights_only``; other pickles
