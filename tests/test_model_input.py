@@ -64,6 +64,8 @@ def test_a_given_tile_or_a_huge_frame_is_tiled_even_for_whole_frame_models():
     from napari_cellseg.core.normalize import ImageLayout
     from napari_cellseg.pipeline.segment import plan_tiling, whole_frame_plan
 
+    tiny = run(segment_iter(_image(shape=(9, 12)), Recorder(raw=True, whole=True), conf=0.05))
+    assert tiny.metadata["parameters"]["whole_frame"]
     big = ImageLayout((), WHOLE_FRAME_MAX_SIDE + 1, 10, 1)
     assert whole_frame_plan(model, big, plan_tiling(model), None) is None
     fits = ImageLayout((), WHOLE_FRAME_MAX_SIDE, 10, 1)
@@ -140,3 +142,10 @@ def test_crop_rle_equals_pycocotools_encode_of_the_full_frame():
         full[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
         assert crop_rle(crop, y0, x0, height, width)["counts"] == mask_utils.encode(np.asfortranarray(full))[
             "counts"].decode()
+
+
+def test_a_frame_too_large_for_one_piece_is_tiled_and_said():
+    model = Recorder(raw=True, whole=True)
+    result = run(segment_iter(_image(shape=(20, WHOLE_FRAME_MAX_SIDE + 1)), model, conf=0.05))
+    assert len(model.tiles) > 1 and not result.metadata["parameters"]["whole_frame"]
+    assert any(f"larger than {WHOLE_FRAME_MAX_SIDE} pixels a side are tiled" in w for w in result.warnings)

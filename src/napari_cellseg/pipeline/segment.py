@@ -76,6 +76,12 @@ def segment_iter(
 ) -> Generator[Progress, None, SegmentationResult]:
     """Segment a 2-D image or a stack frame by frame, tile by tile.
 
+    Each frame is mapped to uint8 by per-channel percentiles, except for a model that wants the frame as
+    given (``ModelInfo.wants_raw_uint8``: ``frame_ranges``); a model that resizes whole images itself
+    (``ModelInfo.wants_whole_frame``) gets each frame in one piece up to WHOLE_FRAME_MAX_SIDE pixels a side
+    unless ``tile`` is given (``whole_frame_plan``). The result's ``instances`` hold every detection as
+    predicted, before the label image's overlap resolution; its warnings start with the model's load notes.
+
     ``diameter``: typical object diameter in image pixels; the image is scaled so that such objects
     appear at the size the model segments best (``ModelInfo.object_diameter``, calibrated on
     training images). ``"auto"`` (the default) measures it: a first pass at the model's own scale
@@ -166,6 +172,9 @@ def segment_iter(
         if diameter is not None:
             plan = plan_tiling(model, plan.imgsz, max(32, round(plan.imgsz * diameter / object_diameter)), overlap)
         result = yield from run_frames(frames, layout, plan)
+    if model.info.wants_whole_frame and whole is None and tile is None:
+        result.warnings.append(f"frames larger than {WHOLE_FRAME_MAX_SIDE} pixels a side are tiled, not handed "
+                               "to the model whole: results can differ from the model's own framework at tile seams")
     # what loading the model found that the user should know comes first (CLI summary, status line)
     result.warnings = list(dict.fromkeys([*model.info.notes, *result.warnings]))
     refined = None
@@ -208,7 +217,7 @@ def whole_frame_plan(model: SegmentationBackend, layout: ImageLayout, plan: Tili
         return None
     if max(layout.height, layout.width) > WHOLE_FRAME_MAX_SIDE:
         return None
-    return TilingPlan(imgsz=plan.imgsz, tile=max(layout.height, layout.width), overlap=0, zoom=1.0)
+    return TilingPlan(imgsz=plan.imgsz, tile=max(16, layout.height, layout.width), overlap=0, zoom=1.0)
 
 
 def frame_ranges(model: SegmentationBackend, frame) -> tuple[list[tuple[float, float]], str | None]:
