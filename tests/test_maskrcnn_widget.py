@@ -36,3 +36,18 @@ def test_widget_runs_a_maskrcnn_ensemble_and_writes_labels(qtbot, make_napari_vi
     assert len(labels) == 1 and labels[0].data.shape == layer.data.shape and labels[0].data.max() > 0
     assert widget.last_result.metadata["model"]["backend"] == "ensemble"
     assert widget.last_result.metadata["parameters"]["normalization"] == "image"
+
+
+@pytest.mark.slow
+def test_status_line_says_when_detectron2_defaults_stand_in_for_a_missing_config(qtbot, make_napari_viewer,
+                                                                                 tmp_path):
+    """No config.yaml beside a detectron2 checkpoint: detectron2's defaults are used, and the status says so."""
+    path = save_pth(detectron2_state(1, cell_bias=8.0), tmp_path / "d2" / "model_final.pth")  # no config.yaml
+    viewer = make_napari_viewer()
+    viewer.add_image((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8), name="cells")
+    widget = open_widget(viewer, "segment")
+    widget.model.value = str(path)
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert "model_final.pth: no config.yaml beside the checkpoint: detectron2 defaults used" in widget.status.value
+    assert widget.last_result.summary.warnings == widget.last_result.warnings

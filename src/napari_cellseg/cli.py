@@ -93,6 +93,7 @@ def cmd_segment(args) -> int:
 def _write_instance_exports(inputs: list[Path], out: Path, args, class_names: dict | None = None) -> None:
     """Sartorius run-length CSV and/or COCO JSON over every segmented input, from the written outputs."""
     import csv
+    import json
 
     from .core.io import read_image
     from .core.submission import write_coco_json, write_sartorius_csv
@@ -110,7 +111,10 @@ def _write_instance_exports(inputs: list[Path], out: Path, args, class_names: di
                 rows = list(csv.DictReader(fh))
             table = {key: np.array([float(r[key]) for r in rows]) for key in ("label", "frame", "score", "class_id")}
             table = {k: (v.astype(np.int64) if k != "score" else v) for k, v in table.items()}
-            yield path.stem, labels, table
+            # the instances as predicted, overlaps kept (written by this version's runs); else the labels
+            instances_path = out / f"{path.stem}_instances.json"
+            predicted = json.loads(instances_path.read_text())["instances"] if instances_path.is_file() else None
+            yield path.stem, labels, table, predicted
 
     if args.rle_csv:
         n = write_sartorius_csv(args.rle_csv, items(False))
@@ -408,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    seg = sub.add_parser("segment", help="segment images; writes <stem>_labels.tif, _objects.csv, _provenance.json")
+    seg = sub.add_parser("segment", help="segment images; writes <stem>_labels.tif, _objects.csv, _provenance.json, "
+                                            "_instances.json")
     seg.add_argument("images", nargs="+", help="image files (TIFF, PNG, JPEG), folders or glob patterns")
     seg.add_argument("--model", action="append", default=None,
                      help="checkpoint path or shipped name (default: nuclei); repeat for an ensemble")
@@ -419,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     rgb.add_argument("--rgb", dest="rgb", action="store_true", default=None, help="last axis is RGB(A) colour")
     rgb.add_argument("--no-rgb", dest="rgb", action="store_false", help="last axis is not colour")
     seg.add_argument("--rle-csv", default=None, help="also write all instances as a Kaggle Sartorius run-length CSV")
-    seg.add_argument("--coco", default=None, help="also write all instances as COCO JSON (RLE masks, scores)")
+    seg.add_argument("--coco", default=None, help="also write all instances as COCO JSON: each as the model predicted it (predicted box, "
+                     "score, class, whole RLE mask; overlaps kept, unlike the _labels.tif)")
     seg.add_argument("--scheduler", default=None, help="address of a Dask scheduler: one task per image")
     seg.add_argument("--workers", type=int, default=0, help="run on a local Dask cluster of N worker processes")
     seg.add_argument("--overwrite", action="store_true", help="redo inputs whose outputs already exist")

@@ -32,6 +32,10 @@ class EnsembleBackend:
         first = members[0].info
         self.info = replace(
             first, backend=NAME, path=" + ".join(m.info.path for m in members), sha256=None,
+            # fed one way: the frame as given / whole only where every member asks for it
+            wants_raw_uint8=all(m.info.wants_raw_uint8 for m in members),
+            wants_whole_frame=all(m.info.wants_whole_frame for m in members),
+            notes=list(dict.fromkeys(n for m in members for n in m.info.notes)),
             extra={"members": [{"backend": m.info.backend, "path": m.info.path, "sha256": m.info.sha256}
                                for m in members], "min_votes": min_votes},
         )

@@ -59,6 +59,17 @@ class ModelInfo:
     # a model (name or path) that segments images with a light background (histology, bright-field)
     # in this model's place by default (pipeline.segment.bright_field_model)
     bright_field_with: str | None = None
+    # the frame as given instead of the percentile stretch every other model gets: uint8 frames pass
+    # unchanged (channel ranges (0, 255)); other types are mapped as ``normalize.raw_uint8_ranges`` says.
+    # For models that standardise their input themselves (detectron2 checkpoints: BGR 0..255 minus PIXEL_MEAN)
+    wants_raw_uint8: bool = False
+    # whole frames in one ``predict_tile`` call instead of tiles: for models that resize the whole image
+    # themselves (detectron2's ResizeShortestEdge); frames larger than ``pipeline.segment.WHOLE_FRAME_MAX_SIDE``
+    # on a side are still tiled, as is a run given an explicit tile size
+    wants_whole_frame: bool = False
+    # what loading found that the user should know (defaults used in place of a missing config, ...):
+    # every run's result carries them in its warnings, so the CLI summary and the status line show them
+    notes: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
     def default_conf(self, tta: bool = False) -> float:

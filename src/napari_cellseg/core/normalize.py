@@ -47,6 +47,35 @@ def channel_ranges(frame, percentiles=DEFAULT_PERCENTILES) -> list[tuple[float, 
     return [percentile_range(frame[..., c], percentiles) for c in range(frame.shape[-1])]
 
 
+def raw_uint8_ranges(frame) -> tuple[list[tuple[float, float]], str | None]:
+    """Per-channel ranges that hand a (Y, X, C) frame to a model that wants raw uint8
+    (``ModelInfo.wants_raw_uint8``), and a note when the frame could not be passed as given.
+
+    - uint8: (0, 255) on every channel, so ``apply_ranges`` returns the pixels unchanged;
+    - other integer types whose values all lie in 0..255 (an 8-bit image read as a wider type): the same;
+    - floats whose finite values all lie in [0, 1] (skimage's float convention): (0, 1), i.e. x 255,
+      truncated to an integer;
+    - anything else (12/16-bit data, other floats): the per-channel percentile stretch every other model
+      gets, with a note saying so (the model then sees other pixels than a uint8 export of the image).
+    The whole frame is read once for its minimum and maximum.
+    """
+    n = frame.shape[-1]
+    dtype = np.dtype(frame.dtype)
+    if dtype == np.uint8:
+        return [(0.0, 255.0)] * n, None
+    values = np.asarray(frame)  # every pixel: one value out of range decides
+    finite = values[np.isfinite(values)] if dtype.kind == "f" else values
+    lo = float(finite.min()) if finite.size else 0.0
+    hi = float(finite.max()) if finite.size else 0.0
+    if dtype.kind in "iu" and lo >= 0 and hi <= 255:
+        return [(0.0, 255.0)] * n, None
+    if dtype.kind == "f" and lo >= 0 and hi <= 1:
+        return [(0.0, 1.0)] * n, None
+    return channel_ranges(frame), (f"{dtype} frame with values {lo:g}..{hi:g}: stretched to uint8 by the "
+                                   f"{DEFAULT_PERCENTILES[0]:g}-{DEFAULT_PERCENTILES[1]:g} percentiles; the model "
+                                   "expects 8-bit images as it was trained on")
+
+
 def apply_ranges(block: np.ndarray, ranges: list[tuple[float, float]]) -> np.ndarray:
     """Map a (y, x, C) block to uint8 with given per-channel ranges (NaN/-inf -> 0, +inf -> 255).
 

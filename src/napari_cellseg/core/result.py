@@ -25,6 +25,9 @@ class RunSummary:
     refined_frames: list[bool] = field(default_factory=list)  # per frame: redrawn (True) or kept (False)
     n_frames: int = 1
     seconds: float | None = None
+    # what the user should know about the run: the model's load notes (e.g. detectron2 defaults used for
+    # want of a config.yaml) first, then the run's own; the same list as ``SegmentationResult.warnings``
+    warnings: list[str] = field(default_factory=list)
 
     def describe(self, n_objects: int, warnings: list[str] = ()) -> str:
         """One line for a person."""
@@ -60,6 +63,12 @@ class SegmentationResult:
     metadata: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     summary: RunSummary = field(default_factory=RunSummary)
+    # every instance as the model predicted it, before the label image's overlap resolution (the COCO
+    # export): dicts with ``frame``, ``label`` (its id in ``labels``; 0 where it lost every pixel to
+    # higher-scoring objects), ``box`` (x0, y0, x1, y1, image pixels, as predicted), ``score``,
+    # ``class_id`` and ``segmentation`` (compressed COCO RLE of the whole predicted mask, counts as str).
+    # None for results that were not made by a model run (e.g. read back from a label image)
+    instances: list[dict] | None = None
 
     def describe(self) -> str:
         return self.summary.describe(self.n_objects, self.warnings)
@@ -93,7 +102,8 @@ class SegmentationResult:
         return np.concatenate([index.astype(float), yx], axis=1)
 
     def save(self, out_dir: str | os.PathLike, stem: str) -> dict[str, Path]:
-        """Write ``<stem>_labels.tif``, ``_objects.csv``, ``_counts.csv`` and ``_provenance.json`` atomically."""
+        """Write ``<stem>_labels.tif``, ``_objects.csv``, ``_counts.csv`` and ``_provenance.json`` atomically,
+        and ``_instances.json`` (the predicted instances, overlaps kept) where the result has them."""
         from .io import write_csv, write_json, write_labels
 
         out = Path(out_dir)
@@ -107,6 +117,11 @@ class SegmentationResult:
         write_csv(paths["objects"], self.objects)
         counts = self.counts_per_frame()
         write_csv(paths["counts"], {"frame": np.arange(len(counts)), "count": counts})
+        if self.instances is not None:  # before the provenance, whose presence marks the input as done
+            paths["instances"] = out / f"{stem}_instances.json"
+            write_json(paths["instances"], {"format": "napari-cellseg predicted instances 1",
+                                            "frame_shape": list(self.labels.shape[-2:]),
+                                            "instances": self.instances})
         provenance = dict(self.metadata)
         provenance["n_objects"] = self.n_objects
         provenance["counts_per_frame"] = self.counts_per_frame().tolist()

@@ -7,7 +7,12 @@ as in the competition's ``train.csv``. An image without instances gets one row w
 
 COCO: a dataset JSON (``images``, ``categories``, ``annotations``) whose annotations carry
 compressed RLE masks (pycocotools) and the instance score, so it serves both as ground truth and
-as a results file.
+as a results file. Where a run's predicted instances are known (``SegmentationResult.instances``,
+``<stem>_instances.json``), every instance is written as the model predicted it: its predicted box
+(``bbox``, x, y, width, height), score, class and whole mask, before the label image's overlap
+resolution, so overlapping instances keep their overlap and instances that lost every pixel of the
+label image to higher-scoring ones are there too (``label`` 0; ``label`` otherwise names the object
+in the label image). Without them (a label image alone), one annotation per label, box from the mask.
 """
 from __future__ import annotations
 
@@ -81,20 +86,39 @@ def read_sartorius_csv(path: str | os.PathLike, shapes: dict[str, tuple[int, int
     return out
 
 
-def coco_instances(items: Iterable[tuple[str, np.ndarray, dict | None]], class_names: dict[int, str] | None = None) -> dict:
-    """COCO dict from (image id, labels, object table or None); the table gives scores and classes."""
+def coco_instances(items: Iterable[tuple], class_names: dict[int, str] | None = None) -> dict:
+    """COCO dict from (image id, labels, object table or None[, predicted instances or None]); the table
+    gives scores and classes; predicted instances (``SegmentationResult.instances``), where given, are
+    written as predicted instead of the labels (see the module's docstring)."""
     from pycocotools import mask as mask_utils
 
     class_names = class_names or {0: "cell"}
     coco = {"images": [], "annotations": [],
             "categories": [{"id": int(k) + 1, "name": str(v)} for k, v in sorted(class_names.items())]}
     next_ann = 1
-    for image_number, (image_id, labels, table) in enumerate(items):
+    for item in items:
+        image_id, labels, table = item[:3]
+        predicted = item[3] if len(item) > 3 else None
         frames = list(_frames(image_id, labels))
         for frame_index, (frame_id, frame) in enumerate(frames):
             numeric_id = len(coco["images"]) + 1
             coco["images"].append({"id": numeric_id, "file_name": frame_id, "height": int(frame.shape[0]),
                                    "width": int(frame.shape[1])})
+            if predicted is not None:
+                for instance in predicted:
+                    if int(instance["frame"]) != frame_index:
+                        continue
+                    x0, y0, x1, y1 = (float(v) for v in instance["box"])
+                    rle = instance["segmentation"]
+                    coco["annotations"].append({
+                        "id": next_ann, "image_id": numeric_id, "category_id": int(instance["class_id"]) + 1,
+                        "iscrowd": 0, "segmentation": {"size": list(rle["size"]), "counts": rle["counts"]},
+                        "area": float(mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode()})),
+                        "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(instance["score"]),
+                        "label": int(instance["label"]),
+                    })
+                    next_ann += 1
+                continue
             by_label = {}
             if table is not None:
                 offset_rows = np.flatnonzero(np.asarray(table["frame"]) == frame_index)

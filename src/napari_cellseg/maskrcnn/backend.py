@@ -6,7 +6,9 @@ arithmetic (:mod:`.detectron2_inference`: PIL resize of the uint8 frame, BGR 0..
 checkpoint's pixel mean/std, unrounded anchors, per-level RPN top-k, ROIAlignV2, class-specific
 boxes, per-class NMS, detectron2's mask pasting); on the shared detectron2 fixture this gives
 DefaultPredictor's detections within float32 noise. Settings come from the ``config.yaml`` beside
-the checkpoint, or detectron2's defaults (noted in ``info.extra['notes']`` and logged).
+the checkpoint, or detectron2's defaults (noted in ``info.extra['notes']``, logged, and in ``info.notes``,
+which every run's warnings carry). detectron2 checkpoints ask the pipeline for the frame as given and
+whole (``ModelInfo.wants_raw_uint8``, ``wants_whole_frame``), as DefaultPredictor is fed.
 torchvision checkpoints keep torchvision's own heads.
 
 Loading never runs code from the file: ``.pth`` files load with ``weights_only``; other pickles
@@ -148,6 +150,9 @@ def checkpoint_to_torchvision(path: Path, checkpoint: dict | None = None) -> tup
     ours = checkpoint.get("napari_cellseg") if isinstance(checkpoint, dict) else None
     if isinstance(ours, dict) and isinstance(ours.get("maskrcnn_config"), dict):  # fine-tuned here
         config = MaskRCNNConfig.from_dict(ours["maskrcnn_config"])
+        if "input_range" not in ours["maskrcnn_config"]:  # written before the key: trained on stretched frames
+            config.input_range = "percentiles"
+        config.notes_are_history = True  # its notes tell how it was trained, not what loading found
         return state, [], config
     if is_detectron2_state(state):
         try:
@@ -319,9 +324,12 @@ class MaskRCNNBackend:
         self.model = build_model(config, device="meta")  # no random init: every tensor comes from the file
         load_weights_strict(self.model, state, unmapped, path)
         self.model.eval().to(self.device)
-        for note in config.notes:
-            if note.startswith("no config.yaml"):
-                log.warning("%s: %s", path.name, note)
+        # what the user should know, in every run's warnings (CLI summary, status line): everything loading
+        # noted except the routine "settings read from config.yaml"
+        notes = [] if getattr(config, "notes_are_history", False) else [
+            f"{path.name}: {n}" for n in config.notes if not n.startswith("settings read from")]
+        for note in notes:
+            log.warning("%s", note)
         self._frame_shape: tuple[int, int] | None = None
         self._frame = None  # the frame's statistics are computed only when asked for
         self._frame_stats: tuple | None = None
@@ -334,6 +342,10 @@ class MaskRCNNBackend:
             backend=NAME, path=str(path.resolve()), sha256=sha256_of(path), task="segment",
             class_names=_default_class_names(config),
             train_imgsz=config.max_size_test,  # one tile covers what detectron2 would see at once
+            # detectron2's own input: the frame's uint8 pixels, resized whole by ResizeShortestEdge
+            wants_raw_uint8=self.exact is not None and config.input_range == "raw",
+            wants_whole_frame=self.exact is not None,
+            notes=notes,
             extra={"source": config.source, "architecture": self.architecture, "engine": engine,
                    "inference": "detectron2" if self.exact is not None else "torchvision",
                    "notes": list(config.notes),

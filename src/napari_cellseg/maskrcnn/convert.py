@@ -69,6 +69,9 @@ class MaskRCNNConfig:
     mask_sampling_ratio: int = 0
     class_names: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    # the 8-bit frames the weights learned from: "raw" (images as they were stored: detectron2 and
+    # torchvision checkpoints) or "percentiles" (the plugin's per-channel stretch: fine-tuned here)
+    input_range: str = "raw"
 
     def to_dict(self) -> dict:
         return asdict(self)

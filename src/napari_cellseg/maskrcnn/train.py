@@ -86,6 +86,7 @@ def maskrcnn_finetune_iter(
         else:
             notes.append(NO_BACKBONE_NOTE)
     config.notes = [*config.notes, *notes]
+    config.input_range = "percentiles"  # prepare_samples stretches every frame (normalize.model_rgb)
     model.transform.min_size, model.transform.max_size = (config.min_size_test,), config.max_size_test
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]

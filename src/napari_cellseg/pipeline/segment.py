@@ -16,7 +16,9 @@ import numpy as np
 
 from ..backends import InferenceSettings, SegmentationBackend, load_model
 from ..core.fusion import fuse_detections, predict_with_flips
-from ..core.normalize import ImageLayout, apply_ranges, as_rgb, bright_background, channel_ranges, to_stack_of_frames
+from ..core.normalize import (
+    ImageLayout, apply_ranges, as_rgb, bright_background, channel_ranges, raw_uint8_ranges, to_stack_of_frames,
+)
 from ..core.refine import ContourRefinement, foreground_iter, refine_labels
 from ..core.result import RunSummary, SegmentationResult, concat_tables, object_table
 from ..core.tiling import InstanceStitcher, tile_grid
@@ -24,6 +26,10 @@ from ..core.progress import Progress
 from ..core.options import parse_diameter  # noqa: F401 - re-exported: callers have used it from here
 
 DEFAULT_IMGSZ = 640
+# a model that resizes whole images itself (``ModelInfo.wants_whole_frame``: detectron2 checkpoints) is
+# handed frames of up to this many pixels on either side whole, as detectron2's DefaultPredictor would be;
+# larger frames are tiled (their per-instance masks would not fit in memory: N x H x W)
+WHOLE_FRAME_MAX_SIDE = 4096
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,12 @@ def segment_iter(
     bright_field: str | os.PathLike | SegmentationBackend | None = "auto",
 ) -> Generator[Progress, None, SegmentationResult]:
     """Segment a 2-D image or a stack frame by frame, tile by tile.
+
+    Each frame is mapped to uint8 by per-channel percentiles, except for a model that wants the frame as
+    given (``ModelInfo.wants_raw_uint8``: ``frame_ranges``); a model that resizes whole images itself
+    (``ModelInfo.wants_whole_frame``) gets each frame in one piece up to WHOLE_FRAME_MAX_SIDE pixels a side
+    unless ``tile`` is given (``whole_frame_plan``). The result's ``instances`` hold every detection as
+    predicted, before the label image's overlap resolution; its warnings start with the model's load notes.
 
     ``diameter``: typical object diameter in image pixels; the image is scaled so that such objects
     appear at the size the model segments best (``ModelInfo.object_diameter``, calibrated on
@@ -124,8 +136,11 @@ def segment_iter(
     # the caller's settings, else those the refiner was calibrated with, else the defaults
     refinement = refinement or getattr(refiner, "refinement", None) or ContourRefinement()
     plan = plan_tiling(model, imgsz, tile, overlap)  # the training scale, or the given tile
+    whole = whole_frame_plan(model, layout, plan, tile)
+    if whole is not None:
+        plan = whole
     diameter = parse_diameter(diameter)
-    if diameter == "auto" and (tile is not None or not model.info.object_diameter):
+    if diameter == "auto" and (tile is not None or whole is not None or not model.info.object_diameter):
         diameter = None  # a given tile fixes the scale; a model without a reference size keeps its own
     if diameter is not None:
         if tile is not None:
@@ -158,6 +173,11 @@ def segment_iter(
         if diameter is not None:
             plan = plan_tiling(model, plan.imgsz, max(32, round(plan.imgsz * diameter / object_diameter)), overlap)
         result = yield from run_frames(frames, layout, plan)
+    if model.info.wants_whole_frame and whole is None and tile is None:
+        result.warnings.append(f"frames larger than {WHOLE_FRAME_MAX_SIDE} pixels a side are tiled, not handed "
+                               "to the model whole: results can differ from the model's own framework at tile seams")
+    # what loading the model found that the user should know comes first (CLI summary, status line)
+    result.warnings = list(dict.fromkeys([*model.info.notes, *result.warnings]))
     refined = None
     if refiner is not None:
         result, refined = yield from _refine_frames(frames, layout, result, refiner, refinement,
@@ -166,6 +186,8 @@ def segment_iter(
         "model": asdict(model.info),
         "parameters": {
             "imgsz": plan.imgsz, "tile": plan.tile, "overlap": plan.overlap, "zoom": plan.zoom,
+            "whole_frame": whole is not None,
+            "input": "as given (uint8)" if model.info.wants_raw_uint8 else "percentile-stretched",
             "diameter": diameter, **scale,
             "conf": conf, "iou": iou, "max_det": max_det, "match_iou": match_iou, "tta": tta,
             "mask_erosion": mask_erosion, "mask_threshold": mask_threshold, "class_conf": class_conf,
@@ -182,9 +204,30 @@ def segment_iter(
         refine_model=refined["model"] if refined else None,
         refined_frames=list(refined["refined_frames"]) if refined else [],
         n_frames=int(np.prod(result.stack_shape)) if result.stack_shape else 1,
-        seconds=result.metadata["seconds"])
+        seconds=result.metadata["seconds"], warnings=result.warnings)
     result.metadata["summary"] = asdict(result.summary)  # in the provenance file
     return result
+
+
+def whole_frame_plan(model: SegmentationBackend, layout: ImageLayout, plan: TilingPlan,
+                     tile: int | None) -> TilingPlan | None:
+    """One tile per frame for a model that resizes whole images itself (``ModelInfo.wants_whole_frame``),
+    unless a tile size was given or the frame is larger than WHOLE_FRAME_MAX_SIDE on a side; its zoom 1.0
+    leaves the scale to the model (detectron2's ResizeShortestEdge on the whole frame). None: tile as usual."""
+    if not model.info.wants_whole_frame or tile is not None:
+        return None
+    if max(layout.height, layout.width) > WHOLE_FRAME_MAX_SIDE:
+        return None
+    return TilingPlan(imgsz=plan.imgsz, tile=max(16, layout.height, layout.width), overlap=0, zoom=1.0)
+
+
+def frame_ranges(model: SegmentationBackend, frame) -> tuple[list[tuple[float, float]], str | None]:
+    """The per-channel ranges that map a frame to the uint8 the model sees: the frame as given for a model
+    that wants raw uint8 (``normalize.raw_uint8_ranges``), else the percentile stretch; and a note where a
+    raw-uint8 model's frame had to be stretched."""
+    if model.info.wants_raw_uint8:
+        return raw_uint8_ranges(frame)
+    return channel_ranges(frame), None
 
 
 # the models loaded beside a model (its contour refiner, its bright-field specialist), kept exactly as
@@ -353,14 +396,20 @@ def _segment_frames(model: SegmentationBackend, frames, layout: ImageLayout, pla
     done = 0
     yield Progress(0, total, 0, n_frames, message or "starting")
     offset = 0
+    instances = []
     for f, index in enumerate(np.ndindex(*layout.stack_shape)):
         frame = frames[index]  # stays lazy for dask/zarr input: only tiles are read
-        ranges = channel_ranges(frame)
+        ranges, note = frame_ranges(model, frame)
+        if note:
+            warnings.append(note)
+        whole = None
         if hasattr(model, "begin_frame"):  # optional hook: per-frame statistics
-            model.begin_frame(as_rgb(apply_ranges(frame, ranges)))
+            whole = as_rgb(apply_ranges(frame, ranges))
+            model.begin_frame(whole)
         stitcher = InstanceStitcher(layout.height, layout.width, match_iou=match_iou)
         for t in tiles:
-            block = as_rgb(apply_ranges(frame[t.slices], ranges))
+            covers = t.shape == (layout.height, layout.width)
+            block = whole if covers and whole is not None else as_rgb(apply_ranges(frame[t.slices], ranges))
             if tta and hasattr(model, "predict_tile_augmented"):  # the backend fuses its own flips
                 detections = model.predict_tile_augmented(block, settings)
             elif tta:  # mask probabilities, where the backend has them, are what gets averaged
@@ -378,6 +427,9 @@ def _segment_frames(model: SegmentationBackend, frames, layout: ImageLayout, pla
             yield Progress(done, total, f, n_frames, f"{prefix}frame {f + 1}/{n_frames}, tile {done}/{total}")
         frame_labels, scores, classes = stitcher.finish(erode=mask_erosion)
         table = object_table(frame_labels, scores, classes, model.info.class_names, frame=f)
+        instances += [{"frame": f, "label": p.label + offset if p.label else 0, "box": [float(v) for v in p.box],
+                       "score": p.score, "class_id": p.class_id, "segmentation": p.rle(layout.height, layout.width)}
+                      for p in stitcher.instances]
         frame_labels[frame_labels > 0] += offset  # ids unique over the whole stack
         table["label"] = table["label"] + offset
         offset += len(table["label"])
@@ -387,6 +439,7 @@ def _segment_frames(model: SegmentationBackend, frames, layout: ImageLayout, pla
         labels=labels.reshape(layout.stack_shape + (layout.height, layout.width)),
         objects=concat_tables(tables),
         warnings=sorted(set(warnings)),
+        instances=instances,
     )
 
 
