@@ -38,3 +38,33 @@ def with_calibration(checkpoint: Path, out: Path, **calibration) -> Path:
     ckpt["napari_cellseg"] = {**(ckpt.get("napari_cellseg") or {}), **calibration}
     torch.save(ckpt, out)
     return out
+
+
+FOREIGN_SIZES = ((192, 256), (320, 240))  # mixed image sizes, as a user's own data set has
+
+
+def foreign_disc_image(shape, seed: int):
+    """(raw 8-bit RGB image, labels): discs 16-28 px across, the images a foreign checkpoint is trained on."""
+    image, labels = disc_image(shape, n=10, radius=(8, 14), seed=seed, dtype=np.uint8)
+    return np.repeat(image[..., None], 3, axis=-1), labels
+
+
+def train_foreign_yolo(workdir: Path, imgsz: int = 160, epochs: int = 25, n_images: int = 24, seed: int = 500) -> Path:
+    """A YOLO11n-seg trained by ultralytics as a user would, each image letterboxed to imgsz (its geometry;
+    no mosaic, to learn in few steps), on raw 8-bit images of mixed sizes; a checkpoint with no
+    napari-cellseg entry (a foreign one)."""
+    samples = []
+    for i in range(n_images):
+        rgb, labels = foreign_disc_image(FOREIGN_SIZES[i % 2], seed=seed + i)
+        samples.append((f"mixed{i:03d}", rgb, labels))
+    data = write_yolo_dataset(samples, workdir / "data", val_names=[f"mixed{i:03d}" for i in range(2)],
+                              class_names=["nucleus"])
+    from ultralytics import YOLO
+
+    model = YOLO("yolo11n-seg.yaml")
+    model.train(
+        data=str(data), imgsz=imgsz, epochs=epochs, batch=4, device="cpu", workers=0, plots=False,
+        project=str(workdir), name="run", exist_ok=True, pretrained=False, amp=False, verbose=False,
+        mosaic=0.0, val=False, seed=0, deterministic=True, lr0=0.01, warmup_epochs=0,
+    )
+    return workdir / "run" / "weights" / "last.pt"

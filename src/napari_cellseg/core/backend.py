@@ -42,6 +42,10 @@ class ModelInfo:
     class_names: dict[int, str]
     train_imgsz: int | None = None
     zoom: float = 1.0  # network pixels per image pixel the model was trained at
+    # the model's default scale is ultralytics' predict geometry: each image's long side fitted to
+    # ``train_imgsz`` in one pass (scale = train_imgsz / max(H, W)), as ultralytics trains and predicts;
+    # set for foreign ultralytics checkpoints (those that carry no napari-cellseg scale)
+    letterbox: bool = False
     # pixels to peel off every instance: ultralytics rasterises training polygons with their
     # boundary pixels included, so its masks come out inflated; calibrated on training images
     mask_erosion: int = 0
