@@ -46,6 +46,10 @@ class ModelInfo:
     # ``train_imgsz`` in one pass (scale = train_imgsz / max(H, W)), as ultralytics trains and predicts;
     # set for foreign ultralytics checkpoints (those that carry no napari-cellseg scale)
     letterbox: bool = False
+    # 8-bit images reach the model unchanged, as ultralytics feeds them, instead of stretched between their
+    # 1st and 99.8th percentiles (16-bit and float images are still stretched); foreign ultralytics
+    # checkpoints, trained on raw 8-bit images
+    raw_8bit: bool = False
     # pixels to peel off every instance: ultralytics rasterises training polygons with their
     # boundary pixels included, so its masks come out inflated; calibrated on training images
     mask_erosion: int = 0

@@ -515,7 +515,7 @@ def _segment_frames(model: SegmentationBackend, frames, layout: ImageLayout, pla
     offset = 0
     for f, index in enumerate(np.ndindex(*layout.stack_shape)):
         frame = frames[index]  # stays lazy for dask/zarr input: only tiles are read
-        ranges = channel_ranges(frame)
+        ranges = input_ranges(model, frame)
         if hasattr(model, "begin_frame"):  # optional hook: per-frame statistics
             model.begin_frame(as_rgb(apply_ranges(frame, ranges)))
         stitcher = InstanceStitcher(layout.height, layout.width, match_iou=match_iou)
@@ -548,6 +548,15 @@ def _segment_frames(model: SegmentationBackend, frames, layout: ImageLayout, pla
         objects=concat_tables(tables),
         warnings=sorted(set(warnings)),
     )
+
+
+def input_ranges(model: SegmentationBackend, frame) -> list[tuple[float, float]]:
+    """The intensity range of each channel that maps to 0-255: the frame's percentiles, or, for a model fed
+    raw 8-bit images (``ModelInfo.raw_8bit``: a foreign ultralytics checkpoint) and an 8-bit frame, 0-255
+    itself (the pixels unchanged, as ultralytics' predict sees them)."""
+    if getattr(model.info, "raw_8bit", False) and np.dtype(frame.dtype) == np.uint8:
+        return [(0.0, 255.0)] * frame.shape[-1]
+    return channel_ranges(frame)
 
 
 def apply_class_conf(detections, conf: float, class_conf: dict[int, float]):
