@@ -120,7 +120,8 @@ def main(argv=None) -> None:
             table[name]["f1"].append(stats[0].f1)
             table[name]["count"].append(abs(stats[0].fp - stats[0].fn))
             table[name]["ap50"].append(coco_mask_map(labels, truth, scores)["ap50"])
-    print(f"checkpoint {checkpoint} (trained {trained / 60:.1f} min); {len(test_ids)} held-out DSB2018 "
+    trained_text = f" (trained {trained / 60:.1f} min)" if not args.checkpoint else ""
+    print(f"checkpoint {checkpoint}{trained_text}; {len(test_ids)} held-out DSB2018 "
           "fluorescence images")
     print("| method | DSB score | AP50 | F1@0.5 | mean abs count error |")
     print("|---|---|---|---|---|")

@@ -89,6 +89,7 @@ def test_cancel_adds_no_layer(qtbot, viewer_with_image, tiny_yolo):
     widget = open_widget(viewer, "segment")
     widget.model.value = str(tiny_yolo)
     widget.device.value = "cpu"
+    widget.settings["native"].value = True  # full resolution, tiled (a foreign checkpoint's default: one pass)
     n_layers = len(viewer.layers)
     widget.run()
     qtbot.waitUntil(lambda: widget.progress.value >= 1, timeout=60_000)
