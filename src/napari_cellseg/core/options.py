@@ -171,8 +171,8 @@ class SegmentOptions(Options):
         "(models with a reference size); 'off' keeps the model's default scale", label="object diameter",
         unit="pixels", advanced=False, parse=parse_diameter))
     zoom: float | None = option(None, Spec(
-        "the scale, in model pixels per image pixel (0.5: the image at half size); overrides the diameter and "
-        "the model's default scale", label="scale (zoom)", unit="model px / image px", min=0.01, max=16.0,
+        "the scale, in model pixels per image pixel (0.5: the image at half size), instead of a diameter and of "
+        "the model's default scale (give one of zoom, native and a diameter)", label="scale (zoom)", unit="model px / image px", min=0.01, max=16.0,
         step=0.05, none_text="the model's default scale, or from the diameter"))
     native: bool = option(False, Spec(
         "full resolution: run the model tiled at scale 1 instead of its default (for a foreign ultralytics "
