@@ -131,9 +131,9 @@ def fuse_labels(label_images: list[np.ndarray], scores: list[dict[int, float]], 
         for index, box in enumerate(ndimage.find_objects(labels)):
             if box is None:
                 continue
-            mask = labels[box] == index + 1
-            items.append((float(scores[r].get(index + 1, 0.0)), r, (box[0].start, box[1].start, box[0].stop,
-                                                                  box[1].stop), mask, int(classes[r].get(index + 1, 0))))
+            corners = (box[0].start, box[1].start, box[0].stop, box[1].stop)
+            items.append((float(scores[r].get(index + 1, 0.0)), r, corners, labels[box] == index + 1,
+                          int(classes[r].get(index + 1, 0))))
     items.sort(key=lambda item: -item[0])
     clusters: list[dict] = []
     boxes = np.zeros((0, 4), np.int64)

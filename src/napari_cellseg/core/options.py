@@ -172,8 +172,9 @@ class SegmentOptions(Options):
         unit="pixels", advanced=False, parse=parse_diameter))
     zoom: float | None = option(None, Spec(
         "the scale, in model pixels per image pixel (0.5: the image at half size), instead of a diameter and of "
-        "the model's default scale (give one of zoom, native and a diameter)", label="scale (zoom)", unit="model px / image px", min=0.01, max=16.0,
-        step=0.05, none_text="the model's default scale, or from the diameter"))
+        "the model's default scale (give one of zoom, native and a diameter)", label="scale (zoom)",
+        unit="model px / image px", min=0.01, max=16.0, step=0.05,
+        none_text="the model's default scale, or from the diameter"))
     native: bool = option(False, Spec(
         "full resolution: run the model tiled at scale 1 instead of its default (for a foreign ultralytics "
         "checkpoint the default is ultralytics' predict geometry: the whole image fitted to its training size); "
