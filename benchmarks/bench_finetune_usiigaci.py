@@ -95,7 +95,7 @@ def main(argv=None):
     figures["before_at_model_zoom"] = score(base, test)
     # the untouched model at the fine-tuning scale too: how much is scale, how much is learning
     imgsz = base.info.train_imgsz or 640
-    figures["before_at_finetune_zoom"] = score(base, test, imgsz=imgsz, tile=round(imgsz / args.zoom))
+    figures["before_at_finetune_zoom"] = score(base, test, imgsz=imgsz, zoom=args.zoom)  # the tile never sets it
     print(json.dumps(figures), flush=True)
 
     workdir = Path(tempfile.mkdtemp(prefix="usiigaci-finetune-"))

@@ -76,7 +76,7 @@ def main(argv=None):
         "student_unet": timed(lambda: segment(image, student), args.repeats),
         # one pass at the nano model's training scale ("auto" may add a second at another scale)
         "yolo11n_seg_nuclei": timed(lambda: segment(image, nano, diameter=None, refine=None), args.repeats),
-        "yolo11x_seg_random": timed(lambda: segment(image, large, imgsz=384, tile=256), args.repeats),
+        "yolo11x_seg_random": timed(lambda: segment(image, large, imgsz=384, tile=256, zoom=1.5), args.repeats),
     }
     if not args.no_maskrcnn:
         from torchvision.models.detection import maskrcnn_resnet50_fpn

@@ -78,8 +78,10 @@ def render(parser: argparse.ArgumentParser) -> str:
         lines.append(f"| [`{name}`](#{prog}-{name}) | {_cell(help_text)} |")
     for name, (help_text, sub) in subs.items():
         lines += ["", f"## {prog} {name}", "", _text(help_text[:1].upper() + help_text[1:]) + ".", "",
-                  "```text", _usage(sub), "```", "",
-                  "| argument | default | meaning |", "|---|---|---|"]
+                  "```text", _usage(sub), "```", ""]
+        if sub.epilog:  # prose the subcommand's --help shows after its options (segment: the scale rule)
+            lines += [_text(" ".join(sub.epilog.split())), ""]
+        lines += ["| argument | default | meaning |", "|---|---|---|"]
         for action in sub._actions:
             if isinstance(action, argparse._HelpAction):
                 continue

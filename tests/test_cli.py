@@ -53,12 +53,16 @@ def test_stack_output_keeps_the_stack_shape(tmp_path, tiny_yolo):
 def test_diameter_sets_the_scale_and_off_keeps_the_models(tmp_path, tiny_yolo):
     with_calibration(tiny_yolo, tmp_path / "sized.pt", object_diameter=40.0)
     tifffile.imwrite(tmp_path / "cells.tif", disc_image((160, 200), n=10, seed=7)[0])
-    for diameter, tile in (("20", 64), ("off", 128)):  # 128 px network input; 20 px objects shown at 40
+    # 128 px network input; 20 px objects shown at 40: zoom 2; off: the default of a checkpoint from plain
+    # ultralytics, its predict geometry (the 200 px long side fitted to 128 px, one pass)
+    for diameter, tile, zoom in (("20", 64, 2.0), ("off", 200, 128 / 200)):
         out = tmp_path / diameter
         assert main(["segment", str(tmp_path / "cells.tif"), "--model", str(tmp_path / "sized.pt"), "--out", str(out),
                      "--diameter", diameter, "--conf", "0.01", "--device", "cpu", "-q"]) == 0
-        parameters = json.loads((out / "cells_provenance.json").read_text())["parameters"]
+        provenance = json.loads((out / "cells_provenance.json").read_text())
+        parameters = provenance["parameters"]
         assert parameters["tile"] == tile and parameters["diameter"] == (None if diameter == "off" else 20.0)
+        assert parameters["zoom"] == provenance["summary"]["zoom"] == zoom
 
 
 @pytest.mark.parametrize(
@@ -71,7 +75,7 @@ def test_diameter_sets_the_scale_and_off_keeps_the_models(tmp_path, tiny_yolo):
         (lambda d, m: [str(d / "tiny.tif"), "--model", m], "too small"),
         (lambda d, m: [str(d / "ok.tif"), "--model", m, "--conf", "3"], "conf must be in"),
         (lambda d, m: [str(d / "ok.tif"), "--model", m, "--diameter", "-2"], "diameter must be a positive number"),
-        (lambda d, m: [str(d / "ok.tif"), "--model", m, "--diameter", "12"], "no reference object size"),
+        (lambda d, m: [str(d / "ok.tif"), "--model", m, "--diameter", "12", "--zoom", "2"], "give one of zoom"),
     ],
 )
 def test_bad_input_exits_non_zero_with_one_line(tmp_path, tiny_yolo, capsys, make_args, message):

@@ -125,26 +125,49 @@ def test_a_bad_diameter_is_refused(diameter):
         segment(image, RecordingModel(30), diameter=diameter)
 
 
-def test_diameter_and_tile_together_or_a_model_without_a_reference_size_are_refused():
-    image, _ = disc_image((64, 64), n=3, seed=2)
-    with pytest.raises(ValueError, match="either diameter or tile"):
-        segment(image, RecordingModel(30), diameter=10, tile=64)
+def test_a_tile_only_partitions_the_image_and_zoom_with_a_diameter_is_refused():
+    image, truth, _ = _separate_discs()
+    model = RecordingModel(object_diameter=32)
+    whole, tiled = segment(image, model, diameter=16), segment(image, model, diameter=16, tile=64, overlap=24)
+    assert whole.metadata["parameters"]["zoom"] == tiled.metadata["parameters"]["zoom"] == 2.0
+    assert tiled.metadata["parameters"]["tile"] == 64 and whole.metadata["parameters"]["tile"] == 64
+    assert segment(image, model, diameter=16, tile=200).metadata["parameters"]["zoom"] == 2.0  # not 128 / 200
+    assert set(model.zooms) == {2.0}
+    with pytest.raises(ValueError, match="give one of zoom, native and a diameter"):
+        segment(image, model, diameter=10, zoom=2)
+    with pytest.raises(ValueError, match="give one of zoom, native and a diameter"):
+        segment(image, model, native=True, zoom=2)
+
+
+def test_a_model_without_a_reference_size_measures_one_once_at_its_default_scale():
+    image, truth, true_diameter = _separate_discs()
     model = RecordingModel(None)
-    with pytest.raises(ValueError, match="no reference object size"):
-        segment(image, model, diameter=12)
-    assert model.zooms == []  # refused before any work
+    result = segment(image, model, diameter=true_diameter / 2)  # objects said to be half their size
+    parameters = result.metadata["parameters"]
+    # the first pass, at the model's own scale (1), found objects of their true size: that is the reference
+    assert parameters["reference_diameter"] == pytest.approx(true_diameter, rel=0.05)
+    assert parameters["zoom"] == pytest.approx(2.0, rel=0.05) and result.summary.scale_source == "diameter"
+    assert 1.0 in model.zooms and result.summary.zoom == parameters["zoom"]
+    model.zooms.clear()  # measured once: a later run on the same loaded model scales without a first pass
+    again = segment(image, model, diameter=true_diameter * 2)
+    assert set(model.zooms) == {again.metadata["parameters"]["zoom"]}
+    assert again.metadata["parameters"]["zoom"] == pytest.approx(0.5, rel=0.05)
+    given = segment(image, RecordingModel(None), diameter=10, model_diameter=30)  # or given
+    assert given.metadata["parameters"]["zoom"] == 3.0 and given.summary.reference_diameter == 30
 
 
-def test_auto_is_the_default_and_a_tile_or_a_model_without_a_reference_size_keep_the_models_scale():
+def test_auto_is_the_default_and_a_model_without_a_reference_size_keeps_the_models_scale():
     image, truth, true_diameter = _separate_discs()
     sized = RecordingModel(object_diameter=1.5 * true_diameter)
-    assert segment(image, sized).metadata["parameters"]["zoom_factor"] == pytest.approx(1.5, rel=0.05)
-    for model, options in ((RecordingModel(object_diameter=None), {}), (sized, {"tile": 100})):
-        model.zooms.clear()
-        parameters = segment(image, model, **options).metadata["parameters"]
-        assert parameters["diameter"] is None and "measured_diameter" not in parameters
-        assert set(model.zooms) == {parameters["zoom"]} and len(model.zooms) == len(
-            tile_grid(200, 240, parameters["tile"], parameters["overlap"]))  # a single pass
+    auto = segment(image, sized).metadata["parameters"]
+    assert auto["zoom_factor"] == pytest.approx(1.5, rel=0.05)
+    # a given tile cuts the image differently; the scale stays what the diameter calls for
+    assert segment(image, sized, tile=100).metadata["parameters"]["zoom"] == auto["zoom"]
+    model = RecordingModel(object_diameter=None)
+    parameters = segment(image, model).metadata["parameters"]
+    assert parameters["diameter"] is None and "measured_diameter" not in parameters
+    assert set(model.zooms) == {parameters["zoom"]} == {1.0} and len(model.zooms) == len(
+        tile_grid(200, 240, parameters["tile"], parameters["overlap"]))  # a single pass
 
 
 def test_a_checkpoints_reference_diameter_is_read(tmp_path, tiny_yolo):

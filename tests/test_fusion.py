@@ -111,3 +111,21 @@ def test_a_lower_mask_threshold_takes_in_what_the_mean_probability_reaches():
             for m in (certain + 0.7 * rim, certain + 0.7 * rim, certain + 0.1 * rim, certain + 0.1 * rim)]
     assert fuse_detections(runs, mask_threshold=0.35).masks[0][4:12, 12:14].all()  # mean 0.4
     assert not fuse_detections(runs, mask_threshold=0.5).masks[0][4:12, 12:14].any()
+
+
+def test_label_images_fuse_by_the_same_rule_with_min_votes():
+    from napari_cellseg.core.fusion import fuse_labels
+
+    a, b = np.zeros((40, 60), np.int32), np.zeros((40, 60), np.int32)
+    a[5:15, 5:15] = 1  # found by both, shifted by one pixel
+    b[6:16, 5:15] = 1
+    a[20:30, 30:40] = 2  # found by a only
+    b[25:35, 45:55] = 2  # found by b only
+    scores = [{1: 0.9, 2: 0.8}, {1: 0.7, 2: 0.6}]
+    classes = [{1: 0, 2: 0}, {1: 0, 2: 0}]
+    both, both_scores, _ = fuse_labels([a, b], scores, classes, min_votes=2)
+    assert both.max() == 1 and both_scores[1] == pytest.approx(0.8)
+    assert np.array_equal(both == 1, (a == 1) | (b == 1))  # the mean of two masks at >= 0.5: their union
+    either, either_scores, _ = fuse_labels([a, b], scores, classes, min_votes=1)
+    assert either.max() == 3 and sorted(either_scores.values()) == pytest.approx([0.3, 0.4, 0.8])
+    assert fuse_labels([a, b], scores, classes)[0].max() == 1  # default: a majority, 2 of 2

@@ -89,6 +89,7 @@ def test_cancel_adds_no_layer(qtbot, viewer_with_image, tiny_yolo):
     widget = open_widget(viewer, "segment")
     widget.model.value = str(tiny_yolo)
     widget.device.value = "cpu"
+    widget.settings["native"].value = True  # full resolution, tiled (a foreign checkpoint's default: one pass)
     n_layers = len(viewer.layers)
     widget.run()
     qtbot.waitUntil(lambda: widget.progress.value >= 1, timeout=60_000)
@@ -372,11 +373,22 @@ def test_diameter_field_reaches_the_run_and_a_bad_one_is_notified(qtbot, viewer_
     widget.settings["diameter"].value = "large"
     widget.run()
     assert widget.worker is None and errors and "diameter" in errors[0]  # nothing started
-    # a number needs a model with a reference size: the run says so and adds nothing
+    # a number and a zoom both set the scale: the run says so and adds nothing
     widget.settings["diameter"].value = "14"
+    widget.settings["zoom"].value = 2.0
     monkeypatch.setattr("napari_cellseg.widgets._common.notify_error", lambda exc: errors.append(str(exc)))
     _run(qtbot, widget)
-    assert "no reference object size" in errors[-1] and not _own(viewer, "labels")
+    assert "give one of zoom" in errors[-1] and not _own(viewer, "labels")
+    # a model without a reference size measures one at its default scale; the status line says the scale
+    widget.settings["zoom"].value = widget.settings["zoom"].min  # back to unset
+    assert widget.parameters()["zoom"] is None and widget.parameters()["native"] is False
+    _run(qtbot, widget)
+    assert _own(viewer, "labels") and "(from the diameter)" in widget.status.value
+    assert widget.last_result.summary.scale_source == "diameter"
+    widget.settings["diameter"].value = "auto"
+    widget.settings["native"].value = True  # the widget's choice of full resolution
+    _run(qtbot, widget)
+    assert "scale 1 (full resolution)" in widget.status.value
 
 
 def test_status_reports_the_measured_object_size_and_the_scale_used(qtbot, viewer_with_image):

@@ -24,7 +24,7 @@ def test_tiny_model_loads_with_its_training_size(tiny_yolo_model):
 def test_full_path_on_a_16bit_image_larger_than_a_tile(tiny_yolo_model):
     image, truth = disc_image((200, 300), n=20, radius=(7, 12), seed=3, dtype=np.uint16)
     assert image.max() > 255  # would be crushed by a plain 8-bit cast
-    result = segment(image, tiny_yolo_model, conf=0.01)
+    result = segment(image, tiny_yolo_model, conf=0.01, native=True)  # full resolution: tiles of 128 px
     assert result.labels.shape == image.shape and result.labels.dtype == np.int32
     assert result.n_objects > 0
     ids = np.unique(result.labels)
@@ -33,7 +33,8 @@ def test_full_path_on_a_16bit_image_larger_than_a_tile(tiny_yolo_model):
     assert np.array_equal(table["label"], np.arange(1, result.n_objects + 1))
     assert np.all((table["score"] >= 0.01) & (table["score"] <= 1))
     assert set(table["class_name"]) == {"nucleus"}
-    assert result.metadata["parameters"]["tile"] == 128
+    assert result.metadata["parameters"]["tile"] == 128 and result.summary.zoom == 1.0
+    assert result.summary.scale_source == "native"
     assert result.metadata["model"]["sha256"] == tiny_yolo_model.info.sha256
 
 
@@ -81,7 +82,7 @@ def test_stack_keeps_its_shape_with_progress_per_tile(tiny_yolo_model):
     frames = [disc_image((150, 150), n=6, seed=s)[0] for s in range(3)]
     stack = np.stack(frames)
     progress = []
-    result = run(segment_iter(stack, tiny_yolo_model, conf=0.01), progress.append)
+    result = run(segment_iter(stack, tiny_yolo_model, conf=0.01, native=True), progress.append)
     n_tiles = 4  # 150 px with 128 px tiles: 2 x 2 per frame
     assert [p.done for p in progress] == list(range(3 * n_tiles + 1))
     assert result.labels.shape == stack.shape

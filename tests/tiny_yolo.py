@@ -38,3 +38,39 @@ def with_calibration(checkpoint: Path, out: Path, **calibration) -> Path:
     ckpt["napari_cellseg"] = {**(ckpt.get("napari_cellseg") or {}), **calibration}
     torch.save(ckpt, out)
     return out
+
+
+FOREIGN_SIZES = ((192, 256), (320, 240))  # mixed image sizes, as a user's own data set has
+
+
+def foreign_disc_image(shape, seed: int):
+    """(raw 8-bit RGB image, labels): discs 16-28 px across, the images a foreign checkpoint is trained on."""
+    image, labels = disc_image(shape, n=10, radius=(8, 14), seed=seed, dtype=np.uint8)
+    return np.repeat(image[..., None], 3, axis=-1), labels
+
+
+def train_foreign_yolo(workdir: Path, imgsz: int = 160, epochs: int = 15, n_images: int = 24, seed: int = 500) -> Path:
+    """A YOLO11n-seg trained by ultralytics as a user would, each image letterboxed to imgsz (its geometry;
+    no mosaic, to learn in few steps), on raw 8-bit images of mixed sizes; a checkpoint with no
+    napari-cellseg entry (a foreign one).
+
+    Built from ``yolo11n-seg.yaml`` and started from the shipped nuclei weights (as a user starts from
+    ultralytics' pretrained ones; nothing is downloaded): from random weights a few CPU epochs leave every
+    score below 0.02, and at ultralytics' default threshold (0.25) nothing would be found to compare."""
+    from napari_cellseg.backends import MODELS_DIR, NAMED_MODELS
+
+    samples = []
+    for i in range(n_images):
+        rgb, labels = foreign_disc_image(FOREIGN_SIZES[i % 2], seed=seed + i)
+        samples.append((f"mixed{i:03d}", rgb, labels))
+    data = write_yolo_dataset(samples, workdir / "data", val_names=[f"mixed{i:03d}" for i in range(2)],
+                              class_names=["nucleus"])
+    from ultralytics import YOLO
+
+    model = YOLO("yolo11n-seg.yaml").load(str(MODELS_DIR / NAMED_MODELS["nuclei"]))
+    model.train(
+        data=str(data), imgsz=imgsz, epochs=epochs, batch=4, device="cpu", workers=0, plots=False,
+        project=str(workdir), name="run", exist_ok=True, pretrained=True, amp=False, verbose=False,
+        mosaic=0.0, val=False, seed=0, deterministic=True, warmup_epochs=0,
+    )
+    return workdir / "run" / "weights" / "last.pt"

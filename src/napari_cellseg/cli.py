@@ -84,7 +84,8 @@ def cmd_segment(args) -> int:
             if outcome.message:
                 print(f"warning: {name}: {outcome.message}", file=sys.stderr)
             if not args.quiet:
-                print(f"{name}: {outcome.n_objects} objects -> {out / (Path(outcome.path).stem + '_labels.tif')}")
+                scale = f" ({outcome.scale})" if outcome.scale else ""
+                print(f"{name}: {outcome.n_objects} objects{scale} -> {out / (Path(outcome.path).stem + '_labels.tif')}")
     if args.rle_csv or args.coco:
         _write_instance_exports(inputs, out, args, class_names)
     return EXIT_BAD_INPUT if failed else 0
@@ -405,6 +406,17 @@ def cmd_demo(args) -> int:
     return 0
 
 
+SCALE_RULE = """\
+The scale (model pixels per image pixel) comes from, in this order: --zoom; --native (scale 1, tiled);
+--diameter D (objects D px across shown at the model's reference diameter: --model-diameter, the
+checkpoint's own, or, for a model without one, measured once in a first pass at its default scale);
+otherwise the model's default: for a checkpoint from plain ultralytics its predict geometry at the
+training imgsz (the image's long side fitted to imgsz, one pass, as model.predict does), for the
+plugin's own checkpoints their training scale (with --diameter auto). --tile only cuts the image into
+pieces: it never changes the scale. The scale used is printed after each image and stored in the
+provenance file."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -413,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     seg = sub.add_parser("segment", help="segment images; writes <stem>_labels.tif, _objects.csv, _provenance.json, "
-                                            "_instances.json")
+                                         "_instances.json", epilog=SCALE_RULE,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     seg.add_argument("images", nargs="+", help="image files (TIFF, PNG, JPEG), folders or glob patterns")
     seg.add_argument("--model", action="append", default=None,
                      help="checkpoint path or shipped name (default: nuclei); repeat for an ensemble")

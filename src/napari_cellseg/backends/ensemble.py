@@ -1,9 +1,9 @@
 """Several models as one backend: every member predicts each tile, the instance sets are fused.
 
 The fusion rule is that of :mod:`napari_cellseg.core.fusion` (mask IoU matching, a
-majority of members must agree, masks and scores averaged). Images are normalised
-and tiled once for all members. Members should share the training scale (zoom);
-the first member's size and zoom set the tiling.
+majority of members, or ``min_votes``, must agree, masks and scores averaged). A segmentation run
+(``pipeline.segment.segment_iter``) runs each member at its own scale and input size and fuses the
+label images (``core.fusion.fuse_labels``); ``predict_tile`` fuses the members on one tile, at one scale.
 """
 from __future__ import annotations
 
@@ -22,10 +22,6 @@ class EnsembleBackend:
     def __init__(self, members: list, min_votes: int | None = None):
         if len(members) < 2:
             raise ModelLoadError("an ensemble needs at least two models")
-        zooms = {round(m.info.zoom, 3) for m in members}
-        if len(zooms) > 1:
-            raise ModelLoadError(f"the models were trained at different scales (zoom {sorted(zooms)}); "
-                                 "an ensemble needs one scale")
         self.members = members
         self.min_votes = min_votes
         self.device = members[0].device

@@ -42,6 +42,10 @@ class ModelInfo:
     class_names: dict[int, str]
     train_imgsz: int | None = None
     zoom: float = 1.0  # network pixels per image pixel the model was trained at
+    # the model's default scale is ultralytics' predict geometry: each image's long side fitted to
+    # ``train_imgsz`` in one pass (scale = train_imgsz / max(H, W)), as ultralytics trains and predicts;
+    # set for foreign ultralytics checkpoints (those that carry no napari-cellseg scale)
+    letterbox: bool = False
     # pixels to peel off every instance: ultralytics rasterises training polygons with their
     # boundary pixels included, so its masks come out inflated; calibrated on training images
     mask_erosion: int = 0
@@ -62,6 +66,7 @@ class ModelInfo:
     # the frame as given instead of the percentile stretch every other model gets: uint8 frames pass
     # unchanged (channel ranges (0, 255)); other types are mapped as ``normalize.raw_uint8_ranges`` says.
     # For models that standardise their input themselves (detectron2 checkpoints: BGR 0..255 minus PIXEL_MEAN)
+    # and foreign ultralytics checkpoints (trained on raw 8-bit images, as ultralytics' predict feeds them)
     wants_raw_uint8: bool = False
     # whole frames in one ``predict_tile`` call instead of tiles: for models that resize the whole image
     # themselves (detectron2's ResizeShortestEdge); frames larger than ``pipeline.segment.WHOLE_FRAME_MAX_SIDE``

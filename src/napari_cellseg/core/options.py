@@ -165,9 +165,26 @@ class SegmentOptions(Options):
     """Everything a segmentation run takes besides the image and the model."""
 
     diameter: float | str | None = option("auto", Spec(
-        "typical object diameter: the image is scaled to the size the model segments best. 'auto' measures it "
-        "in a first pass; 'off' keeps the model's training scale (as do a tile size and models without a "
-        "reference size)", label="object diameter", unit="pixels", advanced=False, parse=parse_diameter))
+        "typical object diameter: the image is scaled so that such objects appear at the size the model "
+        "segments best (its calibrated reference size, --model-diameter, or, for a model without one, the size "
+        "it finds objects at at its default scale, measured once). 'auto' measures the objects in a first pass "
+        "(models with a reference size); 'off' keeps the model's default scale", label="object diameter",
+        unit="pixels", advanced=False, parse=parse_diameter))
+    zoom: float | None = option(None, Spec(
+        "the scale, in model pixels per image pixel (0.5: the image at half size), instead of a diameter and of "
+        "the model's default scale (give one of zoom, native and a diameter)", label="scale (zoom)",
+        unit="model px / image px", min=0.01, max=16.0, step=0.05,
+        none_text="the model's default scale, or from the diameter"))
+    native: bool = option(False, Spec(
+        "full resolution: run the model tiled at scale 1 instead of its default (for a foreign ultralytics "
+        "checkpoint the default is ultralytics' predict geometry: the whole image fitted to its training size); "
+        "for a model trained on tiles or crops at the image's resolution", label="full resolution (tiled)"))
+    model_diameter: float | None = option(MODEL, Spec(
+        "the object diameter, in model pixels, the model segments best, that --diameter scales objects to",
+        label="model's object diameter", unit="model pixels", min=1.0, max=1000.0, step=1.0, model_value=True))
+    min_agree: int | None = option(None, Spec(
+        "ensembles (several models): how many models must find an object for it to be kept",
+        label="models that must agree", min=1, max=16, step=1, none_text="a majority", backends=("ensemble",)))
     conf: float | None = option(MODEL, Spec(
         "score threshold: objects scoring less are dropped; with test-time augmentation the model's TTA "
         "threshold where it has one (0.25 for checkpoints that carry none)", label="confidence",
@@ -187,9 +204,8 @@ class SegmentOptions(Options):
         "network input size", label="network input size", unit="network pixels", min=32, max=4096, step=32,
         model_value=True))
     tile: int | None = option(None, Spec(
-        "tile size in image pixels: the image is cut into tiles this size, segmented at the model's training "
-        "scale (the object diameter is then not used); auto: tiles where the image is larger than the "
-        "network input, sized from the object diameter", label="tile size", unit="image pixels",
+        "tile size in image pixels: the image is cut into tiles this size; the tile never changes the scale. "
+        "Default: tiles whose network input is the network input size", label="tile size", unit="image pixels",
         min=32, max=8192, step=32, model_value=True))
     overlap: int | None = option(None, Spec(
         "overlap of neighbouring tiles; auto: a quarter of the tile, at most 128", label="tile overlap",

@@ -25,15 +25,37 @@ class RunSummary:
     refined_frames: list[bool] = field(default_factory=list)  # per frame: redrawn (True) or kept (False)
     n_frames: int = 1
     seconds: float | None = None
+    zoom: float | None = None  # the scale used: model pixels per image pixel (None: an ensemble, see members)
+    scale_source: str | None = None  # where it came from: zoom, native, diameter, auto, predict, model
+    tile: int | None = None  # tile side in image pixels (it only partitions the image)
+    imgsz: int | None = None  # network input of a full tile
+    reference_diameter: float | None = None  # object diameter, in model pixels, a diameter was scaled to
+    members: list[dict] = field(default_factory=list)  # an ensemble's members' own summaries
+    min_agree: int | None = None  # an ensemble: how many members had to find an object
+
     # what the user should know about the run: the model's load notes (e.g. detectron2 defaults used for
     # want of a config.yaml) first, then the run's own; the same list as ``SegmentationResult.warnings``
     warnings: list[str] = field(default_factory=list)
 
+    def describe_scale(self) -> str:
+        """The scale used, for a person."""
+        if self.members:
+            scales = ", ".join(f"{m['zoom']:.3g} ({Path(m['model_path'] or '').stem})" for m in self.members)
+            return f"models at scales {scales}; kept where {self.min_agree} of {len(self.members)} agree"
+        if self.zoom is None:
+            return ""
+        how = {"predict": f"ultralytics' predict geometry at {self.imgsz} px", "native": "full resolution",
+               "zoom": "given", "diameter": "from the diameter", "auto": "from the measured object size",
+               "model": "the model's training scale", "whole frame": "each whole frame resized by the model itself",
+               }.get(self.scale_source or "", self.scale_source or "")
+        return f"scale {self.zoom:.3g} ({how})"
+
     def describe(self, n_objects: int, warnings: list[str] = ()) -> str:
         """One line for a person."""
-        from pathlib import Path
 
         text = f"{n_objects} objects" + (f" in {self.n_frames} frames" if self.n_frames > 1 else "")
+        if self.describe_scale():
+            text += "; " + self.describe_scale()
         if self.measured_diameter:
             text += (f"; object size {self.measured_diameter:.0f} px, segmented at "
                      f"{self.zoom_factor:.2g}x the model's scale")

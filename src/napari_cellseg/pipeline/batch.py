@@ -17,6 +17,7 @@ class FileOutcome:
     status: str  # "done", "skipped" or "failed"
     n_objects: int | None = None
     message: str = ""
+    scale: str = ""  # the scale used, for a person (RunSummary.describe_scale)
 
 
 def is_done(path: Path, out: Path) -> bool:
@@ -38,4 +39,5 @@ def segment_file(path: str | os.PathLike, model, out: str | os.PathLike, paramet
         return FileOutcome(str(path), "failed", message=str(exc))
     result.metadata["input"]["path"] = str(path.resolve())
     result.save(out, path.stem)
-    return FileOutcome(str(path), "done", result.n_objects, "; ".join(result.warnings))
+    return FileOutcome(str(path), "done", result.n_objects, "; ".join(result.warnings),
+                       result.summary.describe_scale())

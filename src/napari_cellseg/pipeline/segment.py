@@ -9,13 +9,13 @@ import os
 import time
 import weakref
 from collections.abc import Callable, Generator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 
 import numpy as np
 
 from ..backends import InferenceSettings, SegmentationBackend, load_model
-from ..core.fusion import fuse_detections, predict_with_flips
+from ..core.fusion import fuse_detections, fuse_labels, predict_with_flips
 from ..core.normalize import (
     ImageLayout, apply_ranges, as_rgb, bright_background, channel_ranges, raw_uint8_ranges, to_stack_of_frames,
 )
@@ -37,18 +37,57 @@ class TilingPlan:
     imgsz: int  # network input size of a full tile
     tile: int  # tile side in image pixels
     overlap: int
-    zoom: float  # network pixels per image pixel
+    zoom: float  # the scale: network pixels per image pixel
+    source: str = "model"  # where the scale came from (SCALE_SOURCES)
+
+
+# where a run's scale comes from, in the order they are looked at
+SCALE_SOURCES = {
+    "zoom": "given (--zoom)",
+    "native": "full resolution (--native)",
+    "diameter": "from the object diameter",
+    "auto": "from the measured object size",
+    "predict": "ultralytics' predict geometry: the image's long side fitted to the training size",
+    "model": "the model's training scale",
+    "whole frame": "the model's own: it resizes each whole frame itself (detectron2's ResizeShortestEdge)",
+}
+# an image whose long side is this many times the network input, run at ultralytics' predict geometry,
+# gets a warning: its objects shrink by that factor
+LARGE_IMAGE_FACTOR = 3.0
 
 
 def plan_tiling(model: SegmentationBackend, imgsz: int | None = None, tile: int | None = None,
-                overlap: int | None = None) -> TilingPlan:
-    """Defaults: the training imgsz, and tiles that keep the training scale (full resolution)."""
+                overlap: int | None = None, zoom: float | None = None, source: str = "model") -> TilingPlan:
+    """Tiles at a scale: ``zoom`` (default: the model's training scale), tiles of ``tile`` image pixels
+    (default: those whose network input is the training imgsz). The tile only partitions the image:
+    it never changes the scale."""
     imgsz = int(imgsz or model.info.train_imgsz or DEFAULT_IMGSZ)
     if imgsz < 32:
         raise ValueError(f"imgsz {imgsz} is too small (minimum 32)")
-    tile = int(tile or round(imgsz / model.info.zoom))
+    zoom = float(model.info.zoom if zoom is None else zoom)
+    if not zoom > 0:
+        raise ValueError(f"zoom must be a positive number of model pixels per image pixel (got {zoom})")
+    tile = int(tile or max(32, round(imgsz / zoom)))
     overlap = int(min(128, tile // 4) if overlap is None else overlap)
-    return TilingPlan(imgsz=imgsz, tile=tile, overlap=overlap, zoom=imgsz / tile)
+    return TilingPlan(imgsz=imgsz, tile=tile, overlap=overlap, zoom=zoom, source=source)
+
+
+def predict_geometry(model: SegmentationBackend, height: int, width: int, imgsz: int | None = None,
+                     tile: int | None = None, overlap: int | None = None) -> TilingPlan:
+    """Ultralytics' predict geometry at ``imgsz`` (default: the training imgsz): the image's long side
+    letterboxed to imgsz, scale imgsz / max(H, W), in one pass (or in the given tiles, at that scale)."""
+    imgsz = int(imgsz or model.info.train_imgsz or DEFAULT_IMGSZ)
+    side = max(height, width)
+    return plan_tiling(model, imgsz, tile or side, overlap, zoom=imgsz / side, source="predict")
+
+
+def default_plan(model: SegmentationBackend, layout: ImageLayout, imgsz: int | None = None, tile: int | None = None,
+                 overlap: int | None = None) -> TilingPlan:
+    """The model's default scale: ultralytics' predict geometry for a foreign ultralytics checkpoint
+    (``ModelInfo.letterbox``), else its training scale."""
+    if model.info.letterbox:
+        return predict_geometry(model, layout.height, layout.width, imgsz, tile, overlap)
+    return plan_tiling(model, imgsz, tile, overlap)
 
 
 def segment_iter(
@@ -59,6 +98,10 @@ def segment_iter(
     tile: int | None = None,
     overlap: int | None = None,
     diameter: float | str | None = "auto",
+    zoom: float | None = None,
+    native: bool = False,
+    model_diameter: float | None = None,
+    min_agree: int | None = None,
     conf: float | None = None,
     iou: float = 0.7,
     max_det: int = 3000,
@@ -77,6 +120,15 @@ def segment_iter(
 ) -> Generator[Progress, None, SegmentationResult]:
     """Segment a 2-D image or a stack frame by frame, tile by tile.
 
+    The scale (model pixels per image pixel) comes from, in this order: ``zoom`` (given); ``native``
+    (scale 1: full resolution, tiled); a numeric ``diameter``; otherwise the model's default: for a
+    foreign ultralytics checkpoint (``ModelInfo.letterbox``) ultralytics' predict geometry (the image's
+    long side fitted to the training imgsz, scale imgsz / max(H, W), one pass), else the model's training
+    scale (``ModelInfo.zoom``), adjusted by ``diameter="auto"`` where the model has a reference object size.
+    Zoom, native and a numeric diameter each set the scale: give one. ``tile`` (image pixels) only cuts
+    the image into pieces at that scale; ``imgsz`` is the network input of a full tile (and, at ultralytics'
+    predict geometry, the size the long side is fitted to, as ``model.predict(imgsz=...)``).
+
     Each frame is mapped to uint8 by per-channel percentiles, except for a model that wants the frame as
     given (``ModelInfo.wants_raw_uint8``: ``frame_ranges``); a model that resizes whole images itself
     (``ModelInfo.wants_whole_frame``) gets each frame in one piece up to WHOLE_FRAME_MAX_SIDE pixels a side
@@ -84,14 +136,19 @@ def segment_iter(
     predicted, before the label image's overlap resolution; its warnings start with the model's load notes.
 
     ``diameter``: typical object diameter in image pixels; the image is scaled so that such objects
-    appear at the size the model segments best (``ModelInfo.object_diameter``, calibrated on
-    training images). ``"auto"`` (the default) measures it: a first pass at the model's own scale
-    (without TTA, on the first frame of a stack, on at most its central 1024x1024 pixels) gives the
-    median diameter of the objects scoring at least the model's threshold, and the image is segmented
-    again at the scale that diameter calls for, within 1/1.5x to 2x of the model's own (a plain run of
-    a 2-D image that fits the window keeps the first pass when the scale would change by less than
-    15 %). ``None``, a given ``tile``, or a model without a reference size: the model's training
-    scale (``imgsz`` / ``tile``).
+    appear at the size the model segments best: ``model_diameter`` if given (network pixels), else the
+    model's own (``ModelInfo.object_diameter``, calibrated on training images), else one measured once
+    (the first time this loaded model is asked for a diameter) in a first pass at the model's default
+    scale, kept with the loaded model. ``"auto"`` (the default) measures the objects when the model has a
+    reference size: a first pass at the model's default scale (without TTA, on the first frame of a
+    stack, on at most its central 1024x1024 pixels) gives the median diameter of the objects scoring at
+    least the model's threshold, and the image is segmented again at the scale that diameter calls for,
+    within 1/1.5x to 2x of the model's own (a plain run of a 2-D image that fits the window keeps the
+    first pass when the scale would change by less than 15 %). ``None`` or a model without a reference
+    size: the model's default scale.
+    ``min_agree``: for an ensemble (a list of models), how many members must find an object (default: a
+    majority); each member runs at its own scale and input size and the label images are fused
+    (:func:`napari_cellseg.core.fusion.fuse_labels`).
     ``conf``: score threshold; ``None`` uses the model's own calibration, its TTA one when ``tta``
     (0.25 for checkpoints that carry none).
     ``mask_erosion``: pixels peeled off every object after stitching; ``None`` uses
@@ -122,58 +179,107 @@ def segment_iter(
 
     frames, layout = to_stack_of_frames(image, rgb=rgb, channel_axis=channel_axis, channel=channel)
     model, switched_from = bright_field_model(model, bright_field, frames, layout)
-    conf = model.info.default_conf(tta) if conf is None else float(conf)
-    if not 0 <= conf <= 1 or not 0 <= iou <= 1:
+    members = list(getattr(model, "members", None) or [])
+    if members:  # an ensemble: the members' own calibrations apply unless given
+        conf = None if conf is None else float(conf)
+        mask_erosion = None if mask_erosion is None else int(mask_erosion)
+        mask_threshold = None if mask_threshold is None else float(mask_threshold)
+    else:
+        conf = model.info.default_conf(tta) if conf is None else float(conf)
+        mask_erosion = model.info.mask_erosion if mask_erosion is None else int(mask_erosion)
+        mask_threshold = model.info.mask_threshold if mask_threshold is None else float(mask_threshold)
+    if conf is not None and not 0 <= conf <= 1 or not 0 <= iou <= 1:
         raise ValueError(f"conf and iou must lie in [0, 1] (got conf={conf}, iou={iou})")
-    mask_erosion = model.info.mask_erosion if mask_erosion is None else int(mask_erosion)
-    mask_threshold = model.info.mask_threshold if mask_threshold is None else float(mask_threshold)
-    if not 0 < mask_threshold < 1:
+    if mask_threshold is not None and not 0 < mask_threshold < 1:
         raise ValueError(f"mask_threshold must lie strictly between 0 and 1 (got {mask_threshold})")
     class_conf = {int(k): float(v) for k, v in (class_conf or {}).items()}
     if any(not 0 <= v <= 1 for v in class_conf.values()):
         raise ValueError(f"per-class thresholds must lie in [0, 1] (got {class_conf})")
+    if min_agree is not None and members and not 1 <= int(min_agree) <= len(members):
+        raise ValueError(f"min_agree must lie between 1 and the number of models ({len(members)}), got {min_agree}")
+    if model_diameter is not None and not float(model_diameter) > 0:
+        raise ValueError(f"model_diameter must be a positive number of model pixels (got {model_diameter})")
     refiner = contour_refiner(model, refine)  # loads before any work: a bad path fails at once
     # the caller's settings, else those the refiner was calibrated with, else the defaults
     refinement = refinement or getattr(refiner, "refinement", None) or ContourRefinement()
-    plan = plan_tiling(model, imgsz, tile, overlap)  # the training scale, or the given tile
-    whole = whole_frame_plan(model, layout, plan, tile)
-    if whole is not None:
-        plan = whole
     diameter = parse_diameter(diameter)
-    if diameter == "auto" and (tile is not None or whole is not None or not model.info.object_diameter):
-        diameter = None  # a given tile fixes the scale; a model without a reference size keeps its own
-    if diameter is not None:
-        if tile is not None:
-            raise ValueError("give either diameter or tile, not both: the diameter sets the tile size")
-        object_diameter = reference_diameter(model)  # fails before any work for a model without one
-    run_frames = partial(_segment_frames, model, conf=conf, iou=iou, max_det=max_det, match_iou=match_iou, tta=tta,
-                         mask_erosion=mask_erosion, mask_threshold=mask_threshold, class_conf=class_conf,
-                         normalization=normalization)
     started = time.perf_counter()
-    scale = {}
-    if diameter == "auto":
-        window, window_layout, cut = measuring_window(frames, layout)
-        # measuring needs no test-time augmentation: the first pass is plain
-        first_pass = yield from run_frames(window, window_layout, plan, tta=False, message="measuring object size")
-        # sized on confident objects only (at least the model's own threshold), whatever ``conf`` keeps,
-        # and on whole ones: objects the window's cut edges truncate would bias the size down
-        objects = first_pass.objects
-        kept = ~(objects["score"] < max(conf, model.info.conf)) & ~touches(objects, window_layout, cut)
-        measured = median_diameter(objects["area"][kept])
-        zoom = auto_zoom(plan.zoom, object_diameter, measured)
-        scale = {"measured_diameter": measured, "zoom_factor": zoom / plan.zoom}
-        if zoom == plan.zoom and window_layout == layout and not tta:
-            result = first_pass  # it saw the whole 2-D image at the scale wanted
-        else:
-            plan = plan_tiling(model, plan.imgsz, round(plan.imgsz / zoom), overlap)
-            result = yield from run_frames(frames, layout, plan)
-        if measured is None:
-            result.warnings.append("too few objects to measure their size; segmented at the model's own scale")
+    scale, member_summaries = {}, []
+    if members:
+        plan = None
+        member_options = dict(imgsz=imgsz, tile=tile, overlap=overlap, diameter=diameter, zoom=zoom, native=native,
+                              model_diameter=model_diameter, conf=conf, iou=iou, max_det=max_det,
+                              match_iou=match_iou, tta=tta, mask_erosion=mask_erosion,
+                              mask_threshold=mask_threshold, class_conf=class_conf, normalization=normalization,
+                              rgb=rgb, channel_axis=channel_axis, channel=channel, refine=None, bright_field=None)
+        member_results = []
+        for m, member in enumerate(members):
+            runs = segment_iter(image, member, **member_options)
+            label = f"model {m + 1}/{len(members)}"
+            while True:
+                try:
+                    progress = next(runs)
+                except StopIteration as stop:
+                    member_results.append(stop.value)
+                    break
+                yield replace(progress, message=f"{label}: {progress.message}")
+        member_summaries = [asdict(r.summary) for r in member_results]
+        result = fuse_member_results(member_results, layout, match_iou=match_iou, min_votes=min_agree,
+                                     class_names=model.info.class_names)
     else:
+        plan, diameter = choose_scale(model, layout, zoom=zoom, native=native, diameter=diameter, imgsz=imgsz,
+                                      tile=tile, overlap=overlap)
+        reference = float(model_diameter) if model_diameter else model.info.object_diameter
+        if diameter == "auto" and not reference:
+            diameter = None  # a model without a reference size keeps its default scale
+        run_frames = partial(_segment_frames, model, conf=conf, iou=iou, max_det=max_det, match_iou=match_iou,
+                             tta=tta, mask_erosion=mask_erosion, mask_threshold=mask_threshold,
+                             class_conf=class_conf, normalization=normalization)
+        result = None
         if diameter is not None:
-            plan = plan_tiling(model, plan.imgsz, max(32, round(plan.imgsz * diameter / object_diameter)), overlap)
-        result = yield from run_frames(frames, layout, plan)
-    if model.info.wants_whole_frame and whole is None and tile is None:
+            if diameter != "auto" and not reference:
+                reference = getattr(model, "_measured_reference", None)
+                scale["reference_diameter_measured"] = True
+            if diameter == "auto" or not reference:
+                window, window_layout, cut = measuring_window(frames, layout)
+                # measuring needs no test-time augmentation: the first pass is plain
+                first_pass = yield from run_frames(window, window_layout, plan, tta=False,
+                                                   message="measuring object size")
+                # sized on confident objects only (at least the model's own threshold), whatever ``conf``
+                # keeps, and on whole ones: objects the window's cut edges truncate would bias the size down
+                objects = first_pass.objects
+                kept = ~(objects["score"] < max(conf, model.info.conf)) & ~touches(objects, window_layout, cut)
+                measured = median_diameter(objects["area"][kept])
+                scale["measured_diameter"] = measured
+            if diameter == "auto":
+                new_zoom = auto_zoom(plan.zoom, reference, measured)
+                scale["zoom_factor"] = new_zoom / plan.zoom
+                if new_zoom == plan.zoom and window_layout == layout and not tta:
+                    result = first_pass  # it saw the whole 2-D image at the scale wanted
+                elif new_zoom != plan.zoom:
+                    plan = plan_tiling(model, plan.imgsz, tile, overlap, zoom=new_zoom, source="auto")
+                if measured is None:
+                    warning = "too few objects to measure their size; segmented at the model's default scale"
+            else:
+                if not reference and scale.get("measured_diameter"):
+                    # the size at which this model found objects at its default scale, in model pixels:
+                    # measured once, kept with the loaded model for its later images
+                    reference = model._measured_reference = scale["measured_diameter"] * plan.zoom
+                if reference:
+                    default_zoom = plan.zoom
+                    plan = plan_tiling(model, plan.imgsz, tile, overlap, zoom=reference / diameter, source="diameter")
+                    scale["zoom_factor"] = plan.zoom / default_zoom
+                else:
+                    warning = ("too few objects to measure the size this model segments best at its default scale; "
+                               "segmented at that scale (give model_diameter to set the scale from the diameter)")
+            scale["reference_diameter"] = reference
+        if result is None:
+            result = yield from run_frames(frames, layout, plan)
+        if diameter is not None and (diameter == "auto" and scale.get("measured_diameter") is None
+                                     or diameter != "auto" and not reference):
+            result.warnings.append(warning)
+        result.warnings.extend(large_image_warnings(plan, layout, result))
+    if model.info.wants_whole_frame and not members and plan.tile < max(layout.height, layout.width):
         result.warnings.append(f"frames larger than {WHOLE_FRAME_MAX_SIDE} pixels a side are tiled, not handed "
                                "to the model whole: results can differ from the model's own framework at tile seams")
     # what loading the model found that the user should know comes first (CLI summary, status line)
@@ -182,13 +288,21 @@ def segment_iter(
     if refiner is not None:
         result, refined = yield from _refine_frames(frames, layout, result, refiner, refinement,
                                                     model.info.class_names, augmented=tta)
+    if members:
+        plan_record = {"imgsz": imgsz, "tile": tile, "overlap": overlap, "zoom": zoom, "min_agree": min_agree,
+                       "members": [{k: r.metadata["parameters"][k] for k in
+                                    ("imgsz", "tile", "overlap", "zoom", "scale_source", "diameter", "conf",
+                                     "mask_erosion", "mask_threshold")} | {"model": r.metadata["model"]["path"]}
+                                   for r in member_results]}
+    else:
+        plan_record = {"imgsz": plan.imgsz, "tile": plan.tile, "overlap": plan.overlap, "zoom": plan.zoom,
+                       "scale_source": plan.source}
     result.metadata = {
         "model": asdict(model.info),
         "parameters": {
-            "imgsz": plan.imgsz, "tile": plan.tile, "overlap": plan.overlap, "zoom": plan.zoom,
-            "whole_frame": whole is not None,
+            **plan_record, "native": bool(native), "diameter": diameter, "model_diameter": model_diameter, **scale,
+            "whole_frame": bool(plan is not None and plan.source == "whole frame"),
             "input": "as given (uint8)" if model.info.wants_raw_uint8 else "percentile-stretched",
-            "diameter": diameter, **scale,
             "conf": conf, "iou": iou, "max_det": max_det, "match_iou": match_iou, "tta": tta,
             "mask_erosion": mask_erosion, "mask_threshold": mask_threshold, "class_conf": class_conf,
             "normalization": normalization, "refine": refined, "bright_field_switch": switched_from,
@@ -204,7 +318,11 @@ def segment_iter(
         refine_model=refined["model"] if refined else None,
         refined_frames=list(refined["refined_frames"]) if refined else [],
         n_frames=int(np.prod(result.stack_shape)) if result.stack_shape else 1,
-        seconds=result.metadata["seconds"], warnings=result.warnings)
+        seconds=result.metadata["seconds"], warnings=result.warnings,
+        zoom=None if plan is None else plan.zoom, scale_source=None if plan is None else plan.source,
+        tile=None if plan is None else plan.tile, imgsz=None if plan is None else plan.imgsz,
+        reference_diameter=scale.get("reference_diameter"), members=member_summaries,
+        min_agree=(min_agree or len(members) // 2 + 1) if members else None)
     result.metadata["summary"] = asdict(result.summary)  # in the provenance file
     return result
 
@@ -218,7 +336,8 @@ def whole_frame_plan(model: SegmentationBackend, layout: ImageLayout, plan: Tili
         return None
     if max(layout.height, layout.width) > WHOLE_FRAME_MAX_SIDE:
         return None
-    return TilingPlan(imgsz=plan.imgsz, tile=max(16, layout.height, layout.width), overlap=0, zoom=1.0)
+    return TilingPlan(imgsz=plan.imgsz, tile=max(16, layout.height, layout.width), overlap=0, zoom=1.0,
+                      source="whole frame")
 
 
 def frame_ranges(model: SegmentationBackend, frame) -> tuple[list[tuple[float, float]], str | None]:
@@ -352,12 +471,65 @@ def touches(objects: dict, layout: ImageLayout, edges: tuple[bool, bool, bool, b
             | (bottom & (objects["bbox_y1"] >= layout.height)) | (right & (objects["bbox_x1"] >= layout.width)))
 
 
-def reference_diameter(model: SegmentationBackend) -> float:
-    """The object diameter, in network pixels, the model segments best; an error if it has none."""
-    if not model.info.object_diameter:
-        raise ValueError(f"the model {model.info.path} carries no reference object size, so a diameter cannot "
-                         "set its scale; give a tile size instead")
-    return float(model.info.object_diameter)
+def choose_scale(model: SegmentationBackend, layout: ImageLayout, *, zoom: float | None, native: bool,
+                 diameter, imgsz: int | None, tile: int | None, overlap: int | None) -> tuple[TilingPlan, object]:
+    """The plan a run starts from, and the diameter still to apply (a number, "auto" or None).
+
+    ``zoom`` given: that scale; ``native``: scale 1; otherwise the model's default scale (``default_plan``),
+    which a numeric or "auto" ``diameter`` then changes. The tile never changes the scale."""
+    explicit = [name for name, given in (("zoom", zoom is not None), ("native", bool(native)),
+                                         ("diameter", isinstance(diameter, float))) if given]
+    if len(explicit) > 1:
+        raise ValueError(f"give one of zoom, native and a diameter: each sets the scale (got {' and '.join(explicit)})")
+    if zoom is not None:
+        return plan_tiling(model, imgsz, tile, overlap, zoom=float(zoom), source="zoom"), None
+    if native:
+        return plan_tiling(model, imgsz, tile, overlap, zoom=1.0, source="native"), None
+    default = default_plan(model, layout, imgsz, tile, overlap)
+    if not isinstance(diameter, float):
+        whole = whole_frame_plan(model, layout, default, tile)
+        if whole is not None:  # the model resizes the whole frame itself: no scale of ours to choose
+            return whole, None
+    return default, diameter
+
+
+def large_image_warnings(plan: TilingPlan, layout: ImageLayout, result: SegmentationResult) -> list[str]:
+    """At ultralytics' predict geometry, an image much larger than the network input shrinks its objects:
+    say by how much and what to set."""
+    side = max(layout.height, layout.width)
+    if plan.source != "predict" or side < LARGE_IMAGE_FACTOR * plan.imgsz:
+        return []
+    found = median_diameter(result.objects["area"])
+    size = "" if found is None else (f" (the objects found are {found:.0f} px across, "
+                                     f"{found * plan.zoom:.1f} px at the model's input)")
+    return [f"the image is {side} px across, {1 / plan.zoom:.1f}x the model's input of {plan.imgsz} px: at the "
+            f"model's default scale (the whole image fitted to {plan.imgsz} px, as ultralytics' predict does) "
+            f"the cells shrink {1 / plan.zoom:.1f}x{size}. If the model was trained on tiles or crops at this "
+            "image's resolution, set --native (full resolution, tiled); or set the scale with --diameter "
+            "(the cells' size in pixels) or --zoom"]
+
+
+def fuse_member_results(results: list[SegmentationResult], layout: ImageLayout, match_iou: float,
+                        min_votes: int | None, class_names: dict[int, str]) -> SegmentationResult:
+    """The ensemble's result: each frame's member label images fused (``core.fusion.fuse_labels``)."""
+    n_frames = int(np.prod(layout.stack_shape)) if layout.stack_shape else 1
+    stacks = [r.labels.reshape(n_frames, layout.height, layout.width) for r in results]
+    scores = [dict(zip(r.objects["label"].tolist(), r.objects["score"].tolist())) for r in results]
+    classes = [dict(zip(r.objects["label"].tolist(), r.objects["class_id"].tolist())) for r in results]
+    labels = np.zeros((n_frames, layout.height, layout.width), np.int32)
+    tables, offset = [], 0
+    for f in range(n_frames):
+        fused, fused_scores, fused_classes = fuse_labels([s[f] for s in stacks], scores, classes,
+                                                         match_iou=match_iou, min_votes=min_votes)
+        table = object_table(fused, fused_scores, fused_classes, class_names, frame=f)
+        fused[fused > 0] += offset
+        table["label"] = table["label"] + offset
+        offset += len(table["label"])
+        labels[f] = fused
+        tables.append(table)
+    warnings = sorted({w for r in results for w in r.warnings})
+    return SegmentationResult(labels=labels.reshape(layout.stack_shape + (layout.height, layout.width)),
+                              objects=concat_tables(tables), warnings=warnings)
 
 
 def median_diameter(areas) -> float | None:

@@ -88,6 +88,7 @@ def _provenance(result, source, role: str, kind: str, data) -> dict:
         "model_sha256": meta.get("model", {}).get("sha256"),
         "backend": meta.get("model", {}).get("backend"),
         "parameters": meta.get("parameters", {}),
+        "summary": meta.get("summary", {}),  # the scale used and where it came from (core.result.RunSummary)
         "napari_cellseg_version": meta.get("napari_cellseg_version"),
         "warnings": list(result.warnings),
         "data_hash": known or data_hash(data),

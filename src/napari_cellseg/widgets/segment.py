@@ -25,7 +25,8 @@ class SegmentWidget(WorkerWidget):
         self.settings = OptionControls(SegmentOptions)
         self.ensemble = widgets.FileEdit(label="ensemble with", mode="rm", filter="*.pt *.pth *.pkl",
                                          tooltip="more checkpoints whose instances are fused with the model's "
-                                                 "(weighted box fusion); leave empty for one model")
+                                                 "(each model at its own scale; 'models that must agree' under Advanced); "
+                                                 "leave empty for one model")
         self.device = device_choice()
         self.advanced = Collapsible("Advanced", [self.ensemble, *self.settings.advanced, self.device])
         super().__init__(viewer, [self.image, self.model, *self.settings.main, self.advanced], "Segment")

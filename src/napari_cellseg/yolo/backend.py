@@ -70,6 +70,8 @@ class YoloBackend:
             class_names=names,
             train_imgsz=int(train_imgsz) if train_imgsz else None,
             zoom=float(extra.get("zoom", 1.0)),
+            letterbox="zoom" not in extra,  # a foreign checkpoint: trained on letterboxed whole images,
+            wants_raw_uint8="zoom" not in extra,  # from raw 8-bit files
             mask_erosion=int(extra.get("mask_erosion", 0)),
             conf=float(extra.get("conf", DEFAULT_CONF)),
             conf_tta=None if extra.get("conf_tta") is None else float(extra["conf_tta"]),
