@@ -44,7 +44,6 @@ def _check_writable(out: Path) -> None:
 
 def cmd_segment(args) -> int:
     from .backends import load_model
-    from .pipeline.cluster import segment_files_on_cluster
 
     inputs = _expand_inputs(args.images)
     out = Path(args.out)
@@ -61,6 +60,8 @@ def cmd_segment(args) -> int:
     model = load_model(args.model, device=args.device)  # fails fast on a bad model, before any work
     class_names = model.info.class_names
     if args.scheduler or args.workers:
+        from .pipeline.cluster import segment_files_on_cluster  # Dask: imported only for cluster runs
+
         del model  # each Dask worker loads its own copy once
         outcomes = segment_files_on_cluster(
             inputs, args.model, out, parameters, scheduler=args.scheduler, n_workers=args.workers or 2,

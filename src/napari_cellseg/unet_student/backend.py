@@ -65,7 +65,8 @@ class UNetBackend:
             if cached is not None:
                 session, meta = cached
                 self._configure(meta["checkpoint"], path, sha256)
-                self._session, self.engine, self.device = session, "onnx", "cpu"
+                self._session, self.device = session, "cpu"
+                self.engine = "onnx-int8" if meta.get("int8") else "onnx"
                 return
         from .model import CHECKPOINT_KEY, for_inference, load_checkpoint, model_from_checkpoint
 
@@ -81,8 +82,8 @@ class UNetBackend:
             from . import onnx_engine
 
             try:
-                self._session, _ = onnx_engine.export(ckpt, path, sha256, onnx_engine.checkpoint_record(meta))
-                self.engine = "onnx"
+                self._session, exported = onnx_engine.export(ckpt, path, sha256, onnx_engine.checkpoint_record(meta))
+                self.engine = "onnx-int8" if exported.get("int8") else "onnx"
                 return
             except Exception as exc:  # noqa: BLE001 - torch is the fallback
                 if onnx_cache.default_engine(engine) == "onnx":
