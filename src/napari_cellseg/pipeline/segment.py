@@ -23,7 +23,6 @@ from ..core.progress import Progress
 from ..core.options import parse_diameter  # noqa: F401 - re-exported: callers have used it from here
 
 DEFAULT_IMGSZ = 640
-TILE_BATCH = 4  # tiles handed at once to backends that batch them (``predict_tiles``)
 
 
 @dataclass(frozen=True)
@@ -170,7 +169,8 @@ def segment_iter(
             "conf": conf, "iou": iou, "max_det": max_det, "match_iou": match_iou, "tta": tta,
             "mask_erosion": mask_erosion, "mask_threshold": mask_threshold, "class_conf": class_conf,
             "normalization": normalization, "refine": refined, "bright_field_switch": switched_from,
-            "device": model.device, "engine": getattr(model, "engine", "torch"), "rgb": rgb, "channel_axis": channel_axis, "channel": channel,
+            "device": model.device, "engine": getattr(model, "engine", "torch"),
+            "rgb": rgb, "channel_axis": channel_axis, "channel": channel,
         },
         "input": {"shape": list(np.shape(image)), "dtype": str(image.dtype)},
         "napari_cellseg_version": __version__,
@@ -353,28 +353,22 @@ def _segment_frames(model: SegmentationBackend, frames, layout: ImageLayout, pla
         if hasattr(model, "begin_frame"):  # optional hook: per-frame statistics
             model.begin_frame(as_rgb(apply_ranges(frame, ranges)))
         stitcher = InstanceStitcher(layout.height, layout.width, match_iou=match_iou)
-        # backends with ``predict_tiles`` get several tiles at once (one network batch); stitched in tile order
-        batch = TILE_BATCH if not tta and hasattr(model, "predict_tiles") else 1
-        for start in range(0, len(tiles), batch):
-            group = tiles[start:start + batch]
-            blocks = [as_rgb(apply_ranges(frame[t.slices], ranges)) for t in group]
-            if batch > 1:
-                found = model.predict_tiles(blocks, settings)
-            elif tta and hasattr(model, "predict_tile_augmented"):  # the backend fuses its own flips
-                found = [model.predict_tile_augmented(blocks[0], settings)]
+        for t in tiles:
+            block = as_rgb(apply_ranges(frame[t.slices], ranges))
+            if tta and hasattr(model, "predict_tile_augmented"):  # the backend fuses its own flips
+                detections = model.predict_tile_augmented(block, settings)
             elif tta:  # mask probabilities, where the backend has them, are what gets averaged
                 predict = getattr(model, "predict_tile_soft", model.predict_tile)
-                found = [fuse_detections(predict_with_flips(predict, blocks[0], settings),
-                                         mask_threshold=mask_threshold)]
+                detections = fuse_detections(predict_with_flips(predict, block, settings),
+                                             mask_threshold=mask_threshold)
             else:
-                found = [model.predict_tile(blocks[0], settings)]
-            for t, detections in zip(group, found):
-                if class_conf:
-                    detections = apply_class_conf(detections, conf, class_conf)
-                if len(detections) >= max_det:
-                    warnings.append(f"frame {f}: a tile reached max_det={max_det} detections; raise max_det")
-                stitcher.add(t, detections)
-            done += len(group)
+                detections = model.predict_tile(block, settings)
+            if class_conf:
+                detections = apply_class_conf(detections, conf, class_conf)
+            if len(detections) >= max_det:
+                warnings.append(f"frame {f}: a tile reached max_det={max_det} detections; raise max_det")
+            stitcher.add(t, detections)
+            done += 1
             yield Progress(done, total, f, n_frames, f"{prefix}frame {f + 1}/{n_frames}, tile {done}/{total}")
         frame_labels, scores, classes = stitcher.finish(erode=mask_erosion)
         table = object_table(frame_labels, scores, classes, model.info.class_names, frame=f)

@@ -102,25 +102,6 @@ class YoloBackend:
         where a vote among four binary masks would tie."""
         return self._predict(tile, settings, soft=True)
 
-    def predict_tiles(self, tiles: list[np.ndarray], settings: InferenceSettings) -> list[TileDetections]:
-        """Several tiles at once: on ONNX Runtime, tiles of the same network shape go through the network
-        as one batch (the same detections as one by one); on torch, one by one."""
-        if self._onnx is None:
-            return [self._predict(tile, settings, soft=False) for tile in tiles]
-        prepared = [_network_input(tile, settings.zoom) for tile in tiles]
-        results: list[TileDetections | None] = [None] * len(tiles)
-        by_shape: dict[tuple[int, int], list[int]] = {}
-        for i, (padded, _) in enumerate(prepared):
-            by_shape.setdefault(padded.shape[:2], []).append(i)
-        for shape, members in by_shape.items():
-            for start in range(0, len(members), _batch_size(shape)):
-                chunk = members[start:start + _batch_size(shape)]
-                batch = np.stack([prepared[i][0] for i in chunk])
-                for i, detections in zip(chunk, self._onnx_detections(batch, settings, soft=False,
-                                                                      tile_shapes=[tiles[i].shape[:2] for i in chunk])):
-                    results[i] = detections
-        return results
-
     def _predict(self, tile: np.ndarray, settings: InferenceSettings, soft: bool) -> TileDetections:
         h, w = tile.shape[:2]
         padded, _ = _network_input(tile, settings.zoom)
@@ -160,13 +141,6 @@ class YoloBackend:
             out.append(TileDetections(masks=masks[keep], scores=scores[keep].astype(np.float32),
                                       class_ids=classes[keep].astype(np.int64), boxes=boxes[keep].astype(np.float64)))
         return out
-
-
-BATCH_PIXELS = 4 * 384 * 384  # network pixels per ONNX batch (bounds the activations' memory)
-
-
-def _batch_size(shape: tuple[int, int]) -> int:
-    return max(1, BATCH_PIXELS // (shape[0] * shape[1]))
 
 
 def _network_input(tile: np.ndarray, zoom: float) -> tuple[np.ndarray, tuple[int, int]]:

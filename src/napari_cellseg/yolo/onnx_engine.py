@@ -10,6 +10,7 @@ each box (the weights of that interpolation are separable, so a box's crop is ex
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import tempfile
@@ -39,13 +40,30 @@ def export(ultralytics_model, path: Path, sha256: str, info: dict):
 
         model = YOLO(str(copy), task="segment")
         imgsz = info.get("train_imgsz") or 640
-        exported = model.export(format="onnx", dynamic=True, simplify=False, imgsz=int(imgsz), device="cpu",
-                                verbose=False)
+        with _quiet_ultralytics():  # its export report would land in the caller's standard output
+            exported = model.export(format="onnx", dynamic=True, simplify=False, imgsz=int(imgsz), device="cpu",
+                                    verbose=False)
         meta = {"source_sha256": sha256, "recipe": RECIPE, "source": path.name, "info": info,
                 "ultralytics_version": getattr(ultralytics_model, "ckpt", {}).get("version")}
         onnx_cache.save_with_metadata(Path(exported), target, meta)
     del ultralytics_model
     return onnx_cache.make_session(target), meta
+
+
+@contextlib.contextmanager
+def _quiet_ultralytics():
+    import io
+    import logging
+
+    from ultralytics.utils import LOGGER
+
+    level = LOGGER.level
+    LOGGER.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        LOGGER.setLevel(level)
 
 
 class OnnxYolo:
