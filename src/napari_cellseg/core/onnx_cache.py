@@ -65,19 +65,26 @@ def _cuda_driver_present() -> bool:
 
 
 def use_onnx(engine: str | None, device: str) -> bool:
-    """Whether a backend on ``device`` (already resolved, or "auto"/"cpu") runs on ONNX Runtime."""
+    """Whether a backend on ``device`` (resolved: "cpu", "cuda", "mps"...) runs on ONNX Runtime."""
     engine = default_engine(engine)
     if engine == "torch":
         return False
-    on_cpu = device == "cpu" or (device == "auto" and cpu_without_torch(device))
     if engine == "onnx":
         if not onnxruntime_available():
-            raise ImportError("engine 'onnx' needs onnxruntime: pip install onnxruntime onnx "
-                              "(or napari-cellseg[onnx])")
-        if not on_cpu:
+            raise ImportError("engine 'onnx' needs onnxruntime: pip install onnxruntime onnx")
+        if device != "cpu":
             raise ValueError(f"engine 'onnx' runs on the CPU only (device '{device}'); use engine 'torch'")
         return True
-    return on_cpu and onnxruntime_available()
+    return device == "cpu" and onnxruntime_available()
+
+
+def resolve_device_lazily(device: str | None) -> str:
+    """``core.backend.resolve_device``, without importing torch where the answer is certainly "cpu"."""
+    if cpu_without_torch(device):
+        return "cpu"
+    from .backend import resolve_device
+
+    return resolve_device(device)
 
 
 def user_cache_dir() -> Path:

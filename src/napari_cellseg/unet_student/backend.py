@@ -11,7 +11,7 @@ import numpy as np
 
 from ..core.io import sha256_of
 from ..core.tiling import TileDetections
-from ..core.backend import InferenceSettings, ModelInfo, ModelLoadError, checkpoint_pickle, resolve_device
+from ..core.backend import InferenceSettings, ModelInfo, ModelLoadError, checkpoint_pickle
 
 NAME = "unet"
 MARKER = b"napari_cellseg_unet"
@@ -54,8 +54,9 @@ class UNetBackend:
             raise ModelLoadError(f"{path}: {describe_file(path)}; expected a napari-cellseg U-Net student checkpoint")
         sha256 = sha256_of(path)
         self.engine, self.engine_note, self._session, self._model = "torch", None, None, None
+        resolved = onnx_cache.resolve_device_lazily(device)  # an unavailable device is an error here
         try:
-            onnx_wanted = onnx_cache.use_onnx(engine, device)
+            onnx_wanted = onnx_cache.use_onnx(engine, resolved)
         except (ImportError, ValueError) as exc:
             raise ModelLoadError(str(exc)) from exc
         if onnx_wanted:  # the cached export needs no torch
@@ -70,7 +71,7 @@ class UNetBackend:
                 return
         from .model import CHECKPOINT_KEY, for_inference, load_checkpoint, model_from_checkpoint
 
-        self.device = "cpu" if onnx_wanted else resolve_device(device)
+        self.device = resolved
         try:
             ckpt = load_checkpoint(path)
             meta = ckpt[CHECKPOINT_KEY]

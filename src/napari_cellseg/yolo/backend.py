@@ -12,7 +12,7 @@ import numpy as np
 
 from ..core.io import sha256_of
 from ..core.tiling import TileDetections
-from ..core.backend import DEFAULT_CONF, InferenceSettings, ModelInfo, ModelLoadError, checkpoint_pickle, resolve_device
+from ..core.backend import DEFAULT_CONF, InferenceSettings, ModelInfo, ModelLoadError, checkpoint_pickle
 
 NAME = "yolo"
 STRIDE = 32  # YOLO11 input sides must be multiples of the largest stride
@@ -43,8 +43,9 @@ class YoloBackend:
             raise ModelLoadError(f"{path}: {describe_file(path)}; expected an ultralytics YOLO checkpoint")
         sha256 = sha256_of(path)
         self.engine, self.engine_note, self._onnx, self._model = "torch", None, None, None
+        resolved = onnx_cache.resolve_device_lazily(device)  # an unavailable device is an error here
         try:
-            onnx_wanted = onnx_cache.use_onnx(engine, device)
+            onnx_wanted = onnx_cache.use_onnx(engine, resolved)
         except (ImportError, ValueError) as exc:
             raise ModelLoadError(str(exc)) from exc
         if onnx_wanted:  # the cached export needs neither torch nor ultralytics
@@ -54,7 +55,7 @@ class YoloBackend:
             if cached is not None:
                 self._use_onnx(*cached, path, sha256)
                 return
-        self.device = "cpu" if onnx_wanted else resolve_device(device)
+        self.device = resolved
         try:
             from ultralytics import YOLO
 
@@ -195,8 +196,7 @@ def _info_record(info: ModelInfo) -> dict:
 
     record = {name: getattr(info, name) for name in _INFO_FIELDS}
     record["class_names"] = {str(k): v for k, v in info.class_names.items()}
-    json.dumps(record)  # fails here, before the export, on anything a JSON file cannot hold
-    return record
+    return json.loads(json.dumps(record, default=str))  # what a JSON file cannot hold is kept as text
 
 
 @functools.cache

@@ -44,9 +44,8 @@ def export(ultralytics_model, path: Path, sha256: str, info: dict):
             exported = model.export(format="onnx", dynamic=True, simplify=False, imgsz=int(imgsz), device="cpu",
                                     verbose=False)
         meta = {"source_sha256": sha256, "recipe": RECIPE, "source": path.name, "info": info,
-                "ultralytics_version": getattr(ultralytics_model, "ckpt", {}).get("version")}
+                "ultralytics_version": (getattr(ultralytics_model, "ckpt", None) or {}).get("version")}
         onnx_cache.save_with_metadata(Path(exported), target, meta)
-    del ultralytics_model
     return onnx_cache.make_session(target), meta
 
 
