@@ -52,7 +52,8 @@ class YoloBackend:
             from . import onnx_engine
 
             cached = onnx_engine.load_cached(path, sha256)
-            if cached is not None:
+            # an export made when ModelInfo had other fields is made again (it re-reads the checkpoint)
+            if cached is not None and set(cached[1].get("info", {})) == set(_info_fields()):
                 self._use_onnx(*cached, path, sha256)
                 return
         self.device = resolved
@@ -186,15 +187,19 @@ def _info_from_checkpoint(model, path: Path, sha256: str) -> ModelInfo:
     )
 
 
-# what a cached ONNX export stores of the model's information (all but where the weights are)
-_INFO_FIELDS = ("backend", "task", "class_names", "train_imgsz", "zoom", "mask_erosion", "conf", "conf_tta",
-                "mask_threshold", "object_diameter", "extra")
+def _info_fields() -> list[str]:
+    """What a cached ONNX export stores of the model's information: every ModelInfo field but where the
+    weights are and what the registry sets after loading."""
+    import dataclasses
+
+    return [f.name for f in dataclasses.fields(ModelInfo)
+            if f.name not in ("path", "sha256", "refine_with", "bright_field_with")]
 
 
 def _info_record(info: ModelInfo) -> dict:
     import json
 
-    record = {name: getattr(info, name) for name in _INFO_FIELDS}
+    record = {name: getattr(info, name) for name in _info_fields()}
     record["class_names"] = {str(k): v for k, v in info.class_names.items()}
     return json.loads(json.dumps(record, default=str))  # what a JSON file cannot hold is kept as text
 
