@@ -10,8 +10,10 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 @pytest.fixture(autouse=True)
 def _isolated_config(tmp_path, monkeypatch):
-    """Recent-model lists and ultralytics settings go to a temporary folder."""
+    """Recent-model lists, ultralytics settings and ONNX exports that cannot sit beside their weights go to a
+    temporary folder."""
     monkeypatch.setenv("NAPARI_CELLSEG_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("NAPARI_CELLSEG_CACHE_DIR", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="session")

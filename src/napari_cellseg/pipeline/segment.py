@@ -306,7 +306,8 @@ def segment_iter(
             "conf": conf, "iou": iou, "max_det": max_det, "match_iou": match_iou, "tta": tta,
             "mask_erosion": mask_erosion, "mask_threshold": mask_threshold, "class_conf": class_conf,
             "normalization": normalization, "refine": refined, "bright_field_switch": switched_from,
-            "device": model.device, "rgb": rgb, "channel_axis": channel_axis, "channel": channel,
+            "device": model.device, "engine": getattr(model, "engine", "torch"),
+            "rgb": rgb, "channel_axis": channel_axis, "channel": channel,
         },
         "input": {"shape": list(np.shape(image)), "dtype": str(image.dtype)},
         "napari_cellseg_version": __version__,
@@ -443,7 +444,8 @@ def _refine_frames(frames, layout: ImageLayout, result: SegmentationResult, refi
             tables.append({k: np.asarray(v)[frame_of == f] for k, v in result.objects.items()})
     result.labels = labels.reshape(result.labels.shape)
     result.objects = concat_tables(tables)
-    info = {"model": refiner.info.path, "sha256": refiner.info.sha256, **params.as_dict(), "augmented": augmented,
+    info = {"model": refiner.info.path, "sha256": refiner.info.sha256, "engine": getattr(refiner, "engine", "torch"),
+            **params.as_dict(), "augmented": augmented,
             "agreement_per_frame": agreements, "refined_frames": applied}
     return result, info
 

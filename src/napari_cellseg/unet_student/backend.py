@@ -11,7 +11,7 @@ import numpy as np
 
 from ..core.io import sha256_of
 from ..core.tiling import TileDetections
-from ..core.backend import InferenceSettings, ModelInfo, ModelLoadError, checkpoint_pickle, resolve_device
+from ..core.backend import InferenceSettings, ModelInfo, ModelLoadError, checkpoint_pickle
 
 NAME = "unet"
 MARKER = b"napari_cellseg_unet"
@@ -42,9 +42,8 @@ def _refinement(settings: dict | None, path: Path):
 class UNetBackend:
     """A trained U-Net student; instances by seeded watershed on its foreground/boundary/distance maps."""
 
-    def __init__(self, path: str | Path, device: str = "auto"):
-        from .model import CHECKPOINT_KEY, for_inference, load_checkpoint, model_from_checkpoint
-        from .targets import PostProcess
+    def __init__(self, path: str | Path, device: str = "auto", engine: str | None = None):
+        from ..core import onnx_cache
 
         path = Path(path)
         if not path.is_file():
@@ -53,13 +52,50 @@ class UNetBackend:
             from ..core.backend import describe_file
 
             raise ModelLoadError(f"{path}: {describe_file(path)}; expected a napari-cellseg U-Net student checkpoint")
-        self.device = resolve_device(device)
+        sha256 = sha256_of(path)
+        self.engine, self.engine_note, self._session, self._model = "torch", None, None, None
+        resolved = onnx_cache.resolve_device_lazily(device)  # an unavailable device is an error here
+        try:
+            onnx_wanted = onnx_cache.use_onnx(engine, resolved)
+        except (ImportError, ValueError) as exc:
+            raise ModelLoadError(str(exc)) from exc
+        if onnx_wanted:  # the cached export needs no torch
+            from . import onnx_engine
+
+            cached = onnx_engine.load_cached(path, sha256)
+            if cached is not None:
+                session, meta = cached
+                self._configure(meta["checkpoint"], path, sha256)
+                self._session, self.device = session, "cpu"
+                self.engine = "onnx-int8" if meta.get("int8") else "onnx"
+                return
+        from .model import CHECKPOINT_KEY, for_inference, load_checkpoint, model_from_checkpoint
+
+        self.device = resolved
         try:
             ckpt = load_checkpoint(path)
             meta = ckpt[CHECKPOINT_KEY]
-            self._model = for_inference(model_from_checkpoint(ckpt)).to(self.device)
+            model = model_from_checkpoint(ckpt)
         except Exception as exc:
             raise ModelLoadError(f"{path}: cannot load the U-Net student ({type(exc).__name__}: {exc})") from exc
+        self._configure(meta, path, sha256)
+        if onnx_wanted:
+            from . import onnx_engine
+
+            try:
+                self._session, exported = onnx_engine.export(ckpt, path, sha256, onnx_engine.checkpoint_record(meta))
+                self.engine = "onnx-int8" if exported.get("int8") else "onnx"
+                return
+            except Exception as exc:  # noqa: BLE001 - torch is the fallback
+                if onnx_cache.default_engine(engine) == "onnx":
+                    raise ModelLoadError(f"{path}: ONNX export failed ({type(exc).__name__}: {exc})") from exc
+                self.engine_note = onnx_cache.fallback_warning(str(path), exc)
+        self._model = for_inference(model).to(self.device)
+
+    def _configure(self, meta: dict, path: Path, sha256: str) -> None:
+        """Settings and information from the checkpoint's metadata (or its copy in a cached export)."""
+        from .targets import PostProcess
+
         known = PostProcess.__dataclass_fields__
         self.postprocess = PostProcess(**{k: v for k, v in (meta.get("postprocess") or {}).items() if k in known})
         # contour refinement settings chosen for this network (core.refine); None: the defaults
@@ -69,7 +105,7 @@ class UNetBackend:
         self.info = ModelInfo(
             backend=NAME,
             path=str(path.resolve()),
-            sha256=sha256_of(path),
+            sha256=sha256,
             task="segment",
             class_names={0: str(info.get("class_name", "cell"))},
             train_imgsz=int(meta.get("tile", 768)),
@@ -78,16 +114,24 @@ class UNetBackend:
                    "best_val_dice": training.get("best_dice"), "epochs": training.get("epoch")},
         )
 
+    def _probabilities(self, tile: np.ndarray) -> np.ndarray:
+        if self._session is not None:
+            from .model import STRIDE
+            from .onnx_engine import predict_probabilities as onnx_probabilities
+
+            return onnx_probabilities(self._session, tile, STRIDE)
+        from .model import predict_probabilities
+
+        return predict_probabilities(self._model, tile, self.device)
+
     def probabilities(self, tile: np.ndarray, augmented: bool = False) -> np.ndarray:
         """(3, H, W) foreground, boundary and distance maps of an (H, W, 3) uint8 tile; ``augmented``:
         the mean of the maps of the tile as is and flipped left-right, up-down and both."""
-        from .model import predict_probabilities
-
         if not augmented:
-            return predict_probabilities(self._model, tile, self.device)
+            return self._probabilities(tile)
         from ..core.fusion import FLIPS
 
-        maps = [np.flip(predict_probabilities(self._model, np.ascontiguousarray(np.flip(tile, axes)), self.device),
+        maps = [np.flip(self._probabilities(np.ascontiguousarray(np.flip(tile, axes))),
                         tuple(a + 1 for a in axes)) for axes in FLIPS.values()]
         return np.mean(maps, axis=0)
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..core.io import sha256_of
 from ..core.tiling import TileDetections
-from ..core.backend import DEFAULT_CONF, InferenceSettings, ModelInfo, ModelLoadError, checkpoint_pickle, resolve_device
+from ..core.backend import DEFAULT_CONF, InferenceSettings, ModelInfo, ModelLoadError, checkpoint_pickle
 
 NAME = "yolo"
 STRIDE = 32  # YOLO11 input sides must be multiples of the largest stride
@@ -31,7 +31,9 @@ def load(path: Path, device: str = "auto") -> "YoloBackend":
 class YoloBackend:
     """A loaded ultralytics segmentation model; predicts at the tile's full resolution."""
 
-    def __init__(self, path: str | Path, device: str = "auto"):
+    def __init__(self, path: str | Path, device: str = "auto", engine: str | None = None):
+        from ..core import onnx_cache
+
         path = Path(path)
         if not path.is_file():
             raise ModelLoadError(f"{path}: no such model file")
@@ -39,7 +41,22 @@ class YoloBackend:
             from ..core.backend import describe_file
 
             raise ModelLoadError(f"{path}: {describe_file(path)}; expected an ultralytics YOLO checkpoint")
-        self.device = resolve_device(device)
+        sha256 = sha256_of(path)
+        self.engine, self.engine_note, self._onnx, self._model = "torch", None, None, None
+        resolved = onnx_cache.resolve_device_lazily(device)  # an unavailable device is an error here
+        try:
+            onnx_wanted = onnx_cache.use_onnx(engine, resolved)
+        except (ImportError, ValueError) as exc:
+            raise ModelLoadError(str(exc)) from exc
+        if onnx_wanted:  # the cached export needs neither torch nor ultralytics
+            from . import onnx_engine
+
+            cached = onnx_engine.load_cached(path, sha256)
+            # an export made when ModelInfo had other fields is made again (it re-reads the checkpoint)
+            if cached is not None and set(cached[1].get("info", {})) == set(_info_fields()):
+                self._use_onnx(*cached, path, sha256)
+                return
+        self.device = resolved
         try:
             from ultralytics import YOLO
 
@@ -55,33 +72,28 @@ class YoloBackend:
                 f"{path}: found an ultralytics '{task}' checkpoint; napari-cellseg needs a segmentation "
                 "checkpoint (a '-seg' model, task 'segment')"
             )
-        ckpt = getattr(self._model, "ckpt", None) or {}
-        train_args = ckpt.get("train_args") or {}
-        train_imgsz = train_args.get("imgsz")
-        if isinstance(train_imgsz, (list, tuple)):
-            train_imgsz = max(train_imgsz)
-        extra = ckpt.get("napari_cellseg") or {}
-        names = {int(k): str(v) for k, v in (self._model.names or {}).items()}
-        self.info = ModelInfo(
-            backend=NAME,
-            path=str(path.resolve()),
-            sha256=sha256_of(path),
-            task="segment",
-            class_names=names,
-            train_imgsz=int(train_imgsz) if train_imgsz else None,
-            zoom=float(extra.get("zoom", 1.0)),
-            letterbox="zoom" not in extra,  # a foreign checkpoint: trained on letterboxed whole images,
-            wants_raw_uint8="zoom" not in extra,  # from raw 8-bit files
-            mask_erosion=int(extra.get("mask_erosion", 0)),
-            conf=float(extra.get("conf", DEFAULT_CONF)),
-            conf_tta=None if extra.get("conf_tta") is None else float(extra["conf_tta"]),
-            mask_threshold=float(extra.get("mask_threshold", 0.5)),
-            object_diameter=None if extra.get("object_diameter") is None else float(extra["object_diameter"]),
-            extra={"ultralytics_version": ckpt.get("version"),
-                   **{k: v for k, v in extra.items()
-                      if k not in ("zoom", "mask_erosion", "conf", "conf_tta", "mask_threshold",
-                                  "object_diameter")}},
-        )
+        self.info = _info_from_checkpoint(self._model, path, sha256)
+        if onnx_wanted:
+            from . import onnx_engine
+
+            try:
+                session, meta = onnx_engine.export(self._model, path, sha256, _info_record(self.info))
+            except Exception as exc:  # noqa: BLE001 - torch is the fallback
+                if onnx_cache.default_engine(engine) == "onnx":
+                    raise ModelLoadError(f"{path}: ONNX export failed ({type(exc).__name__}: {exc})") from exc
+                self.engine_note = onnx_cache.fallback_warning(str(path), exc)
+            else:
+                self._use_onnx(session, meta, path, sha256)
+
+    def _use_onnx(self, session, meta: dict, path: Path, sha256: str) -> None:
+        from .onnx_engine import OnnxYolo
+
+        record = meta["info"]
+        self.info = ModelInfo(path=str(path.resolve()), sha256=sha256,
+                              **{**record, "class_names": {int(k): v for k, v in record["class_names"].items()}})
+        self._onnx = OnnxYolo(session, len(self.info.class_names))
+        self._model = None  # the torch model is not kept: the ONNX session replaces it
+        self.engine, self.device = "onnx", "cpu"
 
     def predict_tile(self, tile: np.ndarray, settings: InferenceSettings) -> TileDetections:
         return self._predict(tile, settings, soft=False)
@@ -93,21 +105,15 @@ class YoloBackend:
         return self._predict(tile, settings, soft=True)
 
     def _predict(self, tile: np.ndarray, settings: InferenceSettings, soft: bool) -> TileDetections:
-        import cv2
-
         h, w = tile.shape[:2]
-        # Resize by exactly `zoom` and pad to the network stride ourselves: handed a
-        # small tile, ultralytics' letterbox would otherwise up-scale it to imgsz and
-        # change the object scale the model was trained at.
-        zh, zw = max(1, round(h * settings.zoom)), max(1, round(w * settings.zoom))
-        net = tile if (zh, zw) == (h, w) else cv2.resize(tile, (zw, zh), interpolation=cv2.INTER_LINEAR)
-        ph, pw = -(-zh // STRIDE) * STRIDE, -(-zw // STRIDE) * STRIDE
-        padded = np.zeros((ph, pw, 3), np.uint8)
-        padded[:zh, :zw] = net[..., ::-1]  # ultralytics takes numpy input as BGR (OpenCV order)
+        padded, _ = _network_input(tile, settings.zoom)
+        if self._onnx is not None:
+            return self._onnx_detections(padded[None], settings, soft, [(h, w)])[0]
+        ph, pw = padded.shape[:2]
         result = self._model.predict(
-            padded, imgsz=[ph, pw], conf=settings.conf, iou=settings.iou, max_det=settings.max_det,
+            np.ascontiguousarray(padded[..., ::-1]), imgsz=[ph, pw], conf=settings.conf, iou=settings.iou, max_det=settings.max_det,
             device=self.device, retina_masks=True, verbose=False, predictor=_prototype_predictor(),
-        )[0]
+        )[0]  # ultralytics takes numpy input as BGR (OpenCV order)
         if len(result.boxes) == 0:
             return TileDetections.empty((h, w))
         boxes = result.boxes.xyxy / settings.zoom  # network pixels -> tile pixels
@@ -119,6 +125,85 @@ class YoloBackend:
             class_ids=result.boxes.cls[keep].cpu().numpy().astype(np.int64),
             boxes=boxes[keep].cpu().numpy(),
         )
+
+    def _onnx_detections(self, batch: np.ndarray, settings: InferenceSettings, soft: bool,
+                         tile_shapes) -> list[TileDetections]:
+        from .onnx_engine import assemble_masks
+
+        preds, protos = self._onnx.run(batch)
+        found = self._onnx.detections(preds, settings.conf, settings.iou, settings.max_det)
+        out = []
+        for (boxes, scores, classes, coefficients), proto, shape in zip(found, protos, tile_shapes):
+            if len(boxes) == 0:
+                out.append(TileDetections.empty(tuple(shape)))
+                continue
+            boxes = boxes / settings.zoom  # network pixels -> tile pixels
+            masks, keep = assemble_masks(proto, coefficients, boxes, batch.shape[1:3], settings.zoom, tuple(shape),
+                                         soft=soft, threshold=settings.mask_threshold)
+            out.append(TileDetections(masks=masks[keep], scores=scores[keep].astype(np.float32),
+                                      class_ids=classes[keep].astype(np.int64), boxes=boxes[keep].astype(np.float64)))
+        return out
+
+
+def _network_input(tile: np.ndarray, zoom: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """The tile resized by exactly ``zoom`` (RGB uint8), zero-padded at the bottom and right to the network
+    stride, and its size before padding. Resizing and padding here, not in ultralytics' letterbox: handed a
+    small tile, the letterbox would up-scale it to imgsz and change the object scale the model was trained at."""
+    import cv2
+
+    h, w = tile.shape[:2]
+    zh, zw = max(1, round(h * zoom)), max(1, round(w * zoom))
+    net = tile if (zh, zw) == (h, w) else cv2.resize(tile, (zw, zh), interpolation=cv2.INTER_LINEAR)
+    ph, pw = -(-zh // STRIDE) * STRIDE, -(-zw // STRIDE) * STRIDE
+    padded = np.zeros((ph, pw, 3), np.uint8)
+    padded[:zh, :zw] = net
+    return padded, (zh, zw)
+
+
+def _info_from_checkpoint(model, path: Path, sha256: str) -> ModelInfo:
+    ckpt = getattr(model, "ckpt", None) or {}
+    train_args = ckpt.get("train_args") or {}
+    train_imgsz = train_args.get("imgsz")
+    if isinstance(train_imgsz, (list, tuple)):
+        train_imgsz = max(train_imgsz)
+    extra = ckpt.get("napari_cellseg") or {}
+    names = {int(k): str(v) for k, v in (model.names or {}).items()}
+    return ModelInfo(
+        backend=NAME,
+        path=str(path.resolve()),
+        sha256=sha256,
+        task="segment",
+        class_names=names,
+        train_imgsz=int(train_imgsz) if train_imgsz else None,
+        zoom=float(extra.get("zoom", 1.0)),
+        letterbox="zoom" not in extra,  # a foreign checkpoint: trained on letterboxed whole images,
+        wants_raw_uint8="zoom" not in extra,  # from raw 8-bit files
+        mask_erosion=int(extra.get("mask_erosion", 0)),
+        conf=float(extra.get("conf", DEFAULT_CONF)),
+        conf_tta=None if extra.get("conf_tta") is None else float(extra["conf_tta"]),
+        mask_threshold=float(extra.get("mask_threshold", 0.5)),
+        object_diameter=None if extra.get("object_diameter") is None else float(extra["object_diameter"]),
+        extra={"ultralytics_version": ckpt.get("version"),
+               **{k: v for k, v in extra.items()
+                  if k not in ("zoom", "mask_erosion", "conf", "conf_tta", "mask_threshold", "object_diameter")}},
+    )
+
+
+def _info_fields() -> list[str]:
+    """What a cached ONNX export stores of the model's information: every ModelInfo field but where the
+    weights are and what the registry sets after loading."""
+    import dataclasses
+
+    return [f.name for f in dataclasses.fields(ModelInfo)
+            if f.name not in ("path", "sha256", "refine_with", "bright_field_with")]
+
+
+def _info_record(info: ModelInfo) -> dict:
+    import json
+
+    record = {name: getattr(info, name) for name in _info_fields()}
+    record["class_names"] = {str(k): v for k, v in info.class_names.items()}
+    return json.loads(json.dumps(record, default=str))  # what a JSON file cannot hold is kept as text
 
 
 @functools.cache
