@@ -32,6 +32,15 @@ def tiny_yolo_model(tiny_yolo):
 
 
 @pytest.fixture(scope="session")
+def tiny_detector(tmp_path_factory) -> tuple[Path, Path]:
+    """(checkpoint, data.yaml): a YOLO11n detector trained for a few epochs on generated disc images in a
+    Roboflow-layout dataset, once per session."""
+    from tiny_detector import train_tiny_detector
+
+    return train_tiny_detector(tmp_path_factory.mktemp("tiny_detector"))
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")

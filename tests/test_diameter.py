@@ -4,7 +4,7 @@ import pytest
 
 from napari_cellseg import load_model, segment
 from napari_cellseg.core.metrics import matching_stats
-from napari_cellseg.pipeline.segment import AUTO_ZOOM_RANGE
+from napari_cellseg.pipeline.scale import AUTO_ZOOM_RANGE
 from napari_cellseg.core.tiling import tile_grid
 
 from synthetic import disc_image

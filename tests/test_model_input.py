@@ -9,7 +9,8 @@ from pycocotools import mask as mask_utils
 from napari_cellseg.core.backend import ModelInfo
 from napari_cellseg.core.normalize import raw_uint8_ranges, apply_ranges
 from napari_cellseg.core.tiling import InstanceStitcher, Tile, TileDetections, crop_rle
-from napari_cellseg.pipeline.segment import WHOLE_FRAME_MAX_SIDE, run, segment_iter
+from napari_cellseg.pipeline.scale import WHOLE_FRAME_MAX_SIDE
+from napari_cellseg.pipeline.segment import run, segment_iter
 
 
 class Recorder:
@@ -62,7 +63,7 @@ def test_a_given_tile_or_a_huge_frame_is_tiled_even_for_whole_frame_models():
     run(segment_iter(_image(), model, conf=0.05, tile=64))
     assert len(model.tiles) > 1
     from napari_cellseg.core.normalize import ImageLayout
-    from napari_cellseg.pipeline.segment import plan_tiling, whole_frame_plan
+    from napari_cellseg.pipeline.scale import plan_tiling, whole_frame_plan
 
     tiny = run(segment_iter(_image(shape=(9, 12)), Recorder(raw=True, whole=True), conf=0.05))
     assert tiny.metadata["parameters"]["whole_frame"]

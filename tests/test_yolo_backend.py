@@ -112,13 +112,16 @@ def test_cancel_stops_within_one_tile(tiny_yolo_model):
     assert len(calls) == 1
 
 
-def test_detect_checkpoint_is_refused_with_what_was_found(tmp_path):
+def test_detect_checkpoint_goes_to_the_detection_backend(tmp_path):
+    """Once refused (issue 29): a detection checkpoint now loads with 'yolo-detect'; the segmentation backend,
+    asked for by name, still refuses it and says which backend takes it."""
     from ultralytics import YOLO
 
     path = tmp_path / "detector.pt"
     YOLO("yolo11n.yaml").save(str(path))
-    with pytest.raises(ModelLoadError, match="'detect' checkpoint.*segmentation"):
-        load_model(path)
+    assert load_model(path, device="cpu").info.backend == "yolo-detect"
+    with pytest.raises(ModelLoadError, match="'detect' checkpoint.*segmentation.*yolo-detect"):
+        load_model(path, device="cpu", backend="yolo")
 
 
 @pytest.mark.parametrize(

@@ -60,6 +60,10 @@ def cmd_segment(args) -> int:
     args.model = args.model or ["nuclei"]
     model = load_model(args.model, device=args.device)  # fails fast on a bad model, before any work
     class_names = model.info.class_names
+    detector = model.info.task == "detect"
+    if detector and (args.rle_csv or args.coco):
+        raise CliError(f"{args.model[0]} is a box detector: it draws no masks for --rle-csv or --coco; its boxes are "
+                       "in each <stem>_objects.csv")
     if args.scheduler or args.workers:
         from .pipeline.cluster import segment_files_on_cluster  # imports Dask's distributed: only for clusters
 
@@ -84,8 +88,10 @@ def cmd_segment(args) -> int:
             if outcome.message:
                 print(f"warning: {name}: {outcome.message}", file=sys.stderr)
             if not args.quiet:
+                written = "_objects.csv" if detector else "_labels.tif"
+                kind = "detections" if detector else "objects"
                 scale = f" ({outcome.scale})" if outcome.scale else ""
-                print(f"{name}: {outcome.n_objects} objects{scale} -> {out / (Path(outcome.path).stem + '_labels.tif')}")
+                print(f"{name}: {outcome.n_objects} {kind}{scale} -> {out / (Path(outcome.path).stem + written)}")
     if args.rle_csv or args.coco:
         _write_instance_exports(inputs, out, args, class_names)
     return EXIT_BAD_INPUT if failed else 0
@@ -146,6 +152,12 @@ def _segment_locally(path: Path, model, out: Path, parameters: dict, args):
 def cmd_evaluate(args) -> int:
     import json
 
+    from .core.box_evaluation import is_box_prediction
+
+    if args.model or args.data or (args.pred and is_box_prediction(Path(args.pred))):
+        return _evaluate_boxes(args)
+    if not args.pred or not args.gt:
+        raise CliError("give PRED and GT (label images or folders), or --model and --data for a box detector")
     from .core.evaluation import SUMMARY_COLUMNS, evaluate_files, summary_row
     from .core.io import write_csv
 
@@ -190,7 +202,7 @@ def cmd_finetune(args) -> int:
         raise CliError(f"{args.data}: no data.yaml (export a dataset with 'napari-cellseg export')")
     from .pipeline.finetune import finetune_architecture
 
-    arch = finetune_architecture(args.model, args.arch)
+    arch = "YOLO detection" if args.task == "detect" else finetune_architecture(args.model, args.arch)
     with tqdm(total=1, unit="batch", disable=True if args.quiet else None, file=sys.stderr) as bar:
         def on_progress(progress):
             bar.total, bar.n = progress.total, progress.done
@@ -201,12 +213,22 @@ def cmd_finetune(args) -> int:
         from .pipeline.finetune import train_any_iter
 
         options = FinetuneOptions.from_args(args).job_kwargs()
-        options["arch"] = arch
+        if args.task != "detect":
+            options["arch"] = arch
         job = train_any_iter(args.model, args.out, data_yaml=data_yaml, device=args.device, **options)
         result = run(job, on_progress)
     if result.path is None:
         raise CliError("training produced no weights")
     print(f"fine-tuned {arch} model written: {result.path} ({result.epochs_done} epochs)")
+    if args.task == "detect" and result.calibration:
+        val = result.calibration["val"]
+        print(f"confidence {result.calibration['conf']} (best F1@0.5 {val['best_f1']:.3f} on the val split; mAP50 "
+              f"{val['map50']:.3f}, mAP50-95 {val['map50_95']:.3f}), stored as the model's own")
+        test = result.calibration.get("test")
+        if test:
+            print(f"test split at that confidence: precision {test['precision']:.3f}, recall {test['recall']:.3f}, "
+                  f"F1 {test['f1']:.3f}, mAP50 {test['map50']:.3f}, count error {test['relative_count_error']:.1%}")
+        return 0
     for calibration, runs in ((getattr(result, "calibration", None), ""),
                               (getattr(result, "calibration_tta", None), " for test-time augmented runs")):
         if calibration:
@@ -417,6 +439,57 @@ pieces: it never changes the scale. The scale used is printed after each image a
 provenance file."""
 
 
+BOX_COLUMNS = ("name", "n_pred", "n_gt", "precision_50", "recall_50", "f1_50", "count_error", "relative_count_error")
+
+
+def _evaluate_boxes(args) -> int:
+    """Box detections scored against box ground truth (issue 29): P, R, F1 at IoU 0.5, mAP50, mAP50-95, counts,
+    and the confidence curves."""
+    import json
+
+    from .core.box_evaluation import evaluate_box_files
+    from .core.datasets import DatasetError
+    from .core.io import write_csv
+
+    try:
+        if args.model:
+            if not args.data:
+                raise CliError("--model needs --data (a data.yaml, its folder or a COCO .json) to evaluate on")
+            from .backends import load_model
+            from .pipeline.detect import evaluate_detector_iter
+            from .pipeline.segment import run
+
+            model = load_model(args.model, device=args.device)
+            if model.info.task != "detect":
+                raise CliError(f"{args.model}: a {model.info.task} model; --model evaluates box detectors (score a "
+                               "segmentation model's label images with PRED GT)")
+            evaluation = run(evaluate_detector_iter(model, args.data, split=args.split, conf=args.conf))
+        else:
+            if not args.pred or not (args.gt or args.data):
+                raise CliError("give PRED (an _objects.csv or a folder of them) and GT (YOLO .txt labels, instance "
+                               "masks, a data.yaml or a COCO .json)")
+            evaluation = evaluate_box_files(Path(args.pred), Path(args.gt or args.data), conf=args.conf)
+    except DatasetError as exc:
+        raise CliError(str(exc)) from None
+    written = []
+    if args.csv:
+        rows = evaluation.rows
+        write_csv(args.csv, {c: [r[c] for r in rows] for c in BOX_COLUMNS})
+        written = [Path(args.csv)] + evaluation.write(Path(args.csv).with_suffix(""))
+    summary = evaluation.summary()
+    if args.json:
+        print(json.dumps({"images": evaluation.rows, "summary": summary}, indent=2, default=float))
+        return 0
+    print(f"{summary['n_gt']} true boxes, {summary['n_pred']} detections at confidence {summary['conf']:.3f}")
+    print(f"precision {summary['precision']:.4f}  recall {summary['recall']:.4f}  F1 {summary['f1']:.4f} (IoU 0.5)")
+    print(f"mAP50 {summary['map50']:.4f}  mAP50-95 {summary['map50_95']:.4f} (pycocotools)")
+    print(f"best F1 {summary['best_f1']:.4f} at confidence {summary['best_f1_conf']:.3f}")
+    print(f"count MAE {summary['count_mae']:.2f} per image, relative count error {summary['relative_count_error']:.2%}")
+    for path in written:
+        print(f"written: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -424,9 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    seg = sub.add_parser("segment", help="segment images; writes <stem>_labels.tif, _objects.csv, _provenance.json, "
-                                         "_instances.json", epilog=SCALE_RULE,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    seg = sub.add_parser("segment", help="segment images (or detect boxes); writes <stem>_labels.tif (not for box "
+                                         "detectors), _objects.csv, _counts.csv, _provenance.json, _instances.json",
+                         epilog=SCALE_RULE, formatter_class=argparse.RawDescriptionHelpFormatter)
     seg.add_argument("images", nargs="+", help="image files (TIFF, PNG, JPEG), folders or glob patterns")
     seg.add_argument("--model", action="append", default=None,
                      help="checkpoint path or shipped name (default: nuclei); repeat for an ensemble")
@@ -445,9 +518,20 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("-q", "--quiet", action="store_true")
     seg.set_defaults(func=cmd_segment)
 
-    ev = sub.add_parser("evaluate", help="score predicted labels against ground truth (files or folders)")
-    ev.add_argument("pred", help="predicted label image, or a folder of them")
-    ev.add_argument("gt", help="ground-truth label image, or a folder matched by name")
+    ev = sub.add_parser("evaluate", help="score predicted labels or boxes against ground truth (files or folders)")
+    ev.add_argument("pred", nargs="?", help="predicted label image, or a folder of them; or a detection run's "
+                    "<stem>_objects.csv, or a folder of them (boxes)")
+    ev.add_argument("gt", nargs="?", help="ground-truth label image, or a folder matched by name; for boxes also "
+                    "YOLO .txt labels, a data.yaml or a COCO .json")
+    ev.add_argument("--model", default=None, help="a box detection checkpoint to run on --data and score")
+    ev.add_argument("--data", default=None, help="a dataset with box labels (data.yaml of a YOLO/Roboflow export, "
+                    "its folder, or a COCO .json)")
+    ev.add_argument("--split", default="val", choices=["train", "val", "test"],
+                    help="which split of --data to evaluate on (default val)")
+    ev.add_argument("--conf", type=float, default=None,
+                    help="boxes: confidence at which precision, recall, F1 and counts are reported (default: the "
+                    "best-F1 one)")
+    ev.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (with --model)")
     ev.add_argument("--csv", default="evaluation.csv", help="CSV to write (default evaluation.csv; '' for none)")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.set_defaults(func=cmd_evaluate)

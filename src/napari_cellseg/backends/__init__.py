@@ -15,6 +15,7 @@ from ..core.backend import InferenceSettings, ModelInfo, ModelLoadError, Segment
 # name -> module; probed in this order when a file is given
 BACKENDS: dict[str, str] = {
     "unet": "napari_cellseg.unet_student.backend",
+    "yolo-detect": "napari_cellseg.yolo.detect",  # before "yolo": its probe takes detection checkpoints only
     "yolo": "napari_cellseg.yolo.backend",
     "classical": "napari_cellseg.classical.backend",
     "maskrcnn": "napari_cellseg.maskrcnn.backend",
@@ -96,7 +97,11 @@ def load_model(model, device: str = "auto", backend: str | None = None) -> Segme
             return load_model(model[0], device, backend)
         from .ensemble import EnsembleBackend
 
-        return EnsembleBackend([load_model(m, device, backend) for m in model])
+        members = [load_model(m, device, backend) for m in model]
+        if any(m.info.task == "detect" for m in members):
+            raise ModelLoadError("box detectors cannot be fused into an ensemble of segmentation models; "
+                                 "give one detection checkpoint")
+        return EnsembleBackend(members)
     loaded = _load_one(model, device, backend)
     name = str(model).strip() if isinstance(model, str) else None
     if name in CONTOUR_REFINERS:

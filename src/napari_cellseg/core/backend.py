@@ -149,6 +149,10 @@ def describe_file(path) -> str:
         except zipfile.BadZipFile:
             return "a corrupted or truncated PyTorch checkpoint"
         if any(n.endswith("data.pkl") for n in names):
+            data = checkpoint_pickle(path) or b""
+            if b"models.yolo" in data and b"ultralytics.nn" not in data:
+                return ("a checkpoint of the original YOLOv5 repository (models.yolo), which the ultralytics package "
+                        "cannot open (see the YOLO page of the docs, 'YOLOv5 and YOLOv6')")
             return "a PyTorch checkpoint of an unknown kind (not ultralytics)"
         return "a zip archive, not a checkpoint"
     if head[:1] == b"\x80":

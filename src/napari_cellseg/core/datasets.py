@@ -240,3 +240,223 @@ def write_yolo_dataset(
     data_yaml = out / "data.yaml"
     data_yaml.write_text(f"path: {out.resolve()}\ntrain: images/train\nval: {val_dir}\nnames:\n{names}\n")
     return data_yaml
+
+
+# --- box (detection) datasets -------------------------------------------------------------------------------
+# A detection sample is (name, image, boxes, classes): ``boxes`` (N, 4) float x0, y0, x1, y1 in pixel-edge
+# units (a box of one pixel i spans [i, i+1)), ``classes`` (N,) int.
+
+DETECTION_SPLITS = ("train", "val", "test")
+
+
+class DatasetError(ValueError):
+    """A dataset folder or file is not what a reader expects; the message names it and what was expected."""
+
+
+def boxes_from_labels(labels: np.ndarray) -> np.ndarray:
+    """(N, 4) float x0, y0, x1, y1 (pixel edges) of each instance of a label image, in label order."""
+    from scipy import ndimage
+
+    labels = np.asarray(labels)
+    boxes = [(s[1].start, s[0].start, s[1].stop, s[0].stop)
+             for s in ndimage.find_objects(labels) if s is not None] if labels.max(initial=0) > 0 else []
+    return np.asarray(boxes, np.float64).reshape(-1, 4)
+
+
+def yolo_box_lines(boxes: np.ndarray, shape: tuple[int, int], classes=None) -> list[str]:
+    """Lines of an ultralytics detection label file: ``class cx cy w h`` normalised to the image size."""
+    height, width = shape
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    classes = np.zeros(len(boxes), np.int64) if classes is None else np.asarray(classes, np.int64)
+    lines = []
+    for (x0, y0, x1, y1), cls in zip(boxes, classes):
+        lines.append(f"{int(cls)} {(x0 + x1) / 2 / width:.6f} {(y0 + y1) / 2 / height:.6f} "
+                     f"{(x1 - x0) / width:.6f} {(y1 - y0) / height:.6f}")
+    return lines
+
+
+def write_yolo_box_dataset(samples, out_dir: str | os.PathLike, *, split_of: dict[str, str] | None = None,
+                           class_names: Sequence[str] = ("cell",)) -> Path:
+    """Write (name, uint8 image, boxes, classes) samples in the layout of a Roboflow "YOLO" export:
+    ``train/``, ``valid/`` and ``test/`` folders of ``images/`` and ``labels/``, and a ``data.yaml`` with
+    ``../train/images``-style paths and no ``path:`` (ultralytics reads it as it is). ``split_of``: name ->
+    "train", "val" or "test" (default train). Returns ``data.yaml``."""
+    out = Path(out_dir)
+    folder = {"train": "train", "val": "valid", "test": "test"}
+    used = set()
+    for name, image, boxes, classes in samples:
+        split = (split_of or {}).get(name, "train")
+        used.add(split)
+        base = out / folder[split]
+        (base / "images").mkdir(parents=True, exist_ok=True)
+        (base / "labels").mkdir(parents=True, exist_ok=True)
+        write_image(base / "images" / f"{name}.png", image)
+        (base / "labels" / f"{name}.txt").write_text(
+            "\n".join(yolo_box_lines(boxes, np.shape(image)[:2], classes)) + "\n")
+    lines = [f"train: ../{folder['train']}/images",
+             f"val: ../{folder['val' if 'val' in used else 'train']}/images"]
+    if "test" in used:
+        lines.append(f"test: ../{folder['test']}/images")
+    lines += [f"nc: {len(class_names)}", "names: [" + ", ".join(repr(str(n)) for n in class_names) + "]"]
+    data_yaml = out / "data.yaml"
+    data_yaml.write_text("\n".join(lines) + "\n")
+    return data_yaml
+
+
+def dataset_split_dirs(data_yaml: str | os.PathLike) -> dict[str, Path]:
+    """The image folder of each split a ``data.yaml`` names, resolved as ultralytics resolves them: relative
+    to ``path:`` (default: the yaml's folder); a ``../x`` that does not exist there is read as ``x`` (the
+    paths of Roboflow exports). A missing folder is an error naming it."""
+    import yaml
+
+    data_yaml = Path(data_yaml)
+    if data_yaml.is_dir():
+        data_yaml = data_yaml / "data.yaml"
+    if not data_yaml.is_file():
+        raise DatasetError(f"{data_yaml}: no such file; expected a dataset's data.yaml (a Roboflow 'YOLO' export "
+                           "or an ultralytics dataset)")
+    try:
+        config = yaml.safe_load(data_yaml.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise DatasetError(f"{data_yaml}: not valid YAML ({exc})") from None
+    if not isinstance(config, dict) or not config.get("train") and not config.get("val"):
+        raise DatasetError(f"{data_yaml}: names no 'train' or 'val' image folder")
+    root = Path(config.get("path") or data_yaml.parent)
+    if not root.is_absolute():
+        root = data_yaml.parent / root
+    dirs = {}
+    for split in DETECTION_SPLITS:
+        entry = config.get(split)
+        if not entry:
+            continue
+        if isinstance(entry, (list, tuple)):
+            entry = entry[0]
+        entry = str(entry)
+        folder = (root / entry).resolve()
+        if not folder.is_dir() and entry.startswith("../"):
+            folder = (root / entry[3:]).resolve()
+        if not folder.is_dir():
+            raise DatasetError(f"{data_yaml}: the {split} folder '{entry}' does not exist (looked for {folder})")
+        dirs[split] = folder
+    return dirs
+
+
+def _label_dir(image_dir: Path) -> Path:
+    """ultralytics' rule: the last 'images' part of the path replaced by 'labels'."""
+    parts = list(image_dir.parts)
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] == "images":
+            parts[i] = "labels"
+            return Path(*parts)
+    return image_dir
+
+
+def parse_yolo_label_file(path: Path, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(boxes (N, 4) pixel x0, y0, x1, y1, classes (N,)) of one YOLO label file: box lines ``c cx cy w h``, or
+    polygon lines ``c x1 y1 x2 y2 ...`` (their extent). A malformed line is an error naming the file and line."""
+    height, width = shape
+    boxes, classes = [], []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        values = line.split()
+        if not values:
+            continue
+        try:
+            cls, coords = int(float(values[0])), np.array(values[1:], np.float64)
+        except ValueError:
+            raise DatasetError(f"{path}, line {number}: not numbers: {line!r}") from None
+        if len(coords) == 4:
+            cx, cy, bw, bh = coords
+            box = (cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2)
+        elif len(coords) >= 6 and len(coords) % 2 == 0:
+            xy = coords.reshape(-1, 2)
+            box = (xy[:, 0].min(), xy[:, 1].min(), xy[:, 0].max(), xy[:, 1].max())
+        else:
+            raise DatasetError(f"{path}, line {number}: expected 'class cx cy w h' (a box) or 'class x1 y1 x2 y2 "
+                               f"x3 y3 ...' (a polygon), found {len(values)} values")
+        boxes.append((box[0] * width, box[1] * height, box[2] * width, box[3] * height))
+        classes.append(cls)
+    return np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(classes, np.int64)
+
+
+def read_yolo_detection_dataset(data_yaml: str | os.PathLike, splits: Sequence[str] = DETECTION_SPLITS):
+    """Yield (name, image, boxes, classes) from a YOLO dataset with box or polygon labels (an ultralytics dataset
+    or a Roboflow export as downloaded). Splits it does not name are skipped; a named split with no images, or
+    images without a single label file, is an error naming the folder."""
+    from .io import IMAGE_SUFFIXES, read_image
+
+    dirs = dataset_split_dirs(data_yaml)
+    wanted = [s for s in splits if s in dirs]
+    if not wanted:
+        raise DatasetError(f"{data_yaml}: names none of the splits {', '.join(splits)} (it has "
+                           f"{', '.join(dirs) or 'none'})")
+    seen = set()
+    for split in wanted:
+        image_dir = dirs[split]
+        if image_dir in seen:
+            continue
+        seen.add(image_dir)
+        images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise DatasetError(f"{image_dir}: the {split} folder holds no images "
+                               f"(expected {', '.join(sorted(IMAGE_SUFFIXES))} files)")
+        label_dir = _label_dir(image_dir)
+        if not any((label_dir / f"{p.stem}.txt").is_file() for p in images):
+            raise DatasetError(f"{label_dir}: no label file for any of the {len(images)} {split} images "
+                               f"(expected one <image name>.txt per image, beside '{image_dir.name}' in 'labels')")
+        for image_path in images:
+            image = read_image(image_path, lazy=False)
+            label_file = label_dir / f"{image_path.stem}.txt"
+            if label_file.is_file():
+                boxes, classes = parse_yolo_label_file(label_file, image.shape[:2])
+            else:  # ultralytics' convention: an image without a label file has no objects
+                boxes, classes = np.zeros((0, 4)), np.zeros(0, np.int64)
+            yield image_path.stem, image, boxes, classes
+
+
+def read_coco_detection_dataset(json_path: str | os.PathLike, image_dir: str | os.PathLike | None = None):
+    """Yield (name, image, boxes, classes) from a COCO JSON with ``bbox`` entries (x, y, w, h); classes are the
+    positions of the categories (0-based, in id order). Images are looked up relative to ``image_dir`` (default:
+    the JSON's folder; Roboflow's COCO exports keep ``_annotations.coco.json`` beside the images)."""
+    import json
+
+    from .io import read_image
+
+    json_path = Path(json_path)
+    if not json_path.is_file():
+        raise DatasetError(f"{json_path}: no such file; expected a COCO JSON file")
+    try:
+        coco = json.loads(json_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{json_path}: not valid JSON ({exc})") from None
+    if not isinstance(coco, dict) or not coco.get("images"):
+        raise DatasetError(f"{json_path}: lists no images (expected a COCO file with 'images' and 'annotations')")
+    base = Path(image_dir) if image_dir is not None else json_path.parent
+    category_index = {c["id"]: i for i, c in enumerate(sorted(coco.get("categories", []), key=lambda c: c["id"]))}
+    by_image: dict = {}
+    for ann in coco.get("annotations", []):
+        if "bbox" not in ann:
+            raise DatasetError(f"{json_path}: annotation {ann.get('id')} has no 'bbox'")
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    for info in coco["images"]:
+        path = base / info["file_name"]
+        if not path.is_file():
+            raise DatasetError(f"{json_path}: image '{info['file_name']}' not found in {base}")
+        anns = by_image.get(info["id"], [])
+        boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                          for a in anns], np.float64).reshape(-1, 4)
+        classes = np.array([category_index.get(a.get("category_id"), 0) for a in anns], np.int64)
+        yield Path(info["file_name"]).stem, read_image(path, lazy=False), boxes, classes
+
+
+def read_detection_dataset(path: str | os.PathLike, splits: Sequence[str] = DETECTION_SPLITS):
+    """Boxes from a ``data.yaml`` (or its folder) or a COCO ``.json``; see the two readers."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        return read_coco_detection_dataset(path)
+    if path.is_dir() and not (path / "data.yaml").is_file():
+        jsons = sorted(path.glob("*.json"))
+        if len(jsons) == 1:
+            return read_coco_detection_dataset(jsons[0])
+        raise DatasetError(f"{path}: no data.yaml (a YOLO dataset or Roboflow 'YOLO' export) and no single COCO "
+                           f".json file in this folder")
+    return read_yolo_detection_dataset(path, splits)

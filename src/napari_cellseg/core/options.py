@@ -268,6 +268,10 @@ class FinetuneOptions(Options):
         "share of the images kept aside to validate every epoch and to calibrate the score threshold (layers "
         "exported from the viewer; an exported dataset keeps its own split)", label="validation share",
         min=0.0, max=0.9, step=0.05, cli=False))
+    task: str = option("segment", Spec(
+        "segment: masks; detect: a box detector (ultralytics) on a box dataset, e.g. a Roboflow 'YOLO' export as "
+        "downloaded; the start model may then be a detection or segmentation checkpoint (its weights where they "
+        "fit) or a model file such as yolo11n.yaml (from scratch)", choices=("segment", "detect"), widget=False))
     arch: str = option("auto", Spec(
         "auto: the family of the start model; 'maskrcnn' with a start model of another kind trains a new "
         "ResNet-50-FPN Mask R-CNN", label="architecture", choices=("auto", "yolo", "maskrcnn"), widget=False))

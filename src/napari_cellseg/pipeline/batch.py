@@ -21,7 +21,18 @@ class FileOutcome:
 
 
 def is_done(path: Path, out: Path) -> bool:
-    return all((out / f"{path.stem}_{kind}").is_file() for kind in OUTPUT_KINDS)
+    """All outputs written (a box detector's run writes no label image: its provenance says task 'detect')."""
+    if all((out / f"{path.stem}_{kind}").is_file() for kind in OUTPUT_KINDS):
+        return True
+    provenance = out / f"{path.stem}_provenance.json"
+    if not (out / f"{path.stem}_objects.csv").is_file() or not provenance.is_file():
+        return False
+    import json
+
+    try:
+        return json.loads(provenance.read_text()).get("task") == "detect"
+    except (OSError, ValueError):
+        return False
 
 
 def segment_file(path: str | os.PathLike, model, out: str | os.PathLike, parameters: dict,

@@ -82,6 +82,8 @@ def teacher_labels_iter(teacher, images: list, cache_dir: str | Path, segment_op
         else:
             image = read_image(source) if isinstance(source, (str, Path)) else source
             result = run(segment_iter(image, teacher, **options))
+            if getattr(result, "task", None) == "detect":
+                raise ValueError(f"{teacher.info.path}: a box detector cannot teach masks to the U-Net student")
             write_labels(cached, result.labels)
             labels.append(result.labels.astype(np.int32))
         yield Progress(k + 1, len(images), 0, 0,

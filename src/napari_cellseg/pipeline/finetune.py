@@ -17,6 +17,7 @@ import threading
 from collections.abc import Generator
 from pathlib import Path
 
+from ..core.heap import settle_heap
 from ..core.progress import Progress, TrainingCancelled
 from ..core.result import FinetuneResult
 
@@ -106,14 +107,16 @@ def finetune_architecture(model: str | os.PathLike | None, arch: str = "auto") -
 
 
 def train_any_iter(
-    model: str | Path | None, out: str | Path, *, arch: str = "auto", data_yaml: str | Path | None = None,
-    samples=None, epochs: int = 10, batch: int | None = None, device: str = "cpu", imgsz: int | None = None,
-    zoom: float | None = None, backbone_weights: str | Path | None = None, val_fraction: float = 0.2,
+    model: str | Path | None, out: str | Path, *, task: str = "segment", arch: str = "auto",
+    data_yaml: str | Path | None = None, samples=None, epochs: int = 10, batch: int | None = None,
+    device: str = "cpu", imgsz: int | None = None, zoom: float | None = None,
+    backbone_weights: str | Path | None = None, val_fraction: float = 0.2,
 ) -> Generator[Progress, None, FinetuneResult]:
     """Fine-tune ``model``, or train a new Mask R-CNN, on a YOLO dataset (``data_yaml``) or on
     (name, image, labels) ``samples`` (e.g. corrected layers): the one place that picks the family.
 
-    ``arch``: "yolo", "maskrcnn" or "auto" (that of ``model``). A Mask R-CNN run continues from
+    ``task``: "segment" (masks) or "detect" (a box detector, ``finetune_detect_iter``). ``arch``: "yolo",
+    "maskrcnn" or "auto" (that of ``model``). A Mask R-CNN run continues from
     ``model`` when it is a Mask R-CNN checkpoint, else starts a new one-class ResNet-50-FPN.
     """
     import shutil
@@ -123,6 +126,11 @@ def train_any_iter(
 
     if (data_yaml is None) == (samples is None):
         raise ValueError("give a dataset (data.yaml) or samples to train on, not both")
+    if task == "detect":  # a box detector on a box dataset
+        if data_yaml is None:
+            raise ValueError("a box detector trains on a box dataset (data.yaml), not on label layers")
+        return (yield from finetune_detect_iter(model, data_yaml, out, epochs=epochs, batch=batch or 8, imgsz=imgsz,
+                                                device=device))
     arch = finetune_architecture(model, arch)
     if arch == "maskrcnn":
         from ..maskrcnn.train import maskrcnn_finetune_iter
@@ -162,8 +170,6 @@ def finetune_iter(
 
     from ultralytics import YOLO
 
-    from ..core.heap import settle_heap
-
     settle_heap(collect=False)  # ultralytics' own collections (during and after training) skip the imports
 
     from ..backends import load_model, resolve_model
@@ -180,75 +186,16 @@ def finetune_iter(
     try:
         data = tile_dataset(Path(data_yaml), tile, workdir / "tiles")
 
-        events: queue.Queue = queue.Queue()
-        stop = threading.Event()
         yolo = YOLO(str(base_path))
-
-        def on_batch_end(trainer):
-            if stop.is_set():
-                raise TrainingCancelled()
-            events.put(("batch", trainer.epoch, trainer.epochs, len(trainer.train_loader)))
-
-        def on_epoch_end(trainer):
-            losses = {k: round(float(v), 4) for k, v in trainer.label_loss_items(trainer.tloss, prefix="train").items()}
-            metrics = {k: round(float(v), 4) for k, v in (trainer.metrics or {}).items()}
-            # the final re-validation of the best weights arrives with epoch == epochs (+1 in some versions)
-            events.put(("epoch", min(trainer.epoch + 1, trainer.epochs), trainer.epochs, losses, metrics))
-
-        yolo.add_callback("on_train_batch_end", on_batch_end)
-        # the trainer, its data and model are built by now: frozen too, so that the collections
-        # ultralytics asks for during and after the epochs walk only what each epoch makes
-        yolo.add_callback("on_train_start", lambda _trainer: settle_heap(collect=False))
-        yolo.add_callback("on_fit_epoch_end", on_epoch_end)
-
         # one optimiser step per batch: ultralytics otherwise accumulates gradients up to 64 images
         # (nbs), which on a few corrected images is fewer steps than epochs
         train_args.setdefault("nbs", batch)
-
-        def train():
-            try:
-                yolo.train(data=str(data), epochs=epochs, batch=batch, imgsz=imgsz, device=device, workers=0,
-                           plots=False, project=str(workdir), name="run", exist_ok=True, verbose=False,
-                           amp=False, **train_args)
-                events.put(("finished",))
-            except TrainingCancelled:
-                events.put(("cancelled",))
-            except Exception as exc:  # handed to the consumer, raised there
-                events.put(("error", exc))
-
-        thread = threading.Thread(target=train, name="napari-cellseg-finetune", daemon=True)
-        history: list[dict] = []
-        done, n_batches, cancelled = 0, 1, False
-        thread.start()
-        try:
-            yield Progress(0, epochs, 0, epochs, "preparing", unit="epoch")
-            while True:
-                event = events.get()
-                if event[0] == "batch":
-                    _, epoch, total_epochs, n_batches = event
-                    done += 1
-                    yield Progress(done, total_epochs * n_batches, epoch, total_epochs,
-                                   f"epoch {epoch + 1}/{total_epochs}", unit="epoch")
-                elif event[0] == "epoch":
-                    _, epoch, total_epochs, losses, metrics = event
-                    if history and history[-1]["epoch"] == epoch:
-                        history.pop()  # ultralytics re-validates the best weights at the end: keep the latest
-                    history.append({"epoch": epoch, **losses, **metrics})
-                    yield Progress(done, total_epochs * n_batches, epoch, total_epochs, f"epoch {epoch}/{total_epochs} done",
-                                   {"losses": losses, "metrics": metrics}, unit="epoch")
-                elif event[0] == "error":
-                    raise event[1]
-                else:
-                    cancelled = event[0] == "cancelled"
-                    break
-        except GeneratorExit:  # cancelled by the consumer: stop at the next batch, keep the best so far
-            stop.set()
-            thread.join()
-            _keep_best(workdir, Path(out), base.info, history, zoom)
-            raise
-        finally:
-            stop.set()
-            thread.join()
+        state = yield from _ultralytics_training(
+            yolo, dict(data=str(data), epochs=epochs, batch=batch, imgsz=imgsz, device=device, workers=0,
+                       plots=False, project=str(workdir), name="run", exist_ok=True, verbose=False, amp=False,
+                       **train_args),
+            epochs, on_cancel=lambda history: _keep_best(workdir, Path(out), base.info, history, zoom))
+        history, done, n_batches, cancelled = state
         result_path = _keep_best(workdir, Path(out), base.info, history, zoom)
         calibrations = (None, None)
         if calibrate_conf and result_path is not None and not cancelled:
@@ -258,6 +205,76 @@ def finetune_iter(
     finally:
         if own_workdir:  # tiles and ultralytics' run folder: tens of MB per run
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+
+def _ultralytics_training(yolo, train_kwargs: dict, epochs: int, on_cancel):
+    """``yolo.train(**train_kwargs)`` in a helper thread, as progress per batch and epoch (losses and metrics);
+    closing the generator stops training at the next batch and calls ``on_cancel(history)`` (keep the best
+    weights so far). Returns (history, batches done, batches per epoch, cancelled)."""
+    events: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def on_batch_end(trainer):
+        if stop.is_set():
+            raise TrainingCancelled()
+        events.put(("batch", trainer.epoch, trainer.epochs, len(trainer.train_loader)))
+
+    def on_epoch_end(trainer):
+        losses = {k: round(float(v), 4) for k, v in trainer.label_loss_items(trainer.tloss, prefix="train").items()}
+        metrics = {k: round(float(v), 4) for k, v in (trainer.metrics or {}).items()}
+        # the final re-validation of the best weights arrives with epoch == epochs (+1 in some versions)
+        events.put(("epoch", min(trainer.epoch + 1, trainer.epochs), trainer.epochs, losses, metrics))
+
+    yolo.add_callback("on_train_batch_end", on_batch_end)
+    # the trainer, its data and model are built by now: frozen too, so that the collections
+    # ultralytics asks for during and after the epochs walk only what each epoch makes
+    yolo.add_callback("on_train_start", lambda _trainer: settle_heap(collect=False))
+    yolo.add_callback("on_fit_epoch_end", on_epoch_end)
+
+    def train():
+        try:
+            yolo.train(**train_kwargs)
+            events.put(("finished",))
+        except TrainingCancelled:
+            events.put(("cancelled",))
+        except Exception as exc:  # handed to the consumer, raised there
+            events.put(("error", exc))
+
+    thread = threading.Thread(target=train, name="napari-cellseg-finetune", daemon=True)
+    history: list[dict] = []
+    done, n_batches, cancelled = 0, 1, False
+    thread.start()
+    try:
+        yield Progress(0, epochs, 0, epochs, "preparing", unit="epoch")
+        while True:
+            event = events.get()
+            if event[0] == "batch":
+                _, epoch, total_epochs, n_batches = event
+                done += 1
+                yield Progress(done, total_epochs * n_batches, epoch, total_epochs,
+                               f"epoch {epoch + 1}/{total_epochs}", unit="epoch")
+            elif event[0] == "epoch":
+                _, epoch, total_epochs, losses, metrics = event
+                if history and history[-1]["epoch"] == epoch:
+                    history.pop()  # ultralytics re-validates the best weights at the end: keep the latest
+                history.append({"epoch": epoch, **losses, **metrics})
+                yield Progress(done, total_epochs * n_batches, epoch, total_epochs, f"epoch {epoch}/{total_epochs} done",
+                               {"losses": losses, "metrics": metrics}, unit="epoch")
+            elif event[0] == "error":
+                raise event[1]
+            else:
+                cancelled = event[0] == "cancelled"
+                break
+    except GeneratorExit:  # cancelled by the consumer: stop at the next batch, keep the best so far
+        stop.set()
+        thread.join()
+        on_cancel(history)
+        raise
+    finally:
+        stop.set()
+        thread.join()
+    return history, done, n_batches, cancelled
 
 
 def _calibrate(path: Path, data_yaml: Path, done: int, total: int, epochs: int, with_tta: bool):
@@ -317,3 +334,114 @@ def _package(weights: Path, out: Path, base_info, history: list[dict], zoom: flo
                                   "fine_tuned_from_sha256": base_info.sha256, "history": history}
         torch.save(ckpt, tmp)
         strip_optimizer(str(tmp))
+
+
+def detector_start(model) -> tuple[str, str | None, str]:
+    """(what ``YOLO()`` opens, weights to load into it or None, a description) for ``finetune_detect_iter``: a
+    detection checkpoint itself; for a segmentation checkpoint (e.g. the shipped 'nuclei') the detection
+    architecture of the same size with the segmentation model's matching weights (backbone and neck)
+    transferred; an ultralytics model file (``yolo11n.yaml``) as it is (from scratch)."""
+    text = str(model)
+    if text.endswith((".yaml", ".yml")):
+        return text, None, f"{Path(text).name} from scratch"
+    from ..backends import probe_backend, resolve_model
+
+    _, path = resolve_model(model)
+    backend = probe_backend(model)
+    if backend == "yolo-detect":
+        return str(path), None, f"fine-tuned from {path.name}"
+    if backend == "yolo":
+        import torch
+
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)  # the user's (or the shipped) checkpoint
+        yaml_file = str(getattr(ckpt.get("model"), "yaml", {}).get("yaml_file", "yolo11n-seg.yaml"))
+        arch = Path(yaml_file).name.replace("-seg", "")
+        return arch, str(path), f"{arch} with the weights of {path.name} where they fit"
+    raise ValueError(f"{model}: a {backend or 'unknown'} model; a detector starts from an ultralytics detection or "
+                     "segmentation checkpoint, or a model file such as yolo11n.yaml")
+
+
+def finetune_detect_iter(
+    model, data_yaml: str | Path, out: str | Path, *, epochs: int = 10, batch: int = 8, imgsz: int | None = None,
+    device: str = "cpu", workdir: str | Path | None = None, calibrate_conf: bool = True, **train_args,
+) -> Generator[Progress, None, FinetuneResult]:
+    """Train a box detector with ultralytics on a detection dataset: a ``data.yaml`` of a YOLO dataset or of a
+    Roboflow "YOLO" export as downloaded (``../train/images`` paths, ``valid``, optional ``test``); box or polygon
+    labels. Progress per batch and epoch; closing the generator stops at the next batch, keeping the best weights.
+
+    ``model``: see ``detector_start``. ``imgsz``: default the longest side of the training images rounded up to
+    the stride, so small nuclei are learnt at full resolution (not resized); the checkpoint records the zoom
+    (``imgsz`` / that side), which tiled inference then keeps. ``calibrate_conf``: afterwards the validation
+    images are scored (``evaluate_detector_iter``) and the best-F1 confidence is stored as the model's own
+    threshold; a ``test`` split, where there is one, is scored at that threshold (``calibration["test"]``).
+    """
+    import shutil
+    import tempfile
+
+    from ultralytics import YOLO
+
+    from ..core.datasets import dataset_split_dirs, read_yolo_detection_dataset
+
+    data_yaml = Path(data_yaml)
+    data_yaml = data_yaml / "data.yaml" if data_yaml.is_dir() else data_yaml
+    splits = dataset_split_dirs(data_yaml)  # a missing folder fails here, naming it
+    first = next(read_yolo_detection_dataset(data_yaml, ("train",)))  # an empty or unlabelled one too
+    side = max(first[1].shape[:2])
+    imgsz = int(imgsz or -(-side // 32) * 32)
+    zoom = imgsz / side
+    opened, weights, start = detector_start(model)
+    own_workdir = workdir is None
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="napari-cellseg-detect-"))
+    try:
+        yolo = YOLO(opened, task="detect")
+        if weights:
+            yolo.load(weights)
+        train_args.setdefault("nbs", batch)
+        kwargs = dict(data=str(data_yaml), epochs=epochs, batch=batch, imgsz=imgsz, device=device, workers=0,
+                      plots=False, project=str(workdir), name="run", exist_ok=True, verbose=False, amp=False,
+                      pretrained=bool(weights) or opened.endswith(".pt"), **train_args)
+        lineage = {"zoom": zoom, "trained_from": start, "train_image_side": side}
+
+        def keep(history):
+            return _keep_best_detector(workdir, Path(out), {**lineage, "history": history})
+
+        history, done, n_batches, cancelled = yield from _ultralytics_training(yolo, kwargs, epochs, on_cancel=keep)
+        path = keep(history)
+        calibration = None
+        if calibrate_conf and path is not None and not cancelled and "val" in splits:
+            from ..backends import load_model
+            from .detect import evaluate_detector_iter
+            from .segment import run
+
+            trained = load_model(path, device="cpu")
+            yield Progress(done, epochs * n_batches, epochs, epochs, "choosing the best-F1 confidence", unit="epoch")
+            val = run(evaluate_detector_iter(trained, data_yaml, split="val"))
+            calibration = {"conf": round(val.best_f1_conf, 3), "objective": "best F1 at IoU 0.5 on the val split",
+                           "val": val.summary()}
+            if "test" in splits and splits["test"] != splits["val"]:
+                yield Progress(done, epochs * n_batches, epochs, epochs, "scoring the test split", unit="epoch")
+                calibration["test"] = run(evaluate_detector_iter(trained, data_yaml, split="test",
+                                                                 conf=calibration["conf"])).summary()
+            store_calibration(path, calibration)
+        return FinetuneResult(path, len(history), cancelled, history, calibration)
+    finally:
+        if own_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _keep_best_detector(workdir: Path, out: Path, extra: dict) -> Path | None:
+    import torch
+    from ultralytics.utils.torch_utils import strip_optimizer
+
+    from ..core.io import atomic_path
+
+    weights_dir = workdir / "run" / "weights"
+    best = next((p for p in (weights_dir / "best.pt", weights_dir / "last.pt") if p.is_file()), None)
+    if best is None:
+        return None
+    with atomic_path(out) as tmp:
+        ckpt = torch.load(best, map_location="cpu", weights_only=False)
+        ckpt["napari_cellseg"] = dict(extra)
+        torch.save(ckpt, tmp)
+        strip_optimizer(str(tmp))
+    return out

@@ -9,7 +9,7 @@ import os
 import time
 import weakref
 from collections.abc import Callable, Generator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from functools import partial
 
 import numpy as np
@@ -20,74 +20,13 @@ from ..core.normalize import (
     ImageLayout, apply_ranges, as_rgb, bright_background, channel_ranges, raw_uint8_ranges, to_stack_of_frames,
 )
 from ..core.refine import ContourRefinement, foreground_iter, refine_labels
+from ..core.detection import DetectionResult
 from ..core.result import RunSummary, SegmentationResult, concat_tables, object_table
 from ..core.tiling import InstanceStitcher, tile_grid
 from ..core.progress import Progress
+from .scale import LARGE_IMAGE_FACTOR, WHOLE_FRAME_MAX_SIDE, TilingPlan, auto_zoom, choose_scale, plan_tiling
 from ..core.options import parse_diameter  # noqa: F401 - re-exported: callers have used it from here
 
-DEFAULT_IMGSZ = 640
-# a model that resizes whole images itself (``ModelInfo.wants_whole_frame``: detectron2 checkpoints) is
-# handed frames of up to this many pixels on either side whole, as detectron2's DefaultPredictor would be;
-# larger frames are tiled (their per-instance masks would not fit in memory: N x H x W)
-WHOLE_FRAME_MAX_SIDE = 4096
-
-
-@dataclass(frozen=True)
-class TilingPlan:
-    imgsz: int  # network input size of a full tile
-    tile: int  # tile side in image pixels
-    overlap: int
-    zoom: float  # the scale: network pixels per image pixel
-    source: str = "model"  # where the scale came from (SCALE_SOURCES)
-
-
-# where a run's scale comes from, in the order they are looked at
-SCALE_SOURCES = {
-    "zoom": "given (--zoom)",
-    "native": "full resolution (--native)",
-    "diameter": "from the object diameter",
-    "auto": "from the measured object size",
-    "predict": "ultralytics' predict geometry: the image's long side fitted to the training size",
-    "model": "the model's training scale",
-    "whole frame": "the model's own: it resizes each whole frame itself (detectron2's ResizeShortestEdge)",
-}
-# an image whose long side is this many times the network input, run at ultralytics' predict geometry,
-# gets a warning: its objects shrink by that factor
-LARGE_IMAGE_FACTOR = 3.0
-
-
-def plan_tiling(model: SegmentationBackend, imgsz: int | None = None, tile: int | None = None,
-                overlap: int | None = None, zoom: float | None = None, source: str = "model") -> TilingPlan:
-    """Tiles at a scale: ``zoom`` (default: the model's training scale), tiles of ``tile`` image pixels
-    (default: those whose network input is the training imgsz). The tile only partitions the image:
-    it never changes the scale."""
-    imgsz = int(imgsz or model.info.train_imgsz or DEFAULT_IMGSZ)
-    if imgsz < 32:
-        raise ValueError(f"imgsz {imgsz} is too small (minimum 32)")
-    zoom = float(model.info.zoom if zoom is None else zoom)
-    if not zoom > 0:
-        raise ValueError(f"zoom must be a positive number of model pixels per image pixel (got {zoom})")
-    tile = int(tile or max(32, round(imgsz / zoom)))
-    overlap = int(min(128, tile // 4) if overlap is None else overlap)
-    return TilingPlan(imgsz=imgsz, tile=tile, overlap=overlap, zoom=zoom, source=source)
-
-
-def predict_geometry(model: SegmentationBackend, height: int, width: int, imgsz: int | None = None,
-                     tile: int | None = None, overlap: int | None = None) -> TilingPlan:
-    """Ultralytics' predict geometry at ``imgsz`` (default: the training imgsz): the image's long side
-    letterboxed to imgsz, scale imgsz / max(H, W), in one pass (or in the given tiles, at that scale)."""
-    imgsz = int(imgsz or model.info.train_imgsz or DEFAULT_IMGSZ)
-    side = max(height, width)
-    return plan_tiling(model, imgsz, tile or side, overlap, zoom=imgsz / side, source="predict")
-
-
-def default_plan(model: SegmentationBackend, layout: ImageLayout, imgsz: int | None = None, tile: int | None = None,
-                 overlap: int | None = None) -> TilingPlan:
-    """The model's default scale: ultralytics' predict geometry for a foreign ultralytics checkpoint
-    (``ModelInfo.letterbox``), else its training scale."""
-    if model.info.letterbox:
-        return predict_geometry(model, layout.height, layout.width, imgsz, tile, overlap)
-    return plan_tiling(model, imgsz, tile, overlap)
 
 
 def segment_iter(
@@ -135,6 +74,9 @@ def segment_iter(
     unless ``tile`` is given (``whole_frame_plan``). The result's ``instances`` hold every detection as
     predicted, before the label image's overlap resolution; its warnings start with the model's load notes.
 
+    A box detector (``model.info.task == "detect"``) gives a ``core.detection.DetectionResult`` instead
+    (``pipeline.detect.detect_iter``: boxes, scores, counts; no label image).
+
     ``diameter``: typical object diameter in image pixels; the image is scaled so that such objects
     appear at the size the model segments best: ``model_diameter`` if given (network pixels), else the
     model's own (``ModelInfo.object_diameter``, calibrated on training images), else one measured once
@@ -176,7 +118,14 @@ def segment_iter(
     ``nuclei-brightfield``), ``None`` never switches. Its own calibration, scale and refiner then apply.
     """
     from .. import __version__
+    from .detect import detect_iter, is_detector
 
+    if is_detector(model):  # a box detector: boxes and counts, no label image (pipeline.detect)
+        return (yield from detect_iter(
+            image, model, imgsz=imgsz, tile=tile, overlap=overlap, diameter=diameter, zoom=zoom, native=native,
+            model_diameter=model_diameter, conf=conf, iou=iou,
+            max_det=max_det, rgb=rgb, channel_axis=channel_axis, channel=channel, class_conf=class_conf, tta=tta,
+            mask_erosion=mask_erosion, mask_threshold=mask_threshold))
     frames, layout = to_stack_of_frames(image, rgb=rgb, channel_axis=channel_axis, channel=channel)
     model, switched_from = bright_field_model(model, bright_field, frames, layout)
     members = list(getattr(model, "members", None) or [])
@@ -328,19 +277,6 @@ def segment_iter(
     return result
 
 
-def whole_frame_plan(model: SegmentationBackend, layout: ImageLayout, plan: TilingPlan,
-                     tile: int | None) -> TilingPlan | None:
-    """One tile per frame for a model that resizes whole images itself (``ModelInfo.wants_whole_frame``),
-    unless a tile size was given or the frame is larger than WHOLE_FRAME_MAX_SIDE on a side; its zoom 1.0
-    leaves the scale to the model (detectron2's ResizeShortestEdge on the whole frame). None: tile as usual."""
-    if not model.info.wants_whole_frame or tile is not None:
-        return None
-    if max(layout.height, layout.width) > WHOLE_FRAME_MAX_SIDE:
-        return None
-    return TilingPlan(imgsz=plan.imgsz, tile=max(16, layout.height, layout.width), overlap=0, zoom=1.0,
-                      source="whole frame")
-
-
 def frame_ranges(model: SegmentationBackend, frame) -> tuple[list[tuple[float, float]], str | None]:
     """The per-channel ranges that map a frame to the uint8 the model sees: the frame as given for a model
     that wants raw uint8 (``normalize.raw_uint8_ranges``), else the percentile stretch; and a note where a
@@ -450,8 +386,6 @@ def _refine_frames(frames, layout: ImageLayout, result: SegmentationResult, refi
     return result, info
 
 
-AUTO_ZOOM_RANGE = (1 / 1.5, 2.0)  # the scales, relative to the model's own, that "auto" may choose
-AUTO_ZOOM_TOLERANCE = 1.15  # a smaller change keeps the first pass
 MIN_OBJECTS_TO_MEASURE = 3
 MEASURING_SIDE = 1024  # "auto" measures on at most this central square of the first frame
 
@@ -471,28 +405,6 @@ def touches(objects: dict, layout: ImageLayout, edges: tuple[bool, bool, bool, b
     top, left, bottom, right = edges
     return ((top & (objects["bbox_y0"] <= 0)) | (left & (objects["bbox_x0"] <= 0))
             | (bottom & (objects["bbox_y1"] >= layout.height)) | (right & (objects["bbox_x1"] >= layout.width)))
-
-
-def choose_scale(model: SegmentationBackend, layout: ImageLayout, *, zoom: float | None, native: bool,
-                 diameter, imgsz: int | None, tile: int | None, overlap: int | None) -> tuple[TilingPlan, object]:
-    """The plan a run starts from, and the diameter still to apply (a number, "auto" or None).
-
-    ``zoom`` given: that scale; ``native``: scale 1; otherwise the model's default scale (``default_plan``),
-    which a numeric or "auto" ``diameter`` then changes. The tile never changes the scale."""
-    explicit = [name for name, given in (("zoom", zoom is not None), ("native", bool(native)),
-                                         ("diameter", isinstance(diameter, float))) if given]
-    if len(explicit) > 1:
-        raise ValueError(f"give one of zoom, native and a diameter: each sets the scale (got {' and '.join(explicit)})")
-    if zoom is not None:
-        return plan_tiling(model, imgsz, tile, overlap, zoom=float(zoom), source="zoom"), None
-    if native:
-        return plan_tiling(model, imgsz, tile, overlap, zoom=1.0, source="native"), None
-    default = default_plan(model, layout, imgsz, tile, overlap)
-    if not isinstance(diameter, float):
-        whole = whole_frame_plan(model, layout, default, tile)
-        if whole is not None:  # the model resizes the whole frame itself: no scale of ours to choose
-            return whole, None
-    return default, diameter
 
 
 def large_image_warnings(plan: TilingPlan, layout: ImageLayout, result: SegmentationResult) -> list[str]:
@@ -540,17 +452,6 @@ def median_diameter(areas) -> float | None:
     if areas.size < MIN_OBJECTS_TO_MEASURE:
         return None
     return float(np.sqrt(4 * np.median(areas) / np.pi))
-
-
-def auto_zoom(model_zoom: float, object_diameter: float, measured: float | None) -> float:
-    """The zoom that shows objects of the measured diameter at the model's reference size, within
-    AUTO_ZOOM_RANGE of the model's own zoom; the model's own when the change would be small."""
-    if measured is None:
-        return model_zoom
-    factor = float(np.clip(object_diameter / (measured * model_zoom), *AUTO_ZOOM_RANGE))
-    if max(factor, 1 / factor) < AUTO_ZOOM_TOLERANCE:
-        return model_zoom
-    return model_zoom * factor
 
 
 def _segment_frames(model: SegmentationBackend, frames, layout: ImageLayout, plan: TilingPlan, *, conf: float,
@@ -652,8 +553,9 @@ def segment(
     device: str = "auto",
     on_progress: Callable[[Progress], None] | None = None,
     **kwargs,
-) -> SegmentationResult:
-    """Segment an image (array or file path) with a model (name, path or loaded backend).
+) -> SegmentationResult | DetectionResult:
+    """Segment an image (array or file path) with a model (name, path or loaded backend); a box detection
+    checkpoint gives a ``DetectionResult`` (boxes, scores, counts).
 
     Keyword arguments are those of :func:`segment_iter`.
     """
@@ -661,6 +563,6 @@ def segment(
 
     if isinstance(image, (str, os.PathLike)):
         image = read_image(image)
-    if not isinstance(model, SegmentationBackend):
+    if not isinstance(model, SegmentationBackend) and not hasattr(model, "predict_boxes"):  # a name or path
         model = load_model(model, device=device)
     return run(segment_iter(image, model, **kwargs), on_progress)

@@ -387,3 +387,79 @@ def write_result_layers_in_steps(viewer, source, result, *, kind: str = "segment
             viewer, lambda new: write_points_layer(viewer, source, result, kind=kind, name_suffix=name_suffix,
                                            new_layer=new),
             new_layers.get("points"))
+
+
+# --- box detections: a Points layer at box centres and a Shapes layer of rectangles --------------------------
+DETECT_KIND = "detect"
+DETECT_ROLES = ("centres", "boxes")
+
+
+def _shapes_data_hash(data) -> str:
+    return data_hash(np.asarray(list(data), np.float64).reshape(-1, 4, np.asarray(data[0]).shape[-1])
+                     if len(data) else np.zeros((0, 4, 2)))
+
+
+def _detection_provenance(result, source, role: str, data_hash_value: str) -> dict:
+    meta = _provenance(result, source, role, DETECT_KIND, np.zeros(0))
+    meta["data_hash"] = data_hash_value
+    meta["conf_shown"] = None
+    return meta
+
+
+def is_edited_detection_layer(layer) -> bool:
+    meta = layer.metadata.get(META_KEY, {})
+    if meta.get("role") == "boxes":
+        return meta.get("data_hash") != _shapes_data_hash(layer.data)
+    return is_edited(layer)
+
+
+def find_detection_layer(viewer, source, role: str):
+    """Our latest unedited detection output (role "centres" or "boxes") for this image, found by metadata."""
+    for layer in reversed(list(viewer.layers)):
+        if is_own_output(layer, source, role, DETECT_KIND) and not is_edited_detection_layer(layer):
+            return layer
+    return None
+
+
+def write_detection_layers(viewer, source, result, conf: float | None = None):
+    """Add, or update in place (our earlier unedited ones for this image), the Points layer of box centres and the
+    Shapes layer of rectangles of a ``DetectionResult``, showing the boxes scoring at least ``conf`` (all when
+    None). Both carry the per-object table as features (box, centre, area, score, class). Returns (points, shapes)."""
+    from napari.layers import Points, Shapes
+
+    shown = result if conf is None else result.scoring_at_least(conf)
+    features = features_of(shown)
+    transform = spatial_transform(source, len(result.image_shape))
+    ndim = len(result.image_shape)
+    coords = shown.centre_coordinates().reshape(-1, ndim)
+    rectangles = shown.rectangles()
+    colouring, color_cycle = _points_style(shown, features)
+    points = find_detection_layer(viewer, source, "centres")
+    if points is None:
+        points = Points(coords, ndim=ndim, name=f"{source.name} detections", features=features, size=6,
+                        border_width=0, **colouring, **transform)
+        points.metadata = {META_KEY: _detection_provenance(result, source, "centres", data_hash(coords))}
+        viewer.layers.append(points)
+    else:
+        points.data = coords
+        points.features = features
+        if colouring:
+            points.face_color_cycle = color_cycle
+            points.face_color = "class_name"
+        points.metadata = {**points.metadata,
+                           META_KEY: _detection_provenance(result, source, "centres", data_hash(points.data))}
+    shapes = find_detection_layer(viewer, source, "boxes")
+    if shapes is None:
+        shapes = Shapes(rectangles, ndim=ndim, shape_type="rectangle", name=f"{source.name} boxes", features=features,
+                        edge_color="#ffff00", face_color="transparent", edge_width=1, **transform)
+        viewer.layers.append(shapes)
+    else:
+        shapes.data = []
+        if rectangles:
+            shapes.add_rectangles(rectangles, edge_color="#ffff00", face_color="transparent", edge_width=1)
+        shapes.features = features
+    shapes.metadata = {**shapes.metadata,
+                       META_KEY: _detection_provenance(result, source, "boxes", _shapes_data_hash(shapes.data))}
+    for layer in (points, shapes):
+        layer.metadata[META_KEY]["conf_shown"] = conf
+    return points, shapes

@@ -56,6 +56,8 @@ class CompareWidget(WorkerWidget):
         for i, name in enumerate(models):
             yield Progress(0, 1, 0, 1, f"loading model {'AB'[i]}")
             model = self._cache.get(name, device)
+            if model.info.task == "detect":
+                raise ValueError(f"{name} is a box detector: Compare models compares masks; count with Segment cells")
             result = yield from segment_iter(full_resolution(layer), model, rgb=layer.rgb, conf=conf)
             results.append(result)
             precompute_hashes(results[-1])

@@ -5,7 +5,7 @@ import napari  # a real annotation: napari injects the viewer by the parameter's
 
 from magicgui import widgets
 
-from ._layers import SourceInfo, build_new_layers, precompute_hashes, roles_to_build
+from ._layers import SourceInfo, build_new_layers, features_of, precompute_hashes, roles_to_build
 from ..core.options import SegmentOptions
 from ._options import Collapsible, OptionControls
 from ._common import ModelCache, ModelChooser, WorkerWidget, device_choice, full_resolution, notify_error
@@ -28,8 +28,14 @@ class SegmentWidget(WorkerWidget):
                                                  "(each model at its own scale; 'models that must agree' under Advanced); "
                                                  "leave empty for one model")
         self.device = device_choice()
+        # box detectors only: which of the stored detections are shown and counted, without running the model again
+        self.detection_conf = widgets.FloatSlider(
+            label="shown confidence", min=0.0, max=1.0, step=0.01, value=0.25, visible=False,
+            tooltip="box detectors: show and count the detections scoring at least this, from the stored run "
+                    "(no new run); values below the run's confidence show all it kept")
         self.advanced = Collapsible("Advanced", [self.ensemble, *self.settings.advanced, self.device])
-        super().__init__(viewer, [self.image, self.model, *self.settings.main, self.advanced], "Segment")
+        super().__init__(viewer, [self.image, self.model, *self.settings.main, self.detection_conf, self.advanced],
+                         "Segment")
         from ._plot import LinePlot
 
         self.counts_plot = LinePlot(height_px=140, viewer=viewer)  # objects per frame of a stack: the counting view
@@ -41,6 +47,8 @@ class SegmentWidget(WorkerWidget):
         self.device.changed.connect(self._preload)
         self.model.combo.changed.connect(self._show_backend_options)
         self.ensemble.changed.connect(self._show_backend_options)
+        self.detection_conf.changed.connect(self._show_detections)
+        self._detection_source = None
         self.image.changed.connect(self.refresh_run_button)
         self.model.combo.changed.connect(self.refresh_run_button)
         self._preload()
@@ -60,6 +68,7 @@ class SegmentWidget(WorkerWidget):
         if len(names) > 1:
             backends.add("ensemble")
         self.settings.show_for_backends(None if None in backends else backends)
+        self.detection_conf.visible = backends == {"yolo-detect"}
 
     def _preload(self, *_):
         self.preload_thread = self._cache.preload(self.model.value, self.device.value)
@@ -83,6 +92,9 @@ class SegmentWidget(WorkerWidget):
         yield Progress(0, 1, 0, 1, "loading model")
         model = self._cache.get(model_name, device)  # in the worker thread, cached for re-runs
         result = yield from segment_iter(full_resolution(layer), model, rgb=layer.rgb, **parameters)
+        if getattr(result, "task", None) == "detect":  # boxes: the layers are written on the GUI thread
+            features_of(result)  # pandas' first import off the GUI thread
+            return result, None
         precompute_hashes(result)  # hashing a large result here keeps it off the GUI thread
         return result, build_new_layers(result, source, roles=roles)
 
@@ -109,6 +121,14 @@ class SegmentWidget(WorkerWidget):
             notify_error(ValueError(f"the image '{layer.name}' was closed during the run; result discarded"))
             return
         self.last_result = result
+        if getattr(result, "task", None) == "detect":
+            self._detection_source = layer
+            run_conf = float(result.metadata["parameters"]["conf"])
+            with self.detection_conf.changed.blocked():
+                self.detection_conf.value = run_conf
+            self.detection_conf.visible = True
+            self._show_detections(run_conf)
+            return
         yield from write_result_layers_in_steps(self._viewer, layer, result, new_layers=new_layers)
         yield
         counts = result.counts_per_frame()
@@ -118,3 +138,22 @@ class SegmentWidget(WorkerWidget):
         else:
             self.counts_plot.hide()
         self.status.value = result.describe()
+
+    def _show_detections(self, conf=None):
+        """The stored detections scoring at least ``conf`` written to the Points/Shapes layers, with their counts
+        (per frame, with the plot, for a stack): the confidence slider's live update, no model run."""
+        from ._layers import write_detection_layers
+
+        result, layer = self.last_result, self._detection_source
+        if getattr(result, "task", None) != "detect" or layer is None or layer not in self._viewer.layers:
+            return
+        conf = float(self.detection_conf.value if conf is None else conf)
+        write_detection_layers(self._viewer, layer, result, conf=conf)
+        counts = result.counts_per_frame(conf)
+        total = int(counts.sum())
+        if result.stack_shape:
+            self.counts_plot.show(range(len(counts)), counts, xlabel="frame", ylabel="detections",
+                                  title=f"{layer.name}: {total} detections at confidence {conf:.2f}")
+        else:
+            self.counts_plot.hide()
+        self.status.value = result.scoring_at_least(conf).describe() + f" (confidence >= {conf:.2f})"

@@ -69,8 +69,10 @@ class YoloBackend:
         task = getattr(self._model, "task", None)
         if task != "segment":
             raise ModelLoadError(
-                f"{path}: found an ultralytics '{task}' checkpoint; napari-cellseg needs a segmentation "
-                "checkpoint (a '-seg' model, task 'segment')"
+                f"{path}: found an ultralytics '{task}' checkpoint; the YOLO segmentation backend needs a "
+                "segmentation checkpoint (a '-seg' model, task 'segment')"
+                + ("; box detection checkpoints load with backend 'yolo-detect' (the default for such a file)"
+                   if task == "detect" else "")
             )
         self.info = _info_from_checkpoint(self._model, path, sha256)
         if onnx_wanted:
@@ -88,7 +90,7 @@ class YoloBackend:
     def _use_onnx(self, session, meta: dict, path: Path, sha256: str) -> None:
         from .onnx_engine import OnnxYolo
 
-        record = meta["info"]
+        record = _number_keys(meta["info"])
         self.info = ModelInfo(path=str(path.resolve()), sha256=sha256,
                               **{**record, "class_names": {int(k): v for k, v in record["class_names"].items()}})
         self._onnx = OnnxYolo(session, len(self.info.class_names))
@@ -203,7 +205,22 @@ def _info_record(info: ModelInfo) -> dict:
 
     record = {name: getattr(info, name) for name in _info_fields()}
     record["class_names"] = {str(k): v for k, v in info.class_names.items()}
-    return json.loads(json.dumps(record, default=str))  # what a JSON file cannot hold is kept as text
+    return _number_keys(json.loads(json.dumps(record, default=str)))  # what JSON cannot hold is kept as text
+
+
+def _number_keys(value):
+    """JSON writes a mapping's number keys as text (a calibration's score thresholds): read them back as
+    numbers, so a cached export's information equals the checkpoint's."""
+    if isinstance(value, dict):
+        def key(k):
+            try:
+                return float(k) if isinstance(k, str) and "." in k else k
+            except ValueError:
+                return k
+        return {key(k): _number_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_number_keys(v) for v in value]
+    return value
 
 
 @functools.cache
