@@ -16,7 +16,11 @@ loop was free, a longer one is a stall (the user's clicks, paints and drags wait
   (and ultralytics) in the background (outside a run, for reference);
 * ``fine-tune``: Fine-tune a model from the sample image and its ground truth (``--epochs`` epochs);
 * ``student``: Train U-Net student on the sample and its ground truth (``--epochs`` epochs of
-  ``--student-steps`` steps).
+  ``--student-steps`` steps);
+* ``napari`` (the reference; run it alone, in a fresh process, as ``--jobs napari``): napari itself,
+  no plugin code, adding a Labels layer of the sample's ground truth and then a Points layer of its
+  centroids, each in an event-loop turn of its own, and painting them: the floor of what any plugin's
+  first result costs the GUI thread here (the first paint of a new layer compiles its shaders).
 
 ``--where`` also samples the GUI thread's Python stack whenever a tick is more than 60 ms late, and
 prints where the longest stalls were. Goal: the longest stall during a run < 100 ms.
@@ -246,6 +250,31 @@ def main(argv=None) -> int:
         widget.device.value = "cpu"
         assert widget.run_button.enabled
         measure(f"student ({args.epochs} epoch x {args.student_steps} steps)", widget.run, widget)
+
+    if "napari" in jobs:
+        from qtpy.QtCore import QTimer
+        from skimage.measure import regionprops
+
+        centroids = np.array([r.centroid for r in regionprops(np.asarray(truth.data))])
+        state = {"steps": 0}
+
+        def add_labels():
+            viewer.add_labels(np.asarray(truth.data).copy(), name="napari alone: labels")
+            QTimer.singleShot(50, add_points)
+
+        def add_points():
+            viewer.add_points(centroids, name="napari alone: points", size=6)
+            QTimer.singleShot(300, lambda: state.update(steps=1))
+
+        class Reference:  # `measure` waits for `idle(widget)`, here: both layers added and painted
+            worker = None
+            status = argparse.Namespace(value="napari add_labels, then add_points")
+
+            @property
+            def _steps(self):
+                return None if state["steps"] else True
+
+        measure("napari alone: add_labels + add_points (reference)", add_labels, Reference())
 
     import os
 
