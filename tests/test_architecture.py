@@ -137,3 +137,13 @@ def test_every_import_of_the_package_names_a_module_that_exists():
             if not (path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()):
                 missing.append(f"{module} -> {target}")
     assert not missing, "\n".join(sorted(missing))
+
+
+def test_the_cli_is_one_module_per_command():
+    """Each subcommand's arguments and run function live in cli/<command>.py; cli/__init__ only assembles them."""
+    from napari_cellseg.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices
+    for name, parser in sub.items():
+        func = parser.get_default("func")
+        assert func.__module__ == f"napari_cellseg.cli.{name.replace('-', '_')}" and func.__name__ == "run", name

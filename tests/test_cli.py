@@ -171,3 +171,15 @@ def test_a_light_image_goes_to_the_bright_field_model_and_no_bright_field_keeps_
     assert used[False][0] == "nuclei_yolo11n_seg_brightfield.pt"
     assert used[False][1]["model"].endswith("nuclei_yolo11n_seg.pt")
     assert used[True] == ("nuclei_yolo11n_seg.pt", None)
+
+
+def test_help_imports_no_heavy_library():
+    """`napari-cellseg --help` stays fast: the commands import numpy, torch and the rest inside their run."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from napari_cellseg.cli import build_parser; build_parser().format_help(); "
+            "print(sorted(m for m in ('numpy', 'torch', 'ultralytics', 'napari', 'qtpy', 'tqdm', 'skimage') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -3,7 +3,8 @@ import pytest
 from napari_cellseg import load_model
 from napari_cellseg.cli import main
 from napari_cellseg.core.datasets import export_dataset
-from napari_cellseg.pipeline.finetune import finetune_architecture, finetune_iter, tile_dataset
+from napari_cellseg.pipeline.finetune import finetune_architecture, finetune_iter
+from napari_cellseg.yolo.train import tile_dataset
 
 from synthetic import disc_image
 

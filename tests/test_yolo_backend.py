@@ -59,7 +59,7 @@ def test_a_checkpoints_calibrated_score_threshold_is_the_default(tmp_path, tiny_
 def test_a_tta_calibration_is_stored_apart_and_used_only_by_tta_runs(tmp_path, tiny_yolo):
     import shutil
 
-    from napari_cellseg.pipeline.finetune import store_calibration
+    from napari_cellseg.yolo.train import store_calibration
 
     path = shutil.copy(tiny_yolo, tmp_path / "tta.pt")
     store_calibration(path, {"conf": 0.4, "tta": True, "f1_50_by_conf": {0.4: 1.0}, "images": ["a"]})

@@ -124,6 +124,23 @@ class TrainResult:
     def confusion(self) -> np.ndarray | None:
         return None if self.evaluation is None else self.evaluation.confusion
 
+    def save(self, out: str | Path) -> dict[str, Path | list[Path]]:
+        """Write the best epoch to ``out``, the last one to ``<out>_last.pt``, ``<out>_history.csv`` and, with a
+        validation, ``<out>_validation.csv`` and ``_confusion.csv``. Returns the paths by kind ("best", "last",
+        "history", "validation": a list, empty without a validation)."""
+        from ..core.io import write_csv
+
+        out = Path(out)
+        last = out.with_name(out.stem + "_last" + (out.suffix or ".pt"))
+        extra = dict(history=self.history, notes=self.notes)
+        self.classifier.save(out, best_epoch=self.best_epoch, **extra)
+        self.last.save(last, best_epoch=len(self.history), **extra)
+        stem = out.with_suffix("")
+        history = stem.with_name(stem.name + "_history.csv")
+        write_csv(history, {k: [row.get(k, "") for row in self.history] for k in self.history[0]})
+        validation = self.evaluation.write_csvs(stem) if self.evaluation is not None else []
+        return {"best": out, "last": last, "history": history, "validation": validation}
+
 
 def load_crop_folders(root: str | Path, size: int | None = None, channels: list[int] | None = None,
                       class_names: list[str] | None = None):

@@ -263,21 +263,13 @@ class ClassifyWidget(WorkerWidget):
                     on_done=lambda result: self._on_trained(result, out))
 
     def _on_trained(self, result, out: Path):
-        from ..core.io import write_csv
-
         self.last_training = result
-        extra = dict(history=result.history, notes=result.notes)
-        result.classifier.save(out, best_epoch=result.best_epoch, **extra)
-        result.last.save(out.with_name(out.stem + "_last" + (out.suffix or ".pt")), **extra)
-        stem = out.with_suffix("")
-        write_csv(stem.with_name(stem.name + "_history.csv"),
-                  {k: [row.get(k, "") for row in result.history] for k in result.history[0]})
+        result.save(out)  # the best and last epochs, the history and the validation CSVs
         self.model_file.value = str(out)
         self.classifier = None  # reload from the file on the next run
         message = f"classifier saved to {out.name}; " + "; ".join(result.notes)
         evaluation = result.evaluation
         if evaluation is not None:
-            evaluation.write_csvs(stem)
             table = {"class": list(evaluation.class_names), "recall": list(np.round(evaluation.recall, 3))}
             table.update({f"-> {n}": evaluation.confusion[:, k].tolist() for k, n in enumerate(evaluation.class_names)})
             self.validation.value = table
