@@ -197,9 +197,12 @@ def cmd_finetune(args) -> int:
     from .pipeline.segment import run
 
     data = Path(args.data)
-    data_yaml = data / "data.yaml" if data.is_dir() else data
-    if not data_yaml.is_file():
-        raise CliError(f"{args.data}: no data.yaml (export a dataset with 'napari-cellseg export')")
+    data_yaml = data / "data.yaml" if data.is_dir() and (data / "data.yaml").is_file() else data
+    if data.is_dir() and data_yaml == data and not ((data / "images").is_dir() and (data / "labels").is_dir()):
+        raise CliError(f"{args.data}: no data.yaml and no images/ + labels/ folders (export a dataset with "
+                       "'napari-cellseg export')")
+    if not data_yaml.exists():
+        raise CliError(f"{args.data}: no such dataset (a data.yaml, a COCO .json or an images/ + labels/ folder)")
     from .pipeline.finetune import finetune_architecture
 
     arch = "YOLO detection" if args.task == "detect" else finetune_architecture(args.model, args.arch)
@@ -547,7 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ft = sub.add_parser("finetune", help="fine-tune a YOLO segmentation model on an exported dataset")
     ft.add_argument("--model", default="nuclei", help="model to start from (default: the shipped nuclei model)")
-    ft.add_argument("--data", required=True, help="dataset folder (with data.yaml) or the data.yaml itself")
+    ft.add_argument("--data", required=True, help="dataset: a folder with data.yaml, the data.yaml itself, a "
+                    "COCO .json (Mask R-CNN; train.json uses the val.json beside it) or an images/ + labels/ "
+                    "folder (Mask R-CNN)")
     ft.add_argument("--out", required=True, help="where to write the fine-tuned model (.pt)")
     FinetuneOptions.add_arguments(ft)
     ft.add_argument("--device", default="cpu")
