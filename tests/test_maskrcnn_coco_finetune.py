@@ -103,6 +103,8 @@ def test_a_coco_json_with_two_categories_trains_a_two_class_model_validated_by_m
     image, _ = _shapes_image(5)
     segmented = run(segment_iter(image, model, conf=0.0))
     assert segmented.labels.shape == (80, 80)
+    assert set(segmented.objects["class_name"]) <= {"square", "disc"}  # the COCO names in the outputs
+    assert model.info.class_names == {0: "square", 1: "disc"}
     assert model.config.num_classes == 2 and model.config.class_names == {0: "square", 1: "disc"}
     import torch
 
@@ -206,3 +208,44 @@ def test_bad_start_checkpoints_fail_in_one_line_and_write_nothing(tmp_path):
         message = str(info.value)
         assert "\n" not in message and found in message, message
         assert not out.exists() and not last_path(out).exists() and not (out.parent / "config.yaml").exists()
+
+
+class _Oracle:
+    """Stands in for a model in eval mode: predicts each frame's ground truth (score 0.9) or nothing."""
+
+    training = False
+
+    def __init__(self, answers):
+        self.answers = iter(answers)
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
+
+    def __call__(self, images):
+        import torch
+
+        labels, classes = next(self.answers)
+        ids = [i for i in np.unique(labels) if i > 0]
+        masks = torch.tensor(np.stack([labels == i for i in ids])[:, None].astype(np.float32))
+        return [{"masks": masks, "scores": torch.full((len(ids),), 0.9),
+                 "labels": torch.tensor([classes.get(int(i), 0) + 1 for i in ids])}]
+
+
+def test_validation_mask_map_is_pycocotools_segm_map():
+    """The evaluator gives 1.0 for perfect masks, and a wrong class or a shifted mask costs what COCOeval says."""
+    from napari_cellseg.maskrcnn.train import evaluate_masks
+
+    labels = np.zeros((40, 40), np.int32)
+    labels[5:15, 5:15], labels[20:35, 20:35] = 1, 2
+    frames = [(np.zeros((40, 40, 3), np.uint8), labels, {1: 0, 2: 1})]
+    perfect = evaluate_masks(_Oracle([(labels, {1: 0, 2: 1})]), frames, 2, bgr=False)
+    assert perfect == {"val/mask_mAP50": 1.0, "val/mask_mAP50-95": 1.0}
+    swapped = evaluate_masks(_Oracle([(labels, {1: 1, 2: 0})]), frames, 2, bgr=False)
+    assert swapped == {"val/mask_mAP50": 0.0, "val/mask_mAP50-95": 0.0}
+    shifted = np.zeros_like(labels)
+    shifted[7:17, 5:15], shifted[20:35, 20:35] = 1, 2  # IoU 8/12 = 0.67 for the first object
+    partial = evaluate_masks(_Oracle([(shifted, {1: 0, 2: 1})]), frames, 2, bgr=False)
+    assert partial["val/mask_mAP50"] == 1.0 and 0.5 < partial["val/mask_mAP50-95"] < 1.0
