@@ -11,7 +11,9 @@ from ._common import CliError
 def add_parser(sub):
     ft = sub.add_parser("finetune", help="fine-tune a YOLO segmentation model on an exported dataset")
     ft.add_argument("--model", default="nuclei", help="model to start from (default: the shipped nuclei model)")
-    ft.add_argument("--data", required=True, help="dataset folder (with data.yaml) or the data.yaml itself")
+    ft.add_argument("--data", required=True, help="dataset: a folder with data.yaml, the data.yaml itself, a "
+                    "COCO .json (Mask R-CNN; train.json uses the val.json beside it) or an images/ + labels/ "
+                    "folder (Mask R-CNN)")
     ft.add_argument("--out", required=True, help="where to write the fine-tuned model (.pt)")
     FinetuneOptions.add_arguments(ft)
     ft.add_argument("--device", default="cpu")
@@ -26,9 +28,12 @@ def run(args) -> int:
     from ..pipeline.segment import run as run_job
 
     data = Path(args.data)
-    data_yaml = data / "data.yaml" if data.is_dir() else data
-    if not data_yaml.is_file():
-        raise CliError(f"{args.data}: no data.yaml (export a dataset with 'napari-cellseg export')")
+    data_yaml = data / "data.yaml" if data.is_dir() and (data / "data.yaml").is_file() else data
+    if data.is_dir() and data_yaml == data and not ((data / "images").is_dir() and (data / "labels").is_dir()):
+        raise CliError(f"{args.data}: no data.yaml and no images/ + labels/ folders (export a dataset with "
+                       "'napari-cellseg export')")
+    if not data_yaml.exists():
+        raise CliError(f"{args.data}: no such dataset (a data.yaml, a COCO .json or an images/ + labels/ folder)")
     arch = "YOLO detection" if args.task == "detect" else finetune_architecture(args.model, args.arch)
     with tqdm(total=1, unit="batch", disable=True if args.quiet else None, file=sys.stderr) as bar:
         def on_progress(progress):

@@ -147,8 +147,17 @@ def write_coco_dataset(frames, out_dir, *, val_names=(), class_names=("cell",)) 
     return out
 
 
-def read_coco_dataset(json_path: str | os.PathLike):
-    """Yield (name, image, labels) from a COCO file with RLE or polygon masks."""
+def coco_categories(json_path: str | os.PathLike) -> list[tuple[int, str]]:
+    """(category id, name) of a COCO file, in id order."""
+    import json
+
+    coco = json.loads(Path(json_path).read_text())
+    return sorted((int(c["id"]), str(c.get("name", c["id"]))) for c in coco.get("categories", []))
+
+
+def read_coco_dataset(json_path: str | os.PathLike, with_classes: bool = False):
+    """Yield (name, image, labels) from a COCO file with RLE or polygon masks; ``with_classes``:
+    (name, image, labels, {label: class index}), the index being the category's rank in id order."""
     import json
 
     from pycocotools import mask as mask_utils
@@ -160,10 +169,13 @@ def read_coco_dataset(json_path: str | os.PathLike):
     by_image: dict = {}
     for ann in coco.get("annotations", []):
         by_image.setdefault(ann["image_id"], []).append(ann)
+    rank = {int(c["id"]): i for i, c in enumerate(sorted(coco.get("categories", []), key=lambda c: int(c["id"])))}
     for info in coco["images"]:
         h, w = info["height"], info["width"]
         labels = np.zeros((h, w), np.int32)
+        classes = {}
         for k, ann in enumerate(by_image.get(info["id"], []), start=1):
+            classes[k] = rank.get(int(ann.get("category_id", 0)), 0)
             segmentation = ann["segmentation"]
             if isinstance(segmentation, list):  # polygons
                 rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, h, w))
@@ -172,7 +184,38 @@ def read_coco_dataset(json_path: str | os.PathLike):
             else:
                 rle = segmentation
             labels[(mask_utils.decode(rle) > 0) & (labels == 0)] = k
-        yield Path(info["file_name"]).stem, read_image(json_path.parent / info["file_name"]), labels
+        image = read_image(json_path.parent / info["file_name"])
+        if with_classes:
+            present = set(np.unique(labels).tolist())
+            yield Path(info["file_name"]).stem, image, labels, {k: c for k, c in classes.items() if k in present}
+        else:
+            yield Path(info["file_name"]).stem, image, labels
+
+
+def read_label_folders(root: str | os.PathLike):
+    """Yield (name, image, labels) from ``root/images`` and ``root/labels`` (instance label images of
+    the same stem, optionally ending in ``_labels`` or ``_masks``)."""
+    from .io import read_image
+
+    root = Path(root)
+    images, labels_dir = root / "images", root / "labels"
+    if not images.is_dir() or not labels_dir.is_dir():
+        raise DatasetError(f"{root}: expected images/ and labels/ folders")
+    by_stem = {}
+    for path in sorted(labels_dir.iterdir()):
+        if path.is_file() and not path.name.startswith("."):
+            stem = path.stem.removesuffix(".ome")
+            for suffix in ("_labels", "_masks", "_mask"):
+                stem = stem.removesuffix(suffix)
+            by_stem[stem] = path
+    found = 0
+    for path in sorted(images.iterdir()):
+        stem = path.stem.removesuffix(".ome")
+        if path.is_file() and stem in by_stem:
+            found += 1
+            yield stem, read_image(path), np.asarray(read_image(by_stem[stem])).astype(np.int32)
+    if not found:
+        raise DatasetError(f"{root}: no image in images/ has a label image of the same name in labels/")
 
 
 def read_yolo_dataset(data_yaml: str | os.PathLike, splits: Sequence[str] = ("train", "val", "test")):

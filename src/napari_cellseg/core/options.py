@@ -265,9 +265,10 @@ class FinetuneOptions(Options):
         unit="network pixels per image pixel", min=0.05, max=8.0, step=0.05, model_value=True,
         backends=("yolo",)))
     val_fraction: float = option(0.2, Spec(
-        "share of the images kept aside to validate every epoch and to calibrate the score threshold (layers "
-        "exported from the viewer; an exported dataset keeps its own split)", label="validation share",
-        min=0.0, max=0.9, step=0.05, cli=False))
+        "share of the images kept aside to validate every epoch (Mask R-CNN: mask mAP, the best epoch is kept) "
+        "and to calibrate the score threshold (layers exported from the viewer, label folders, a COCO file "
+        "without a val json; an exported dataset keeps its own split)", label="validation share",
+        min=0.0, max=0.9, step=0.05))
     task: str = option("segment", Spec(
         "segment: masks; detect: a box detector (ultralytics) on a box dataset, e.g. a Roboflow 'YOLO' export as "
         "downloaded; the start model may then be a detection or segmentation checkpoint (its weights where they "

@@ -153,6 +153,9 @@ def checkpoint_to_torchvision(path: Path, checkpoint: dict | None = None) -> tup
         if "input_range" not in ours["maskrcnn_config"]:  # written before the key: trained on stretched frames
             config.input_range = "percentiles"
         config.notes_are_history = True  # its notes tell how it was trained, not what loading found
+        if is_detectron2_state(state):  # fine-tuned here and written in detectron2's layout
+            converted, unmapped = convert_detectron2_state(state, config.num_classes)
+            return converted, unmapped, config
         return state, [], config
     if is_detectron2_state(state):
         try:

@@ -400,3 +400,104 @@ def load_weights_strict(model, state: dict, unmapped: list[str], path) -> None:
             + listing("wrong shape", mismatched)
         )
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
+
+
+# ---------------------------------------------------------------- back to detectron2 (fine-tuned checkpoints)
+
+
+def _inverse_name(name: str) -> str | None:
+    m = re.match(r"^backbone\.body\.(conv1|bn1)\.(\w+)$", name)
+    if m:
+        return f"backbone.bottom_up.stem.conv1{'.norm' if m.group(1) == 'bn1' else ''}.{m.group(2)}"
+    m = re.match(r"^backbone\.body\.layer([1-4])\.(\d+)\.(conv[123]|bn[123]|downsample\.[01])\.(\w+)$", name)
+    if m:
+        layer, block, part, param = m.groups()
+        stage = f"backbone.bottom_up.res{int(layer) + 1}.{block}"
+        if part.startswith("downsample"):
+            return f"{stage}.shortcut{'.norm' if part.endswith('1') else ''}.{param}"
+        return f"{stage}.conv{part[-1]}{'.norm' if part.startswith('bn') else ''}.{param}"
+    m = re.match(r"^backbone\.fpn\.(inner|layer)_blocks\.([0-3])\.0\.(weight|bias)$", name)
+    if m:
+        kind, level, param = m.groups()
+        return f"backbone.fpn_{'lateral' if kind == 'inner' else 'output'}{int(level) + 2}.{param}"
+    prefix, _, param = name.rpartition(".")
+    for d2, tv in _SIMPLE.items():
+        if tv == prefix:
+            return f"{d2}.{param}"
+    return None
+
+
+def torchvision_to_detectron2_state(state: dict, num_classes: int) -> dict:
+    """The inverse of :func:`convert_detectron2_state`: torchvision names and layouts -> detectron2's
+    (``backbone.bottom_up.res2..5``, background last in ``cls_score``, 4K box deltas, K mask channels),
+    so ``DetectionCheckpointer`` loads the result into detectron2's own GeneralizedRCNN."""
+    import torch
+
+    out: dict = {}
+    k = num_classes
+    for name, value in state.items():
+        if name.endswith("num_batches_tracked"):
+            continue
+        tensor = value.detach().cpu().float()
+        if name.startswith("roi_heads.box_predictor.cls_score."):
+            out[name] = torch.cat([tensor[1:], tensor[:1]])  # background first -> last
+        elif name.startswith("roi_heads.box_predictor.bbox_pred."):
+            out[name] = tensor[4:].clone()  # drop the background block
+        elif name.startswith("roi_heads.mask_predictor.mask_fcn_logits."):
+            out[f"roi_heads.mask_head.predictor.{name.rpartition('.')[2]}"] = tensor[1:].clone()
+        else:
+            target = _inverse_name(name)
+            if target is None:
+                raise ModelLoadError(f"{name}: no detectron2 name for this torchvision weight")
+            out[target] = tensor
+    if out["roi_heads.box_predictor.cls_score.weight"].shape[0] != k + 1:
+        raise ModelLoadError(f"the box predictor has {out['roi_heads.box_predictor.cls_score.weight'].shape[0]} rows, "
+                             f"expected {k + 1}")
+    return out
+
+
+def detectron2_config_dict(config: MaskRCNNConfig, base: dict | None = None) -> dict:
+    """A detectron2 config (nested dict, as ``cfg.dump()`` writes) describing ``config``: ``base`` (the start
+    checkpoint's own config.yaml) with the keys this plugin knows set from ``config``."""
+    import copy
+
+    cfg = copy.deepcopy(base) if base else {
+        "MODEL": {"META_ARCHITECTURE": "GeneralizedRCNN", "MASK_ON": True,
+                  "BACKBONE": {"NAME": "build_resnet_fpn_backbone"},
+                  "RESNETS": {"OUT_FEATURES": ["res2", "res3", "res4", "res5"], "NORM": "FrozenBN"},
+                  "FPN": {"IN_FEATURES": ["res2", "res3", "res4", "res5"]},
+                  "ANCHOR_GENERATOR": {"NAME": "DefaultAnchorGenerator"},
+                  "RPN": {"IN_FEATURES": ["p2", "p3", "p4", "p5", "p6"]},
+                  "ROI_HEADS": {"NAME": "StandardROIHeads", "IN_FEATURES": ["p2", "p3", "p4", "p5"]},
+                  "ROI_BOX_HEAD": {"NAME": "FastRCNNConvFCHead", "NUM_FC": 2, "POOLER_RESOLUTION": 7},
+                  "ROI_MASK_HEAD": {"NAME": "MaskRCNNConvUpsampleHead", "NUM_CONV": 4}},
+        "VERSION": 2}
+    values = {
+        "MODEL.RESNETS.DEPTH": config.depth, "MODEL.RESNETS.NUM_GROUPS": config.groups,
+        "MODEL.RESNETS.WIDTH_PER_GROUP": config.width_per_group, "MODEL.RESNETS.STRIDE_IN_1X1": config.stride_in_1x1,
+        "MODEL.PIXEL_MEAN": list(config.pixel_mean), "MODEL.PIXEL_STD": list(config.pixel_std),
+        "INPUT.FORMAT": config.input_format, "INPUT.MIN_SIZE_TEST": config.min_size_test,
+        "INPUT.MAX_SIZE_TEST": config.max_size_test, "MODEL.ROI_HEADS.NUM_CLASSES": config.num_classes,
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST": config.score_thresh, "MODEL.ROI_HEADS.NMS_THRESH_TEST": config.nms_thresh,
+        "TEST.DETECTIONS_PER_IMAGE": config.detections_per_image,
+        "MODEL.ANCHOR_GENERATOR.SIZES": [list(s) for s in config.anchor_sizes],
+        "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS": [list(config.aspect_ratios)],
+        "MODEL.RPN.PRE_NMS_TOPK_TEST": config.rpn_pre_nms_topk_test,
+        "MODEL.RPN.POST_NMS_TOPK_TEST": config.rpn_post_nms_topk_test, "MODEL.RPN.NMS_THRESH": config.rpn_nms_thresh,
+        "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO": config.sampling_ratio,
+        "MODEL.ROI_BOX_HEAD.POOLER_TYPE": "ROIAlignV2" if config.roi_align_aligned else "ROIAlign",
+        "MODEL.ROI_MASK_HEAD.POOLER_TYPE": "ROIAlignV2" if config.mask_roi_align_aligned else "ROIAlign",
+        "MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO": config.mask_sampling_ratio,
+        "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION": config.mask_pooler_resolution,
+        "MODEL.PROPOSAL_GENERATOR.MIN_SIZE": config.rpn_min_size, "MODEL.ANCHOR_GENERATOR.OFFSET": config.anchor_offset,
+        "MODEL.RPN.BBOX_REG_WEIGHTS": list(config.rpn_box_reg_weights),
+        "MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS": list(config.box_reg_weights),
+        "MODEL.WEIGHTS": "",
+    }
+    for dotted, value in values.items():
+        node = cfg
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return cfg

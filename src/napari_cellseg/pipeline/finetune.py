@@ -66,6 +66,26 @@ def finetune_architecture(model: str | os.PathLike | None, arch: str = "auto") -
     return "maskrcnn" if path is not None and maskrcnn.probe(path) else "yolo"
 
 
+def _coco_samples(json_path: Path, val_fraction: float) -> tuple[list, dict]:
+    """Training samples (with classes) of a COCO file and the Mask R-CNN keyword arguments: the class
+    names, and the validation images: the file's own val json (``train*.json`` -> ``val*.json``
+    beside it) where there is one, else a seeded ``val_fraction`` of its images."""
+    import numpy as np
+
+    from ..core.datasets import coco_categories, read_coco_dataset
+
+    samples = list(read_coco_dataset(json_path, with_classes=True))
+    extra = {"class_names": [name for _, name in coco_categories(json_path)] or None}
+    val_json = json_path.with_name(json_path.name.replace("train", "val")) if "train" in json_path.name else None
+    if val_json is not None and val_json.is_file() and val_json != json_path:
+        val = [s for s in read_coco_dataset(val_json, with_classes=True) if np.asarray(s[2]).max() > 0]
+        if val:
+            extra["val_samples"] = val
+            return samples, extra
+    extra["val_fraction"] = val_fraction
+    return samples, extra
+
+
 def train_any_iter(
     model: str | Path | None, out: str | Path, *, task: str = "segment", arch: str = "auto",
     data_yaml: str | Path | None = None, samples=None, epochs: int = 10, batch: int | None = None,
@@ -97,9 +117,19 @@ def train_any_iter(
 
         base = model if model and finetune_architecture(model) == "maskrcnn" else None  # else: a new one
         size = {"min_size": imgsz, "max_size": round(imgsz * 1333 / 800)} if imgsz else {}
-        samples = list(read_yolo_dataset(data_yaml)) if samples is None else list(samples)
+        extra = {"val_fraction": val_fraction}
+        if samples is not None:
+            samples = list(samples)
+        elif Path(data_yaml).suffix.lower() == ".json":  # a COCO dataset (Sartorius, LIVECell): classes kept
+            samples, extra = _coco_samples(Path(data_yaml), val_fraction)
+        elif Path(data_yaml).is_dir():  # images/ + labels/ (instance label images)
+            from ..core.datasets import read_label_folders
+
+            samples = list(read_label_folders(data_yaml))
+        else:
+            samples = list(read_yolo_dataset(data_yaml))
         return (yield from maskrcnn_finetune_iter(samples, out, base=base, epochs=epochs, batch=batch or 2,
-                                                  device=device, backbone_weights=backbone_weights, **size))
+                                                  device=device, backbone_weights=backbone_weights, **size, **extra))
     workdir = Path(tempfile.mkdtemp(prefix="napari-cellseg-train-"))
     try:
         if data_yaml is None:
