@@ -8,7 +8,6 @@ duplicates). Skipped when the shared folder is absent.
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 import shutil
 from pathlib import Path
@@ -16,24 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from detectron2_fixture_path import SKIP_REASON, detectron2_fixture_dir
 from napari_cellseg import load_model
 from napari_cellseg.core.backend import InferenceSettings, ModelLoadError
 
 
-def _fixture_dir() -> Path | None:
-    candidates = [Path(os.environ["CELLSEG_SHARED"])] if os.environ.get("CELLSEG_SHARED") else []
-    candidates.append(Path(__file__).resolve().parents[2] / "shared")
-    for shared in candidates:
-        if (shared / "fixtures" / "detectron2" / "model_final.pth").is_file():
-            return shared / "fixtures" / "detectron2"
-    return None
-
-
-FIXTURE = _fixture_dir()
+FIXTURE = detectron2_fixture_dir()
 pytestmark = [
     pytest.mark.realdata,
-    pytest.mark.skipif(FIXTURE is None, reason="shared/fixtures/detectron2 is not present "
-                                               "(set CELLSEG_SHARED to the folder holding fixtures/)"),
+    pytest.mark.skipif(FIXTURE is None, reason=SKIP_REASON),
 ]
 IMAGES = sorted(p.name for p in FIXTURE.glob("pred_*.npz")) if FIXTURE else []
 MIN_SCORE = 0.05  # every detectron2 detection at least this confident must be reproduced

@@ -2,30 +2,20 @@
 RLE), a validation split scored with pycocotools' mask mAP every epoch, best and last checkpoints, and
 a result in detectron2's own layout (checked against the real detectron2 checkpoint in shared/)."""
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from detectron2_fixture_path import SKIP_REASON, detectron2_fixture_dir
 from napari_cellseg import load_model
 from napari_cellseg.core.backend import ModelLoadError
 from napari_cellseg.maskrcnn.train import last_path, maskrcnn_finetune_iter
 from napari_cellseg.pipeline.segment import run, segment_iter
 
 
-def _fixture_dir() -> Path | None:
-    candidates = [Path(os.environ["CELLSEG_SHARED"])] if os.environ.get("CELLSEG_SHARED") else []
-    candidates.append(Path(__file__).resolve().parents[2] / "shared")
-    for shared in candidates:
-        if (shared / "fixtures" / "detectron2" / "model_final.pth").is_file():
-            return shared / "fixtures" / "detectron2"
-    return None
-
-
-FIXTURE = _fixture_dir()
-needs_fixture = pytest.mark.skipif(FIXTURE is None, reason="shared/fixtures/detectron2 is not present "
-                                                           "(set CELLSEG_SHARED to the folder holding fixtures/)")
+FIXTURE = detectron2_fixture_dir()
+needs_fixture = pytest.mark.skipif(FIXTURE is None, reason=SKIP_REASON)
 
 
 def _shapes_image(seed: int, size: int = 80):
