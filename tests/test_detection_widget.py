@@ -5,16 +5,14 @@ import pytest
 
 from napari_cellseg.widgets._layers import META_KEY
 
-from napari_path import open_widget
+from napari_path import open_widget, run_and_wait
 from tiny_detector import disc_samples
 
 pytestmark = pytest.mark.gui
 
 
 def _run(qtbot, widget, timeout=120_000):
-    widget.run()
-    assert widget.worker is not None
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=timeout)
+    run_and_wait(qtbot, widget, timeout)
 
 
 def _own(viewer, role):

@@ -4,15 +4,13 @@ import pytest
 from napari_cellseg.widgets._layers import META_KEY, is_edited
 
 from synthetic import disc_image
-from napari_path import open_widget
+from napari_path import open_widget, run_and_wait
 
 pytestmark = pytest.mark.gui
 
 
 def _run(qtbot, widget, timeout=60_000):
-    widget.run()
-    assert widget.worker is not None
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=timeout)
+    run_and_wait(qtbot, widget, timeout)
 
 
 def _own(viewer, role):
