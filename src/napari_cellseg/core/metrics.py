@@ -122,11 +122,12 @@ def dice(pred: np.ndarray, gt: np.ndarray) -> float:
     return float(2 * np.logical_and(p, g).sum() / total) if total else 1.0
 
 
-def coco_mask_map(pred: np.ndarray, gt: np.ndarray, scores: dict[int, float] | None = None) -> dict:
-    """COCO mask AP (pycocotools): mAP over IoU 0.50:0.95, AP50 and AP75.
+def coco_segm_stats(shapes, truths, predictions, *, num_classes: int = 1, max_dets=None):
+    """pycocotools' COCOeval ("segm") summary statistics (``stats``: mAP50-95, AP50, AP75, ...).
 
-    A stack is treated as one COCO image per frame. Without scores every
-    prediction counts as equally confident.
+    ``shapes[i]`` is image i's (height, width); ``truths[i]`` yields its (mask, class index) pairs and
+    ``predictions[i]`` its (mask, class index, score) triples, masks encoded one at a time (they may
+    overlap). ``max_dets``: COCOeval's maxDets (its default, 1/10/100, when None).
     """
     import contextlib
     import io
@@ -135,38 +136,55 @@ def coco_mask_map(pred: np.ndarray, gt: np.ndarray, scores: dict[int, float] | N
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    pred = np.asarray(pred).reshape((-1,) + np.shape(pred)[-2:])
-    gt = np.asarray(gt).reshape((-1,) + np.shape(gt)[-2:])
-    scores = scores or {}
+    def rle_of(mask):
+        rle = mask_utils.encode(np.asfortranarray(np.asarray(mask).astype(np.uint8)))
+        return {"size": rle["size"], "counts": rle["counts"].decode()}
+
     images, annotations, detections = [], [], []
-    for index, (p, g) in enumerate(zip(pred, gt)):
-        images.append({"id": index, "height": g.shape[0], "width": g.shape[1]})
-        for label in np.unique(g[g > 0]):
-            rle = mask_utils.encode(np.asfortranarray((g == label).astype(np.uint8)))
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": index, "category_id": 1, "iscrowd": 0,
-                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
-                "area": float(mask_utils.area(rle)), "bbox": list(mask_utils.toBbox(rle)),
-            })
-        for label in np.unique(p[p > 0]):
-            rle = mask_utils.encode(np.asfortranarray((p == label).astype(np.uint8)))
-            detections.append({
-                "image_id": index, "category_id": 1, "score": float(scores.get(int(label), 1.0)),
-                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
-            })
-    if not annotations or not detections:
-        return {"map": 0.0 if annotations or detections else 1.0, "ap50": float("nan"), "ap75": float("nan")}
+    for image_id, (shape, image_truths, image_predictions) in enumerate(zip(shapes, truths, predictions), start=1):
+        images.append({"id": image_id, "height": int(shape[0]), "width": int(shape[1])})
+        for mask, cls in image_truths:
+            rle = rle_of(mask)
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(cls) + 1,
+                                "iscrowd": 0, "segmentation": rle, "area": float(mask_utils.area(rle)),
+                                "bbox": [float(v) for v in mask_utils.toBbox(rle)]})
+        for mask, cls, score in image_predictions:
+            detections.append({"image_id": image_id, "category_id": int(cls) + 1, "score": float(score),
+                               "segmentation": rle_of(mask)})
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its summary
         coco_gt = COCO()
-        coco_gt.dataset = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "object"}]}
+        coco_gt.dataset = {"images": images, "annotations": annotations,
+                           "categories": [{"id": c + 1, "name": str(c)} for c in range(num_classes)]}
         coco_gt.createIndex()
-        coco_dt = coco_gt.loadRes(detections)
-        evaluator = COCOeval(coco_gt, coco_dt, iouType="segm")
-        evaluator.params.maxDets = [1, 100, max(1000, len(detections))]  # dense images: no 100-object cap
+        evaluator = COCOeval(coco_gt, coco_gt.loadRes(detections), iouType="segm")
+        if max_dets is not None:
+            evaluator.params.maxDets = list(max_dets)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {"map": float(evaluator.stats[0]), "ap50": float(evaluator.stats[1]), "ap75": float(evaluator.stats[2])}
+    return evaluator.stats
+
+
+def coco_mask_map(pred: np.ndarray, gt: np.ndarray, scores: dict[int, float] | None = None) -> dict:
+    """COCO mask AP (pycocotools): mAP over IoU 0.50:0.95, AP50 and AP75.
+
+    A stack is treated as one COCO image per frame. Without scores every
+    prediction counts as equally confident.
+    """
+    pred = np.asarray(pred).reshape((-1,) + np.shape(pred)[-2:])
+    gt = np.asarray(gt).reshape((-1,) + np.shape(gt)[-2:])
+    scores = scores or {}
+    gt_ids = [np.unique(g[g > 0]) for g in gt]
+    pred_ids = [np.unique(p[p > 0]) for p in pred]
+    n_gt, n_pred = sum(len(i) for i in gt_ids), sum(len(i) for i in pred_ids)
+    if not n_gt or not n_pred:
+        return {"map": 0.0 if n_gt or n_pred else 1.0, "ap50": float("nan"), "ap75": float("nan")}
+    stats = coco_segm_stats(
+        [g.shape for g in gt],
+        [((g == label, 0) for label in ids) for g, ids in zip(gt, gt_ids)],
+        [((p == label, 0, scores.get(int(label), 1.0)) for label in ids) for p, ids in zip(pred, pred_ids)],
+        max_dets=[1, 100, max(1000, n_pred)])  # dense images: no 100-object cap
+    return {"map": float(stats[0]), "ap50": float(stats[1]), "ap75": float(stats[2])}
 
 
 def evaluate(pred: np.ndarray, gt: np.ndarray, scores: dict[int, float] | None = None,

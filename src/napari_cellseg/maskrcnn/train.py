@@ -81,46 +81,27 @@ def _tensor_of(rgb: np.ndarray, bgr: bool, device):
 def evaluate_masks(model, frames, num_classes: int, *, bgr: bool, device="cpu") -> dict:
     """Mask mAP50 and mAP50-95 (pycocotools COCOeval, ``segm``) of ``model`` in eval mode on
     (rgb, labels, classes) frames."""
-    import contextlib
-    import io
-
     import torch
-    from pycocotools import mask as mask_utils
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
 
-    gt = {"images": [], "annotations": [], "categories": [{"id": c + 1, "name": str(c)} for c in range(num_classes)]}
-    dets = []
+    from ..core.metrics import coco_segm_stats
+
+    truths, predictions = [], []
     was_training = model.training
     model.eval()
     try:
-        for image_id, (rgb, labels, classes) in enumerate(frames, start=1):
-            gt["images"].append({"id": image_id, "height": labels.shape[0], "width": labels.shape[1]})
-            for label in np.unique(labels[labels > 0]):
-                rle = mask_utils.encode(np.asfortranarray((labels == label).astype(np.uint8)))
-                gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": image_id, "iscrowd": 0,
-                                          "category_id": int(classes.get(int(label), 0)) + 1, "segmentation": rle,
-                                          "area": float(mask_utils.area(rle)),
-                                          "bbox": [float(v) for v in mask_utils.toBbox(rle)]})
+        for rgb, labels, classes in frames:
+            truths.append([(labels == label, classes.get(int(label), 0)) for label in np.unique(labels[labels > 0])])
             with torch.no_grad():
                 pred = model([_tensor_of(rgb, bgr, device)])[0]
             masks = (pred["masks"][:, 0] > 0.5).cpu().numpy()
-            for mask, score, cls in zip(masks, pred["scores"].tolist(), pred["labels"].tolist()):
-                rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-                dets.append({"image_id": image_id, "category_id": int(cls), "segmentation": rle, "score": float(score)})
+            # torchvision's labels count background as 0
+            predictions.append(list(zip(masks, [c - 1 for c in pred["labels"].tolist()], pred["scores"].tolist())))
     finally:
         model.train(was_training)
-    if not dets:
+    if not any(predictions):
         return {"val/mask_mAP50": 0.0, "val/mask_mAP50-95": 0.0}
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = gt
-        coco_gt.createIndex()
-        evaluator = COCOeval(coco_gt, coco_gt.loadRes(dets), "segm")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    map5095, map50 = (max(0.0, float(v)) for v in evaluator.stats[:2])
+    stats = coco_segm_stats([labels.shape for _, labels, _ in frames], truths, predictions, num_classes=num_classes)
+    map5095, map50 = (max(0.0, float(v)) for v in stats[:2])
     return {"val/mask_mAP50": round(map50, 4), "val/mask_mAP50-95": round(map5095, 4)}
 
 
