@@ -310,6 +310,30 @@ def test_an_empty_text_part_is_not_drawn_until_the_layer_has_text(qtbot, viewer_
     assert viewer.window._qt_viewer.canvas.layer_to_visual[other].node.text.visible
 
 
+def test_a_new_layers_first_draw_gets_a_turn_of_its_own(qtbot, viewer_with_image):
+    from napari_cellseg import segment
+    from napari_cellseg.widgets._layers import SourceInfo, build_new_layers, write_result_layers_in_steps
+
+    viewer, image_layer, _ = viewer_with_image
+    result = segment(image_layer.data, "otsu-watershed")
+    layers = build_new_layers(result, SourceInfo(image_layer, viewer.dims))
+    layers["points"].visible = False  # the user's choice is what the visual ends with
+    steps = write_result_layers_in_steps(viewer, image_layer, result, new_layers=layers)
+    visuals = viewer.window._qt_viewer.canvas.layer_to_visual
+    for layer in layers.values():
+        while layer not in viewer.layers:
+            next(steps)
+        assert not visuals[layer].node.visible  # the turn it joined: not drawn yet
+        next(steps, None)
+        assert visuals[layer].node.visible == layer.visible  # drawn in the next (if the layer is visible)
+    for _ in steps:
+        pass
+    assert visuals[layers["labels"]].node.visible and not visuals[layers["points"]].node.visible
+    layers["points"].visible = True  # napari's own visibility switch still drives the visual
+    assert visuals[layers["points"]].node.visible
+    assert len(viewer.layers) == 3
+
+
 def test_recent_models_are_offered(qtbot, make_napari_viewer, tiny_yolo):
     viewer = make_napari_viewer()
     widget = open_widget(viewer, "segment")

@@ -384,11 +384,26 @@ def hide_empty_text(vispy_layer, layer) -> None:
     text_events.connect(show_text_if_any)
 
 
+def _first_drawn_in_a_turn_of_its_own(vispy_layer, layer):
+    """Hide a new layer's visual in the turn it joined the scene and show it (as the layer says) in the
+    next: its first draw (its shaders generated and compiled, its data uploaded) is then painted apart
+    from the paint that follows the adding (the layer list, the controls)."""
+    node = getattr(vispy_layer, "node", None)
+    if node is None or not getattr(node, "visible", False):
+        return
+    node.visible = False
+    try:
+        yield
+    finally:
+        node.visible = bool(layer.visible)
+
+
 def _add_in_steps(viewer, write, new_layer):
     """``write(new_layer)`` (which adds it, or updates our earlier layer instead) as GUI steps: the
     layer's visual and its controls, each built in a turn of its own; the layer without its overlays
-    and unselected in the next turn; then each overlay in a turn of its own; then its selection as
-    the active layer (as napari does for any new layer)."""
+    and unselected in the next turn, its visual hidden (a Points layer's empty text part stays hidden
+    until the layer has text); its visual shown, first drawn, in the next; then each overlay in a turn
+    of its own; then its selection as the active layer (as napari does for any new layer)."""
     detached = detach_overlays(new_layer)
     parts = {}
     try:
@@ -398,6 +413,7 @@ def _add_in_steps(viewer, write, new_layer):
             written, activate = _insert_without_activating(viewer, write, new_layer)
         if written is new_layer and visual is not None and VISPY_LAYER_FACTORY not in parts:  # napari took it
             hide_empty_text(visual, new_layer)  # in this turn: before the layer's first paint
+            yield from _first_drawn_in_a_turn_of_its_own(visual, new_layer)
         while written is new_layer and detached:
             yield
             key = next(iter(detached))
