@@ -287,6 +287,53 @@ def test_a_new_layers_visual_and_controls_are_built_in_turns_before_it_joins(qtb
     assert qt_viewer.canvas.layer_to_visual[again["labels"]] is used["part"]
 
 
+def test_an_empty_text_part_is_not_drawn_until_the_layer_has_text(qtbot, viewer_with_image):
+    """napari draws a Points layer's text part even without text (one empty string); its first draw is
+    most of a new Points layer's first paint, so our new layers' text part waits, hidden, for text."""
+    viewer, image_layer, truth = viewer_with_image
+    widget = open_widget(viewer, "segment")
+    widget.model.combo.value = "otsu-watershed"
+    _run(qtbot, widget)
+    assert [layer.name for layer in viewer.layers] == ["nuclei", "nuclei labels", "nuclei centroids"]
+    (points,) = _own(viewer, "points")
+    text_part = viewer.window._qt_viewer.canvas.layer_to_visual[points].node.text
+    assert not text_part.visible and list(text_part.text) == [""]  # napari's own: nothing to draw
+    _run(qtbot, widget)  # a re-run updates the features (the text manager refreshes): still nothing to draw
+    assert _own(viewer, "points") == [points] and not text_part.visible
+    points.text = "{label}"  # the user shows the labels as text: napari's text part, shown
+    assert text_part.visible and list(text_part.text) == [str(i) for i in points.features["label"]]
+    points.text = {"string": "{label}", "visible": False}
+    assert text_part.visible  # shown for good once shown (napari's own text settings decide what it draws)
+    assert [layer.name for layer in viewer.layers] == ["nuclei", "nuclei labels", "nuclei centroids"]
+    # a layer of napari's own is left as napari makes it
+    other = viewer.add_points(points.data[:3], name="mine")
+    assert viewer.window._qt_viewer.canvas.layer_to_visual[other].node.text.visible
+
+
+def test_a_new_layers_first_draw_gets_a_turn_of_its_own(qtbot, viewer_with_image):
+    from napari_cellseg import segment
+    from napari_cellseg.widgets._layers import SourceInfo, build_new_layers, write_result_layers_in_steps
+
+    viewer, image_layer, _ = viewer_with_image
+    result = segment(image_layer.data, "otsu-watershed")
+    layers = build_new_layers(result, SourceInfo(image_layer, viewer.dims))
+    layers["points"].visible = False  # the user's choice is what the visual ends with
+    steps = write_result_layers_in_steps(viewer, image_layer, result, new_layers=layers)
+    visuals = viewer.window._qt_viewer.canvas.layer_to_visual
+    for layer in layers.values():
+        while layer not in viewer.layers:
+            next(steps)
+        assert not visuals[layer].node.visible  # the turn it joined: not drawn yet
+        next(steps, None)
+        assert visuals[layer].node.visible == layer.visible  # drawn in the next (if the layer is visible)
+    for _ in steps:
+        pass
+    assert visuals[layers["labels"]].node.visible and not visuals[layers["points"]].node.visible
+    layers["points"].visible = True  # napari's own visibility switch still drives the visual
+    assert visuals[layers["points"]].node.visible
+    assert len(viewer.layers) == 3
+
+
 def test_recent_models_are_offered(qtbot, make_napari_viewer, tiny_yolo):
     viewer = make_napari_viewer()
     widget = open_widget(viewer, "segment")

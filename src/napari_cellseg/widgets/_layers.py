@@ -292,6 +292,9 @@ GUI_PART_FACTORIES = (
 )
 
 
+VISPY_LAYER_FACTORY = GUI_PART_FACTORIES[0][:2]
+
+
 def prebuild_gui_parts(viewer, layer, parts: dict):
     """Build a layer's vispy visual and its Qt controls before it joins ``viewer``, yielding after
     each: they are the larger part of napari's cost to add a layer (15-40 ms each on 2 cores), which
@@ -348,17 +351,69 @@ def release_gui_parts(parts: dict) -> None:
                 getattr(part, release)()
 
 
+def _shows_no_text(text_manager) -> bool:
+    """A layer's text settings draw nothing: text hidden, or one constant empty string (napari's default)."""
+    return not getattr(text_manager, "visible", True) or getattr(getattr(text_manager, "string", None),
+                                                              "constant", None) == ""
+
+
+def hide_empty_text(vispy_layer, layer) -> None:
+    """Hide the text part of a new Points layer's visual while the layer's text settings draw nothing:
+    napari draws it anyway, with one empty string, and its first draw (its shader program generated,
+    about 40-60 ms, and glyphs rendered, about 55 ms once per canvas, on 2 cores) is most of a new
+    Points layer's first paint. The part is shown again, for good, as soon as the text settings
+    would draw something (napari keeps it up to date meanwhile). Uses napari's ``node.text`` of its
+    Points visual: where it is missing, nothing is hidden."""
+    text_visual = getattr(getattr(vispy_layer, "node", None), "text", None)
+    text_manager = getattr(layer, "text", None)
+    text_events = getattr(text_manager, "events", None)
+    if text_visual is None or text_events is None or not _shows_no_text(text_manager):
+        return
+
+    import weakref
+
+    hidden = weakref.ref(text_visual)  # the layer's events do not keep a closed visual alive
+
+    def show_text_if_any(*_):
+        if not _shows_no_text(text_manager):
+            text_events.disconnect(show_text_if_any)
+            if hidden() is not None:
+                hidden().visible = True
+
+    text_visual.visible = False
+    text_events.connect(show_text_if_any)
+
+
+def _first_drawn_in_a_turn_of_its_own(vispy_layer, layer):
+    """Hide a new layer's visual in the turn it joined the scene and show it (as the layer says) in the
+    next: its first draw (its shaders generated and compiled, its data uploaded) is then painted apart
+    from the paint that follows the adding (the layer list, the controls)."""
+    node = getattr(vispy_layer, "node", None)
+    if node is None or not getattr(node, "visible", False):
+        return
+    node.visible = False
+    try:
+        yield
+    finally:
+        node.visible = bool(layer.visible)
+
+
 def _add_in_steps(viewer, write, new_layer):
     """``write(new_layer)`` (which adds it, or updates our earlier layer instead) as GUI steps: the
     layer's visual and its controls, each built in a turn of its own; the layer without its overlays
-    and unselected in the next turn; then each overlay in a turn of its own; then its selection as
-    the active layer (as napari does for any new layer)."""
+    and unselected in the next turn, its visual hidden (a Points layer's empty text part stays hidden
+    until the layer has text); its visual shown, first drawn, in the next; then each overlay in a turn
+    of its own; then its selection as the active layer (as napari does for any new layer)."""
     detached = detach_overlays(new_layer)
     parts = {}
     try:
         yield from prebuild_gui_parts(viewer, new_layer, parts)
+        visual = parts.get(VISPY_LAYER_FACTORY, (None, None))[1]
         with use_prebuilt_gui_parts(new_layer, parts):
             written, activate = _insert_without_activating(viewer, write, new_layer)
+        if written is new_layer and visual is not None and VISPY_LAYER_FACTORY not in parts:  # napari took it
+            hide_empty_text(visual, new_layer)  # in this turn: before the layer's first paint
+            yield from _first_drawn_in_a_turn_of_its_own(visual, new_layer)
         while written is new_layer and detached:
             yield
             key = next(iter(detached))
