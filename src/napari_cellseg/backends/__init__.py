@@ -17,6 +17,8 @@ BACKENDS: dict[str, str] = {
     "unet": "napari_cellseg.unet_student.backend",
     "yolo-detect": "napari_cellseg.yolo.detect",  # before "yolo": its probe takes detection checkpoints only
     "yolo": "napari_cellseg.yolo.backend",
+    "onnx-detect": "napari_cellseg.yolo.onnx_detect",  # .onnx files, not napari-cellseg's own cached exports
+    "yolov5": "napari_cellseg.yolo.yolov5",  # checkpoints of the original YOLOv5 repository (the yolov5 extra)
     "classical": "napari_cellseg.classical.backend",
     "maskrcnn": "napari_cellseg.maskrcnn.backend",
 }
