@@ -116,6 +116,26 @@ def output_layout(shape, meta: dict, names: dict[int, str]) -> tuple[str, int]:
     raise ValueError(f"its output has shape {list(shape)}, which is neither (1, 4 + nc, N) nor (1, N, 5 + nc)")
 
 
+def decode(pred: np.ndarray, layout: str, n_classes: int, conf: float, iou: float, max_det: int):
+    """(boxes xyxy, scores, classes) of one image's raw output in ``layout`` (``LAYOUTS``), best score first:
+    ultralytics' suppression (``onnx_engine.select``) on score = objectness x class score for "yolov6"."""
+    from .onnx_engine import select
+
+    pred = np.asarray(pred, np.float32)
+    if layout == "end2end":
+        keep = np.flatnonzero(pred[:, 4] > conf)
+        keep = keep[np.argsort(-pred[keep, 4], kind="stable")][:max_det]
+        return pred[keep, :4], pred[keep, 4], pred[keep, 5].astype(np.int64)
+    if layout == "yolov6":  # to ultralytics' layout: rows cx, cy, w, h, objectness x class scores
+        if pred.shape[1] != 5 + n_classes:
+            raise RuntimeError(f"the model gave an output of {pred.shape[1]} columns, expected {5 + n_classes}")
+        pred = np.concatenate([pred[:, :4].T, (pred[:, 4:5] * pred[:, 5:]).T], axis=0)
+    elif pred.shape[0] != 4 + n_classes:
+        raise RuntimeError(f"the model gave an output of {pred.shape[0]} rows, expected {4 + n_classes}")
+    boxes, scores, classes, _ = select(pred, n_classes, conf, iou, max_det)
+    return boxes, scores, classes
+
+
 def _session(path: Path, device: str):
     """(session, device) on ONNX Runtime: CUDA where asked for (or "auto") and onnxruntime-gpu offers it."""
     import onnxruntime as ort
@@ -240,21 +260,7 @@ class OnnxDetectBackend:
 
     def decode(self, pred: np.ndarray, conf: float, iou: float, max_det: int):
         """(boxes xyxy, scores, classes) of one image's raw output in this model's layout."""
-        from .onnx_engine import select
-
-        pred = np.asarray(pred, np.float32)
-        if self.layout == "end2end":
-            keep = np.flatnonzero(pred[:, 4] > conf)
-            keep = keep[np.argsort(-pred[keep, 4], kind="stable")][:max_det]
-            return pred[keep, :4], pred[keep, 4], pred[keep, 5].astype(np.int64)
-        if self.layout == "yolov6":  # to ultralytics' layout: rows cx, cy, w, h, objectness x class scores
-            if pred.shape[1] != 5 + self.n_classes:
-                raise RuntimeError(f"the model gave an output of {pred.shape[1]} columns, expected {5 + self.n_classes}")
-            pred = np.concatenate([pred[:, :4].T, (pred[:, 4:5] * pred[:, 5:]).T], axis=0)
-        elif pred.shape[0] != 4 + self.n_classes:
-            raise RuntimeError(f"the model gave an output of {pred.shape[0]} rows, expected {4 + self.n_classes}")
-        boxes, scores, classes, _ = select(pred, self.n_classes, conf, iou, max_det)
-        return boxes, scores, classes
+        return decode(pred, self.layout, self.n_classes, conf, iou, max_det)
 
     def _windows(self, net: np.ndarray, settings: InferenceSettings):
         """A network image larger than the fixed input: windows of the input's side, merged as tiles are."""
