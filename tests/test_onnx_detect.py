@@ -20,22 +20,6 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 CONF = 0.05
 
 
-@pytest.fixture(scope="session")
-def detector_exports(tiny_detector, tmp_path_factory) -> dict[str, Path]:
-    """The tiny detector exported by ultralytics to ONNX, at a fixed input (imgsz) and with dynamic axes."""
-    from ultralytics import YOLO
-
-    work = tmp_path_factory.mktemp("onnx_detect")
-    out = {}
-    for name, dynamic in (("static", False), ("dynamic", True)):
-        copy = work / f"{name}.pt"  # ultralytics writes its export beside the file it loaded
-        shutil.copyfile(tiny_detector[0], copy)
-        exported = YOLO(str(copy)).export(format="onnx", imgsz=IMGSZ, dynamic=dynamic, simplify=False,
-                                          device="cpu", verbose=False)
-        out[name] = Path(exported)
-    return out
-
-
 class _Yolov6Layout:
     """torch module factory: ultralytics' (1, 4 + nc, N) output as YOLOv6's (1, N, 5 + nc), with a real
     objectness: obj = sqrt(best class score), class scores / obj, so that obj x class = ultralytics' score."""
@@ -99,14 +83,14 @@ def _assert_same_boxes(ours: DetectionResult, ref_boxes, ref_scores, box_atol, s
 
 @pytest.mark.parametrize("kind", ["static", "dynamic"])
 @pytest.mark.parametrize("seed", [900, 901])
-def test_ultralytics_export_gives_ultralytics_onnx_predict(detector_exports, kind, seed):
+def test_ultralytics_export_gives_ultralytics_onnx_predict(tiny_detector_onnx, kind, seed):
     """The same .onnx through ultralytics' predict (its ONNX Runtime path) and through the pipeline, on an image
     the size of imgsz (one tile, no letterbox): the same boxes and scores."""
     from ultralytics import YOLO
 
     from napari_cellseg import load_model, segment
 
-    path = detector_exports[kind]
+    path = tiny_detector_onnx[kind]
     model = load_model(path, device="cpu")
     assert model.info.backend == "onnx-detect" and model.info.task == "detect"
     assert model.layout == "ultralytics" and model.info.class_names == {0: "nucleus"}
@@ -150,14 +134,14 @@ def test_yolov6_class_names_come_from_a_dataset_file_beside_it(yolov6_export, tm
     assert model.info.class_names == {0: "class 0"} and "3 classes" in model.info.notes[0]
 
 
-def test_a_tile_larger_than_a_fixed_input_is_cut_into_windows(detector_exports):
+def test_a_tile_larger_than_a_fixed_input_is_cut_into_windows(tiny_detector_onnx):
     """Tiles of 256 image pixels on a model fixed at 128: windows of 128 merged as tiles are; every object once."""
     from napari_cellseg import load_model, segment
     from napari_cellseg.core.datasets import boxes_from_labels
 
     image, labels = disc_image((300, 400), n=40, radius=(7, 12), seed=7, dtype=np.uint8)
     rgb = np.repeat(image[..., None], 3, axis=-1)
-    model = load_model(detector_exports["static"], device="cpu")
+    model = load_model(tiny_detector_onnx["static"], device="cpu")
     result = segment(rgb, model, conf=0.25, iou=0.5, tile=256)
     assert result.metadata["parameters"]["tile"] == 256
     b = result.boxes
@@ -173,19 +157,19 @@ def test_a_tile_larger_than_a_fixed_input_is_cut_into_windows(detector_exports):
     assert abs(plain.n_objects - result.n_objects) <= 0.1 * plain.n_objects + 1
 
 
-def test_probe_claims_onnx_files_but_not_the_plugins_own_cache(detector_exports, tmp_path):
+def test_probe_claims_onnx_files_but_not_the_plugins_own_cache(tiny_detector_onnx, tmp_path):
     from napari_cellseg.backends import ModelLoadError, load_model, probe_backend
     from napari_cellseg.core import onnx_cache
 
-    assert probe_backend(detector_exports["static"]) == "onnx-detect"
+    assert probe_backend(tiny_detector_onnx["static"]) == "onnx-detect"
     for name in ("best.0123456789ab.yolo.onnx", "student.0123456789ab.unet.onnx",
                  "student.0123456789ab.unet-int8.onnx"):
         cached = tmp_path / name
-        shutil.copyfile(detector_exports["static"], cached)
+        shutil.copyfile(tiny_detector_onnx["static"], cached)
         assert onnx_cache.is_cache_file(cached) and probe_backend(cached) is None
     # a cache file renamed is still recognised by the entry the plugin writes into it
     renamed = tmp_path / "renamed.onnx"
-    onnx_cache.save_with_metadata(detector_exports["static"], renamed, {"source_sha256": "0" * 64})
+    onnx_cache.save_with_metadata(tiny_detector_onnx["static"], renamed, {"source_sha256": "0" * 64})
     with pytest.raises(ModelLoadError, match="napari-cellseg exported"):
         load_model(renamed, device="cpu")
 
@@ -220,7 +204,7 @@ def _one_line_error(path, match):
     return str(error.value)
 
 
-def test_unknown_layouts_and_damaged_files_are_one_line_errors(detector_exports, tmp_path):
+def test_unknown_layouts_and_damaged_files_are_one_line_errors(tiny_detector_onnx, tmp_path):
     _one_line_error(_onnx_model(tmp_path / "flat.onnx", {"out": [1, 7]}), r"output has shape \[1, 7\]")
     _one_line_error(_onnx_model(tmp_path / "square.onnx", {"out": [1, 4, 4]}), "neither")
     _one_line_error(_onnx_model(tmp_path / "seg.onnx", {"output0": [1, 37, 84], "output1": [1, 32, 16, 16]}),
@@ -232,7 +216,7 @@ def test_unknown_layouts_and_damaged_files_are_one_line_errors(detector_exports,
                     "--end2end")
     _one_line_error(_onnx_model(tmp_path / "names.onnx", {"out": [1, 9, 84]}, {"names": "{0: 'a'}"}),
                     "for the 1 classes")
-    data = detector_exports["static"].read_bytes()
+    data = tiny_detector_onnx["static"].read_bytes()
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(data[: len(data) // 2])
     _one_line_error(truncated, "not a readable ONNX model")
@@ -270,14 +254,14 @@ def test_end2end_and_yolov6_decoding():
     np.testing.assert_allclose(boxes[0], [10, 10, 20, 20])
 
 
-def test_cli_segment_with_an_onnx_model_writes_boxes_not_labels(detector_exports, tmp_path):
+def test_cli_segment_with_an_onnx_model_writes_boxes_not_labels(tiny_detector_onnx, tmp_path):
     from napari_cellseg import segment
     from napari_cellseg.core.io import write_image
 
     _, rgb, _, _, _ = next(disc_samples(1, seed=903))
     image_path = tmp_path / "cells.png"
     write_image(image_path, rgb)
-    model_path = detector_exports["static"]
+    model_path = tiny_detector_onnx["static"]
     expected = segment(rgb, str(model_path), device="cpu")
     assert isinstance(expected, DetectionResult) and expected.n_objects > 0
     out = tmp_path / "out"
