@@ -102,6 +102,24 @@ def test_ultralytics_export_gives_ultralytics_onnx_predict(tiny_detector_onnx, k
     _assert_same_boxes(ours, theirs.boxes.xyxy.numpy(), theirs.boxes.conf.numpy(), box_atol=1e-3, score_atol=1e-5)
 
 
+def test_an_export_with_nms_gives_ultralytics_onnx_predict(tiny_detector, tmp_path):
+    """``nms=True`` exports (1, 300, 6): boxes already suppressed, read as they are."""
+    from ultralytics import YOLO
+
+    from napari_cellseg import load_model, segment
+
+    copy = tmp_path / "nms.pt"
+    shutil.copyfile(tiny_detector[0], copy)
+    path = YOLO(str(copy)).export(format="onnx", imgsz=IMGSZ, nms=True, device="cpu", verbose=False)
+    model = load_model(path, device="cpu")
+    assert model.layout == "end2end"
+    _, rgb, _, _, _ = next(disc_samples(1, seed=900))
+    ours = segment(rgb, model, conf=CONF, max_det=300)
+    theirs = YOLO(str(path), task="detect").predict(rgb[..., ::-1].copy(), imgsz=IMGSZ, conf=CONF, max_det=300,
+                                                   device="cpu", verbose=False)[0]
+    _assert_same_boxes(ours, theirs.boxes.xyxy.numpy(), theirs.boxes.conf.numpy(), box_atol=1e-3, score_atol=1e-5)
+
+
 @pytest.mark.parametrize("seed", [900, 901])
 def test_yolov6_layout_gives_ultralytics_predict_of_the_original_model(tiny_detector, yolov6_export, seed):
     """A YOLOv6-layout export of the network (objectness x class scores) gives ultralytics' predict on the .pt."""
