@@ -41,6 +41,25 @@ def tiny_detector(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
+def tiny_detector_onnx(tiny_detector, tmp_path_factory) -> dict[str, Path]:
+    """The tiny detector exported by ultralytics to ONNX: "static" (a fixed input of its imgsz) and "dynamic"."""
+    import shutil
+
+    from ultralytics import YOLO
+
+    from tiny_detector import IMGSZ
+
+    work = tmp_path_factory.mktemp("tiny_detector_onnx")
+    out = {}
+    for name, dynamic in (("static", False), ("dynamic", True)):
+        copy = work / f"{name}.pt"  # ultralytics writes its export beside the file it loaded
+        shutil.copyfile(tiny_detector[0], copy)
+        out[name] = Path(YOLO(str(copy)).export(format="onnx", imgsz=IMGSZ, dynamic=dynamic, simplify=False,
+                                                device="cpu", verbose=False))
+    return out
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")

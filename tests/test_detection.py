@@ -339,22 +339,6 @@ def test_cli_finetune_detect_on_a_roboflow_export(tmp_path):
     assert set(stored["test"]) >= {"precision", "recall", "f1", "map50"}
 
 
-def test_original_yolov5_checkpoint_is_refused_with_a_reason(tmp_path):
-    """A pickle of the YOLOv5 repository's own classes (models.yolo.DetectionModel) is named as such."""
-    import pickle
-    import zipfile
-
-    from napari_cellseg.backends import ModelLoadError, load_model, probe_backend
-
-    class_ref = pickle.GLOBAL + b"models.yolo\nDetectionModel\n"  # what such a checkpoint's pickle refers to
-    path = tmp_path / "yolov5s.pt"
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("yolov5s/data.pkl", pickle.PROTO + b"\x02" + class_ref + b".")
-    assert probe_backend(path) is None
-    with pytest.raises(ModelLoadError, match="original YOLOv5 repository"):
-        load_model(path, device="cpu")
-
-
 def test_diameter_sets_the_scale_of_a_detector_with_a_reference_size(tiny_detector, tmp_path):
     """With a reference object size stored (box side, network pixels), a given diameter scales tiles as for
     segmentation, and 'auto' measures the boxes of a first pass."""

@@ -66,3 +66,23 @@ def test_detector_gives_points_and_rectangles_and_a_live_slider(qtbot, make_napa
     assert widget.last_result is result and not calls
     widget.detection_conf.value = 0.0  # back down: every stored box again
     assert len(points.data) == result.n_objects
+
+
+def test_an_onnx_detector_gives_points_and_the_slider(qtbot, make_napari_viewer, tiny_detector_onnx):
+    """An ultralytics ONNX export (the onnx-detect backend) in the widget: the same layers as a .pt detector."""
+    from napari_cellseg import segment
+
+    viewer = make_napari_viewer()
+    _, rgb, _, _, _ = next(disc_samples(1, seed=911))
+    viewer.add_image(rgb[..., 0], name="nuclei")
+    widget = open_widget(viewer, "segment")
+    widget.model.value = str(tiny_detector_onnx["static"])
+    assert not widget.detection_conf.native.isHidden()
+    _run(qtbot, widget)
+    result = widget.last_result
+    assert result.task == "detect" and result.metadata["model"]["backend"] == "onnx-detect"
+    expected = segment(rgb[..., 0], str(tiny_detector_onnx["static"]), device="cpu",
+                       conf=result.metadata["parameters"]["conf"])
+    assert result.n_objects == expected.n_objects > 0
+    (points,), (shapes,) = _own(viewer, "centres"), _own(viewer, "boxes")
+    assert len(points.data) == len(shapes.data) == result.n_objects

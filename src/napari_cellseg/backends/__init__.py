@@ -16,7 +16,11 @@ from ..core.backend import InferenceSettings, ModelInfo, ModelLoadError, Segment
 BACKENDS: dict[str, str] = {
     "unet": "napari_cellseg.unet_student.backend",
     "yolo-detect": "napari_cellseg.yolo.detect",  # before "yolo": its probe takes detection checkpoints only
+    # before "yolo": checkpoints of the original YOLOv5 repository (the yolov5 extra), whose pickles may name
+    # github.com/ultralytics/yolov5 but no ultralytics class
+    "yolov5": "napari_cellseg.yolo.yolov5",
     "yolo": "napari_cellseg.yolo.backend",
+    "onnx-detect": "napari_cellseg.yolo.onnx_detect",  # .onnx files, not napari-cellseg's own cached exports
     "classical": "napari_cellseg.classical.backend",
     "maskrcnn": "napari_cellseg.maskrcnn.backend",
 }
@@ -26,6 +30,8 @@ MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 NAMED_MODELS: dict[str, str] = {"nuclei": "nuclei_yolo11n_seg.pt", "nuclei-student": "nuclei_unet_student.pt",
                                 "nuclei-contours": "nuclei_unet_contours.pt",
                                 "nuclei-brightfield": "nuclei_yolo11n_seg_brightfield.pt"}
+# backends whose models draw boxes, not outlines (ModelInfo.task "detect")
+DETECTION_BACKENDS = ("yolo-detect", "yolov5", "onnx-detect")
 # Named models that need no file.
 BUILTIN_MODELS: dict[str, str] = {"otsu-watershed": "classical"}
 # named models whose outlines another named model redraws by default (core.refine; README, "Contour refinement");

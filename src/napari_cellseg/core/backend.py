@@ -152,7 +152,8 @@ def describe_file(path) -> str:
             data = checkpoint_pickle(path) or b""
             if b"models.yolo" in data and b"ultralytics.nn" not in data:
                 return ("a checkpoint of the original YOLOv5 repository (models.yolo), which the ultralytics package "
-                        "cannot open (see the YOLO page of the docs, 'YOLOv5 and YOLOv6')")
+                        "cannot open; backend 'yolov5' loads it (pip install \"napari-cellseg[yolov5]\"; docs/yolo.md, "
+                        "'YOLOv5 and YOLOv6')")
             return "a PyTorch checkpoint of an unknown kind (not ultralytics)"
         return "a zip archive, not a checkpoint"
     if head[:1] == b"\x80":

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -99,6 +100,16 @@ def cache_candidates(weights: Path, sha256: str, tag: str) -> list[Path]:
     """Where the export of these weights lives: beside them first, then in the user cache folder."""
     name = f"{weights.stem}.{sha256[:12]}.{tag}.onnx"
     return [weights.parent / name, user_cache_dir() / name]
+
+
+# the name ``cache_candidates`` gives an export: <weights stem>.<12 hex digits of its sha256>.<tag>.onnx
+CACHE_NAME = re.compile(r"\.[0-9a-f]{12}\.[A-Za-z0-9_-]+\.onnx$")
+
+
+def is_cache_file(path) -> bool:
+    """Whether ``path`` is named like one of these cached exports (``*.<sha>.yolo.onnx``, ``*.<sha>.unet*.onnx``):
+    files that only their own backend opens, beside the weights they came from."""
+    return CACHE_NAME.search(Path(path).name) is not None
 
 
 def writable_target(weights: Path, sha256: str, tag: str) -> Path:

@@ -22,9 +22,10 @@ class ModelChooser(widgets.Container):
         # a callable: the viewer's reset_choices (on every layer change) re-reads the list
         self.combo = widgets.ComboBox(label=label, choices=lambda _widget: self._choices(),
                                       tooltip="a shipped model, a built-in method, or a checkpoint used recently")
-        self.file = widgets.FileEdit(label="model file", mode="r", filter="*.pt *.pth *.pkl",
-                                     tooltip="your own checkpoint: YOLO (.pt), detectron2 Mask R-CNN (.pth/.pkl) "
-                                             "or a U-Net student (.pt); it is added to the list above")
+        self.file = widgets.FileEdit(label="model file", mode="r", filter="*.pt *.pth *.pkl *.onnx",
+                                     tooltip="your own checkpoint: YOLO (.pt), detectron2 Mask R-CNN (.pth/.pkl), "
+                                             "a U-Net student (.pt) or a YOLO detection export (.onnx); it is added "
+                                             "to the list above")
         super().__init__(widgets=[self.combo, self.file], labels=True, **kwargs)
         self.file.changed.connect(self._on_file)
         on_change(self._refresh)  # e.g. a model fine-tuned in another widget

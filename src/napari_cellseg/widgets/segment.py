@@ -60,7 +60,7 @@ class SegmentWidget(WorkerWidget):
 
     def _show_backend_options(self, *_):
         """Options that only some backends use (e.g. Mask R-CNN's normalisation) show for those only."""
-        from ..backends import probe_backend
+        from ..backends import DETECTION_BACKENDS, probe_backend
 
         spec = self.model_spec()
         names = spec if isinstance(spec, list) else [spec]
@@ -68,7 +68,7 @@ class SegmentWidget(WorkerWidget):
         if len(names) > 1:
             backends.add("ensemble")
         self.settings.show_for_backends(None if None in backends else backends)
-        self.detection_conf.visible = backends == {"yolo-detect"}
+        self.detection_conf.visible = bool(backends) and backends <= set(DETECTION_BACKENDS)
 
     def _preload(self, *_):
         self.preload_thread = self._cache.preload(self.model.value, self.device.value)

@@ -83,25 +83,34 @@ class OnnxYolo:
     def detections(self, preds: np.ndarray, conf: float, iou: float, max_det: int):
         """Per batch item: (boxes xyxy, scores, classes, mask coefficients) after NMS, best score first."""
         out = []
-        nc = self.n_classes
         for pred in preds:
-            scores_all = pred[4:4 + nc]
-            if nc == 1:
-                scores, classes = scores_all[0], np.zeros(pred.shape[1], np.int64)
-            else:
-                classes = scores_all.argmax(0)
-                scores = scores_all.max(0)
-            keep = np.flatnonzero(scores > conf)
-            if len(keep) > MAX_NMS:
-                keep = keep[np.argsort(-scores[keep], kind="stable")[:MAX_NMS]]
-            xywh = pred[:4, keep].T
-            boxes = np.empty_like(xywh)
-            boxes[:, :2] = xywh[:, :2] - xywh[:, 2:] / 2
-            boxes[:, 2:] = xywh[:, :2] + xywh[:, 2:] / 2
-            s, c = scores[keep], classes[keep]
-            chosen = nms(boxes + (c[:, None] * MAX_WH).astype(boxes.dtype), s, iou)[:max_det]
-            out.append((boxes[chosen], s[chosen], c[chosen], pred[4 + nc:, keep[chosen]].T))
+            boxes, scores, classes, anchors = select(pred, self.n_classes, conf, iou, max_det)
+            out.append((boxes, scores, classes, pred[4 + self.n_classes:, anchors].T))
         return out
+
+
+def select(pred: np.ndarray, n_classes: int, conf: float, iou: float, max_det: int):
+    """Ultralytics' non-maximum suppression on one raw prediction in its layout, (4 + nc + extra, A): rows
+    cx, cy, w, h, the class scores, then anything else (mask coefficients). Best class per anchor, scores
+    strictly above ``conf``, at most ``MAX_NMS`` candidates, class-aware NMS, then ``max_det``.
+    Returns (boxes xyxy, scores, classes, anchor indices), best score first."""
+    nc = int(n_classes)
+    scores_all = pred[4:4 + nc]
+    if nc == 1:
+        scores, classes = scores_all[0], np.zeros(pred.shape[1], np.int64)
+    else:
+        classes = scores_all.argmax(0)
+        scores = scores_all.max(0)
+    keep = np.flatnonzero(scores > conf)
+    if len(keep) > MAX_NMS:
+        keep = keep[np.argsort(-scores[keep], kind="stable")[:MAX_NMS]]
+    xywh = pred[:4, keep].T
+    boxes = np.empty_like(xywh)
+    boxes[:, :2] = xywh[:, :2] - xywh[:, 2:] / 2
+    boxes[:, 2:] = xywh[:, :2] + xywh[:, 2:] / 2
+    s, c = scores[keep], classes[keep]
+    chosen = nms(boxes + (c[:, None] * MAX_WH).astype(boxes.dtype), s, iou)[:max_det]
+    return boxes[chosen], s[chosen], c[chosen], keep[chosen]
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
