@@ -70,6 +70,14 @@ class TrainingRun:
         total = f" of {self.n_rows}" if self.n_rows else ""
         return f"best epoch {self.best['epoch']:g}{total}: " + "; ".join(parts)
 
+    def headline(self) -> str:
+        """``best epoch 12, mAP50-95 0.71`` (the masks' where there are masks): a section title."""
+        if not self.best:
+            return ""
+        key = next((f"mAP50-95({k})" for k in ("M", "B") if f"mAP50-95({k})" in self.best), None)
+        kind = {"mAP50-95(M)": " masks", "mAP50-95(B)": ""}.get(key, "")
+        return f"best epoch {self.best['epoch']:g}" + (f",{kind} mAP50-95 {self.best[key]:.3g}" if key else "")
+
     def describe(self) -> str:
         """A few lines for a person: the folder, the essential arguments, the best epoch, the notes."""
         lines = [f"training run: {self.folder}"]
