@@ -213,7 +213,10 @@ def read_training_run(checkpoint) -> TrainingRun | None:
             else:
                 run.notes.append("args.yaml holds no training arguments")
         except Exception as exc:  # noqa: BLE001 - a broken file is a note, never a failure to load the model
-            run.notes.append(f"args.yaml could not be read ({type(exc).__name__})")
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            run.notes.append(f"args.yaml could not be read ({type(exc).__name__}: "
+                             f"{getattr(exc, 'problem', None) or exc}{where})")
     else:
         run.notes.append("no args.yaml in the run folder")
     run.columns, notes = read_results_csv(folder / "results.csv")
