@@ -32,6 +32,9 @@ class RunSummary:
     reference_diameter: float | None = None  # object diameter, in model pixels, a diameter was scaled to
     members: list[dict] = field(default_factory=list)  # an ensemble's members' own summaries
     min_agree: int | None = None  # an ensemble: how many members had to find an object
+    # the ultralytics run folder the checkpoint was trained in (core.training_run.TrainingRun.record): folder,
+    # imgsz, epochs, the best epoch's metrics; None for a model without one
+    training_run: dict | None = None
 
     # what the user should know about the run: the model's load notes (e.g. detectron2 defaults used for
     # want of a config.yaml) first, then the run's own; the same list as ``SegmentationResult.warnings``

@@ -20,6 +20,7 @@ from ..core.options import parse_diameter
 from ..core.progress import Progress
 from ..core.result import RunSummary
 from ..core.tiling import tile_grid
+from ..core.training_run import training_run_record
 from .scale import auto_zoom, choose_scale, plan_tiling
 
 # options of segment_iter that have no meaning for boxes: accepted (the CLI and widget pass them all), noted
@@ -107,7 +108,7 @@ def detect_iter(image, model, *, imgsz: int | None = None, tile: int | None = No
                                 zoom_factor=scale.get("zoom_factor"), n_frames=n_frames,
                                 seconds=result.metadata["seconds"], zoom=plan.zoom, scale_source=plan.source,
                                 tile=plan.tile, imgsz=plan.imgsz, reference_diameter=reference,
-                                warnings=result.warnings)
+                                warnings=result.warnings, training_run=training_run_record(model.info.path))
     result.metadata["summary"] = asdict(result.summary)
     return result
 

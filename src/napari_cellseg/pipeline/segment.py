@@ -23,6 +23,7 @@ from ..core.refine import ContourRefinement, foreground_iter, refine_labels
 from ..core.detection import DetectionResult
 from ..core.result import RunSummary, SegmentationResult, concat_tables, object_table
 from ..core.tiling import InstanceStitcher, tile_grid
+from ..core.training_run import training_run_record
 from ..core.progress import Progress
 from .scale import LARGE_IMAGE_FACTOR, WHOLE_FRAME_MAX_SIDE, TilingPlan, auto_zoom, choose_scale, plan_tiling
 from ..core.options import parse_diameter  # noqa: F401 - re-exported: callers have used it from here
@@ -272,7 +273,8 @@ def segment_iter(
         zoom=None if plan is None else plan.zoom, scale_source=None if plan is None else plan.source,
         tile=None if plan is None else plan.tile, imgsz=None if plan is None else plan.imgsz,
         reference_diameter=scale.get("reference_diameter"), members=member_summaries,
-        min_agree=(min_agree or len(members) // 2 + 1) if members else None)
+        min_agree=(min_agree or len(members) // 2 + 1) if members else None,
+        training_run=None if members else training_run_record(model.info.path))
     result.metadata["summary"] = asdict(result.summary)  # in the provenance file
     return result
 

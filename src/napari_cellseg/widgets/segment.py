@@ -34,8 +34,12 @@ class SegmentWidget(WorkerWidget):
             tooltip="box detectors: show and count the detections scoring at least this, from the stored run "
                     "(no new run); values below the run's confidence show all it kept")
         self.advanced = Collapsible("Advanced", [self.ensemble, *self.settings.advanced, self.device])
-        super().__init__(viewer, [self.image, self.model, *self.settings.main, self.detection_conf, self.advanced],
-                         "Segment")
+        from ._training_run import TrainingRunPanel
+
+        # the ultralytics run folder of the chosen checkpoint, when it has one (hidden otherwise)
+        self.training_run = TrainingRunPanel(viewer)
+        super().__init__(viewer, [self.image, self.model, self.training_run, *self.settings.main, self.detection_conf,
+                                  self.advanced], "Segment")
         from ._plot import LinePlot
 
         self.counts_plot = LinePlot(height_px=140, viewer=viewer)  # objects per frame of a stack: the counting view
@@ -46,6 +50,7 @@ class SegmentWidget(WorkerWidget):
         self.model.combo.changed.connect(self._preload)
         self.device.changed.connect(self._preload)
         self.model.combo.changed.connect(self._show_backend_options)
+        self.model.combo.changed.connect(self._show_training_run)
         self.ensemble.changed.connect(self._show_backend_options)
         self.detection_conf.changed.connect(self._show_detections)
         self._detection_source = None
@@ -53,6 +58,7 @@ class SegmentWidget(WorkerWidget):
         self.model.combo.changed.connect(self.refresh_run_button)
         self._preload()
         self._show_backend_options()
+        self._show_training_run()
         self.refresh_run_button()
 
     def inputs_ready(self) -> bool:
@@ -69,6 +75,17 @@ class SegmentWidget(WorkerWidget):
             backends.add("ensemble")
         self.settings.show_for_backends(None if None in backends else backends)
         self.detection_conf.visible = bool(backends) and backends <= set(DETECTION_BACKENDS)
+
+    def _show_training_run(self, *_):
+        """The chosen checkpoint's ultralytics run (curves, arguments, best epoch), or nothing without one."""
+        from ..core.training_run import read_training_run
+
+        try:
+            run = read_training_run(self.model.value) if self.model.value else None
+        except Exception as exc:  # noqa: BLE001 - reading the run must never stop a model being chosen
+            run = None
+            self.status.value = f"the model's training run could not be read ({exc})"
+        self.training_run.show_run(run)
 
     def _preload(self, *_):
         self.preload_thread = self._cache.preload(self.model.value, self.device.value)
