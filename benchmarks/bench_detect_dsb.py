@@ -140,19 +140,29 @@ def subset_yaml(data_yaml: Path, split: str, names: list[str], out: Path) -> Pat
     return out / "data.yaml"
 
 
-def evaluate_detector(weights: Path, data_yaml: Path, split: dict, modality: dict, work: Path) -> dict:
+def evaluate_detector(weights: Path, data_yaml: Path, split: dict, modality: dict, work: Path,
+                      reuse_calibration: bool = False) -> dict:
+    """Val (best-F1 threshold) -> test at it, all and fluorescence test images. ``reuse_calibration``: take the
+    val and all-test figures the fine-tuning stored in the checkpoint (``conf_calibration``: the same plugin
+    call on the same dataset) instead of scoring them again; the fluorescence subset is always scored."""
     from napari_cellseg import load_model
     from napari_cellseg.pipeline.detect import evaluate_detector_iter
     from napari_cellseg.pipeline.segment import run
 
     detector = load_model(weights, device="cpu")
     started = time.perf_counter()
-    val = run(evaluate_detector_iter(detector, data_yaml, split="val"))
-    conf = round(val.best_f1_conf, 3)
-    out = {"val": val.summary(), "conf": conf}
+    stored = detector.info.extra.get("conf_calibration") or {} if reuse_calibration else {}
+    if "val" in stored and "test" in stored:
+        out = {"val": stored["val"], "conf": stored["conf"], "test_all": stored["test"], "reused_calibration": True}
+        todo = ["test_fluorescence"]
+    else:
+        val = run(evaluate_detector_iter(detector, data_yaml, split="val"))
+        out = {"val": val.summary(), "conf": round(val.best_f1_conf, 3)}
+        todo = ["test_all", "test_fluorescence"]
     fluo = [i for i in split["test"] if modality.get(i) == "fluorescence"]
-    for key, yaml_path in (("test_all", data_yaml), ("test_fluorescence", subset_yaml(data_yaml, "test", fluo, work / "fluo"))):
-        ev = run(evaluate_detector_iter(detector, yaml_path, split="test", conf=conf))
+    yamls = {"test_all": data_yaml, "test_fluorescence": subset_yaml(data_yaml, "test", fluo, work / "fluo")}
+    for key in todo:
+        ev = run(evaluate_detector_iter(detector, yamls[key], split="test", conf=out["conf"]))
         out[key] = ev.summary()  # at the val threshold; best_f1 / best_f1_conf: the test's own
         out[key + "_rows"] = ev.rows
     out["seconds"] = time.perf_counter() - started
@@ -231,6 +241,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-seg", action="store_true", help="skip the shipped segmentation model")
     parser.add_argument("--seg-only", action="store_true", help="only the shipped segmentation model's count")
     parser.add_argument("--build-only", action="store_true")
+    parser.add_argument("--reuse-calibration", action="store_true", help="with --weights: take the val and test "
+                        "figures that its fine-tuning on this dataset stored, score only the fluorescence subset")
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         print(f"{args.data}: no DSB2018 folder", file=sys.stderr)
@@ -255,13 +267,17 @@ def main(argv=None) -> int:
     if args.build_only:
         return 0
     weights = args.weights
+    if weights is None and (args.work / "detector.pt").is_file() and "training" in results:
+        weights = args.work / "detector.pt"  # trained by an earlier call: evaluate it
+        args.reuse_calibration = True
     if weights is None:
         weights = args.work / "detector.pt"
         result, seconds = train(data_yaml, weights, args.start, args.epochs, args.time, args.batch, args.work / "runs")
         results["training"] = {"seconds": seconds, "epochs": len(result.history), "start": args.start,
                                "history": result.history, "calibration": result.calibration}
         results_path.write_text(json.dumps(results, indent=1, default=float))
-    results["detector"] = evaluate_detector(weights, data_yaml, split, modality, args.work)
+    results["detector"] = evaluate_detector(weights, data_yaml, split, modality, args.work,
+                                            reuse_calibration=args.weights is None or args.reuse_calibration)
     results["detector"]["weights"] = str(weights)
     results_path.write_text(json.dumps(results, indent=1, default=float))
     print(table(results["detector"], seg))
