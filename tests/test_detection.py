@@ -359,3 +359,62 @@ def test_diameter_sets_the_scale_of_a_detector_with_a_reference_size(tiny_detect
     assert auto.metadata["parameters"]["zoom"] == pytest.approx(expected_zoom, rel=0.02)
     plain = segment(rgb, tiny_detector[0], device="cpu")  # no reference size: the training scale
     assert plain.metadata["parameters"]["zoom"] == 1.0 and plain.metadata["parameters"]["diameter"] is None
+
+
+def test_tile_box_dataset_cuts_boxes_as_the_labels_are_cut(tmp_path):
+    """The tiles of a box dataset hold the boxes of the cut masks (rectangles: exact), slivers dropped, and a
+    small image is padded to the full tile, so every object is trained at one scale."""
+    from napari_cellseg.core.datasets import read_yolo_detection_dataset, write_yolo_box_dataset
+    from napari_cellseg.core.tiling import tile_grid
+    from napari_cellseg.yolo.train import MIN_BOX_SIDE, tile_box_dataset
+
+    rng = np.random.default_rng(0)
+    labels = np.zeros((150, 200), np.uint16)
+    for k in range(1, 30):  # disjoint rectangles, some across tile borders
+        y, x = rng.integers(0, 140), rng.integers(0, 190)
+        h, w = rng.integers(3, 12, size=2)
+        if not labels[max(y - 1, 0):y + h + 1, max(x - 1, 0):x + w + 1].any():
+            labels[y:y + h, x:x + w] = k
+    image = (labels > 0).astype(np.uint8)[..., None].repeat(3, -1) * 200
+    small = np.zeros((40, 50), np.uint16)
+    small[5:15, 10:30] = 1
+    samples = [("big", image, boxes_from_labels(labels), np.zeros(len(boxes_from_labels(labels)), np.int64)),
+               ("small", (small > 0).astype(np.uint8)[..., None].repeat(3, -1) * 200, boxes_from_labels(small),
+                np.zeros(1, np.int64))]
+    data = write_yolo_box_dataset(samples, tmp_path / "data", class_names=["nucleus"])
+    tiled = tile_box_dataset(data, 64, tmp_path / "tiles")
+    got = {name: (img, boxes) for name, img, boxes, _ in read_yolo_detection_dataset(tiled, ("train",))}
+    grid = tile_grid(150, 200, 64, 16)
+    assert len(got) == len(grid) + 1
+    for k, t in enumerate(grid):
+        img, boxes = got[f"train_big_{k:03d}"]
+        assert img.shape[:2] == (64, 64)
+        expected = boxes_from_labels(labels[t.slices])
+        expected = expected[((expected[:, 2] - expected[:, 0]) >= MIN_BOX_SIDE)
+                            & ((expected[:, 3] - expected[:, 1]) >= MIN_BOX_SIDE)]
+        order = lambda b: b[np.lexsort(b.T[::-1])]  # noqa: E731
+        np.testing.assert_allclose(order(boxes), order(expected), atol=1e-3)
+    img, boxes = got["train_small_000"]
+    assert img.shape[:2] == (64, 64) and not img[40:].any() and not img[:, 50:].any()
+    np.testing.assert_allclose(boxes, [[10, 5, 30, 15]], atol=1e-3)
+
+
+def test_finetune_detect_with_a_zoom_trains_on_tiles_at_that_scale(tmp_path):
+    """'finetune --task detect --zoom' cuts the training images into imgsz / zoom tiles and records that zoom
+    (images of mixed sizes: without it the first training image's size decides); the calibration scores the
+    whole val images."""
+    from napari_cellseg import load_model
+    from tiny_detector import write_disc_dataset
+
+    write_disc_dataset(tmp_path / "export", n_train=4, n_val=2, n_test=0)
+    out = tmp_path / "det.pt"
+    env = {"PYTHONPATH": str(SRC), "YOLO_VERBOSE": "False", "PATH": "/usr/bin:/bin",
+           "YOLO_CONFIG_DIR": str(tmp_path / "cfg")}
+    done = subprocess.run([sys.executable, "-m", "napari_cellseg.cli", "finetune", "--task", "detect", "--model",
+                           "yolo11n.yaml", "--data", str(tmp_path / "export"), "--out", str(out), "--epochs", "1",
+                           "--batch", "4", "--imgsz", "64", "--zoom", "2", "-q"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    model = load_model(out, device="cpu")
+    assert model.info.train_imgsz == 64 and model.info.zoom == 2.0
+    assert "conf_calibration" in model.info.extra

@@ -261,7 +261,8 @@ class FinetuneOptions(Options):
         unit="network pixels", min=32, max=4096, step=32, model_value=True))
     zoom: float | None = option(MODEL, Spec(
         "scale the new images are seen at: choose it so the new cells look as large as those the model knows "
-        "(e.g. 0.5 for 60-pixel cells with a model trained at 1.5)", label="zoom",
+        "(e.g. 0.5 for 60-pixel cells with a model trained at 1.5); a box detector (--task detect) then trains on "
+        "tiles of imgsz / zoom image pixels (default: the first training image's size decides)", label="zoom",
         unit="network pixels per image pixel", min=0.05, max=8.0, step=0.05, model_value=True,
         backends=("yolo",)))
     val_fraction: float = option(0.2, Spec(

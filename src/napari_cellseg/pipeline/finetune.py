@@ -110,7 +110,7 @@ def train_any_iter(
         if data_yaml is None:
             raise ValueError("a box detector trains on a box dataset (data.yaml), not on label layers")
         return (yield from finetune_detect_iter(model, data_yaml, out, epochs=epochs, batch=batch or 8, imgsz=imgsz,
-                                                device=device))
+                                                zoom=zoom, device=device))
     arch = finetune_architecture(model, arch)
     if arch == "maskrcnn":
         from ..maskrcnn.train import maskrcnn_finetune_iter
@@ -203,7 +203,8 @@ def _calibrate(path: Path, data_yaml: Path, done: int, total: int, epochs: int, 
 
 def finetune_detect_iter(
     model, data_yaml: str | Path, out: str | Path, *, epochs: int = 10, batch: int = 8, imgsz: int | None = None,
-    device: str = "cpu", workdir: str | Path | None = None, calibrate_conf: bool = True, **train_args,
+    zoom: float | None = None, device: str = "cpu", workdir: str | Path | None = None, calibrate_conf: bool = True,
+    **train_args,
 ) -> Generator[Progress, None, FinetuneResult]:
     """Train a box detector with ultralytics (``yolo.train.train_detect_iter``) on a detection dataset: a
     ``data.yaml`` of a YOLO dataset or of a Roboflow "YOLO" export as downloaded (``../train/images`` paths,
@@ -212,7 +213,10 @@ def finetune_detect_iter(
 
     ``model``: see ``yolo.train.detector_start``. ``imgsz``: default the longest side of the training images
     rounded up to the stride, so small nuclei are learnt at full resolution (not resized); the checkpoint records
-    the zoom (``imgsz`` / that side), which tiled inference then keeps. ``calibrate_conf``: afterwards the
+    the zoom (``imgsz`` / that side), which tiled inference then keeps. ``zoom``: instead, the train and val
+    images are cut into tiles of ``imgsz / zoom`` pixels (``yolo.train.tile_box_dataset``; ``imgsz`` default
+    640), so images of mixed sizes are all learnt at that one scale, e.g. 1.5 for the small nuclei of DSB2018
+    as the shipped 'nuclei' model sees them; the calibration still scores the whole images. ``calibrate_conf``: afterwards the
     validation images are scored (``evaluate_detector_iter``) and the best-F1 confidence is stored as the model's
     own threshold; a ``test`` split, where there is one, is scored at that threshold (``calibration["test"]``).
     """
@@ -220,12 +224,30 @@ def finetune_detect_iter(
     from .detect import evaluate_detector_iter
     from .segment import run
 
-    data_yaml, splits, side, imgsz = yolo_train.detection_geometry(data_yaml, imgsz)  # the dataset fails first
+    data_yaml, splits, side, imgsz = yolo_train.detection_geometry(data_yaml, imgsz or (640 if zoom else None))
     scratch = str(model).endswith((".yaml", ".yml"))  # an ultralytics model file: nothing to resolve
     path, backend = (None, None) if scratch else (resolve_model(model)[1], probe_backend(model))
     start = yolo_train.detector_start(model, path, backend)
-    trained = yield from yolo_train.train_detect_iter(start, data_yaml, out, side=side, imgsz=imgsz, epochs=epochs,
-                                                      batch=batch, device=device, workdir=workdir, **train_args)
+    train_yaml = data_yaml
+    own_tiles = None
+    if zoom is not None:
+        import tempfile
+
+        if zoom <= 0:
+            raise ValueError(f"zoom must be positive, got {zoom}")
+        side = int(round(imgsz / zoom))
+        own_tiles = None if workdir else Path(tempfile.mkdtemp(prefix="napari-cellseg-detect-tiles-"))
+        yield Progress(0, 1, 0, epochs, f"cutting the training images into {side}-pixel tiles", unit="epoch")
+        train_yaml = yolo_train.tile_box_dataset(data_yaml, side, Path(workdir or own_tiles) / "tiles")
+    try:
+        trained = yield from yolo_train.train_detect_iter(start, train_yaml, out, side=side, imgsz=imgsz,
+                                                          epochs=epochs, batch=batch, device=device, workdir=workdir,
+                                                          **train_args)
+    finally:
+        if own_tiles is not None:
+            import shutil
+
+            shutil.rmtree(own_tiles, ignore_errors=True)
     path, done, n_batches = trained.path, trained.batches_done, trained.batches_per_epoch
     calibration = None
     if calibrate_conf and path is not None and not trained.cancelled and "val" in splits:

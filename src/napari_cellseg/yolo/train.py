@@ -57,6 +57,52 @@ def tile_dataset(data_yaml: Path, tile: int, out_dir: Path) -> Path:
     return write_yolo_dataset(samples, out_dir, val_names=val_names, class_names=class_names)
 
 
+MIN_BOX_SIDE = 2  # pixels: a box cut by a tile border to a thinner sliver is dropped from that tile
+
+
+def tile_box_dataset(data_yaml: Path, tile: int, out_dir: Path, splits=("train", "val")) -> Path:
+    """Cut the images of a detection dataset's ``splits`` into tiles of ``tile`` pixels (neighbours overlapping
+    by a quarter tile, ``core.tiling.tile_grid``), written as a YOLO box dataset; returns its ``data.yaml``.
+
+    A box is clipped to each tile it reaches and kept where at least ``MIN_BOX_SIDE`` pixels of it remain on
+    both axes. An image (or its last row or column) smaller than a tile is padded with zeros to the full tile,
+    so every object is trained at the same scale (ultralytics resizes each training image to imgsz)."""
+    import numpy as np
+    import yaml
+
+    from ..core.datasets import read_yolo_detection_dataset, write_yolo_box_dataset
+    from ..core.tiling import tile_grid
+
+    names = yaml.safe_load(Path(data_yaml).read_text()).get("names", {0: "cell"})
+    class_names = [names[k] for k in sorted(names)] if isinstance(names, dict) else list(names)
+    split_of = {}
+
+    def tiles():
+        for split in splits:
+            try:
+                items = read_yolo_detection_dataset(data_yaml, (split,))
+                first = next(items)
+            except StopIteration:
+                continue
+            except ValueError:  # the split is not named (e.g. val = train in some exports): not tiled
+                continue
+            for name, image, boxes, classes in (first, *items):
+                image = np.asarray(image)
+                for k, t in enumerate(tile_grid(*image.shape[:2], tile, tile // 4)):
+                    block = image[t.slices]
+                    pad = [(0, tile - block.shape[0]), (0, tile - block.shape[1])] + [(0, 0)] * (block.ndim - 2)
+                    block = np.pad(block, pad)
+                    clipped = np.clip(np.asarray(boxes, np.float64).reshape(-1, 4) - [t.x0, t.y0, t.x0, t.y0], 0,
+                                      [t.x1 - t.x0, t.y1 - t.y0, t.x1 - t.x0, t.y1 - t.y0])
+                    keep = ((clipped[:, 2] - clipped[:, 0]) >= MIN_BOX_SIDE) & \
+                        ((clipped[:, 3] - clipped[:, 1]) >= MIN_BOX_SIDE)
+                    tile_name = f"{split}_{name}_{k:03d}"
+                    split_of[tile_name] = split
+                    yield tile_name, block, clipped[keep], np.asarray(classes, np.int64)[keep]
+
+    return write_yolo_box_dataset(tiles(), out_dir, split_of=split_of, class_names=class_names)
+
+
 def train_segment_iter(
     base_path: str | Path, base_info, data_yaml: str | Path, out: str | Path, *, epochs: int = 10, batch: int = 8,
     imgsz: int | None = None, zoom: float | None = None, device: str = "cpu", workdir: str | Path | None = None,
