@@ -59,8 +59,7 @@ def test_load_model_picks_the_detection_backend(tiny_detector, detector):
         load_model([str(tiny_detector[0]), "nuclei"], device="cpu")
 
 
-@pytest.mark.parametrize("seed", [900, 901])
-def test_boxes_and_scores_match_ultralytics_predict(detector, ultralytics_model, seed):
+def _assert_matches_predict(detector, ultralytics_model, seed, min_boxes):
     """On an image the size of imgsz (one tile) the pipeline gives ultralytics' own boxes and scores."""
     from napari_cellseg import segment
 
@@ -71,10 +70,34 @@ def test_boxes_and_scores_match_ultralytics_predict(detector, ultralytics_model,
                                        verbose=False)[0]
     assert isinstance(ours, DetectionResult)
     ref_boxes, ref_scores = theirs.boxes.xyxy.numpy(), theirs.boxes.conf.numpy()
-    assert ours.n_objects == len(ref_scores) >= 3
+    assert ours.n_objects == len(ref_scores) >= min_boxes
     pairs = _match(ours.boxes, ref_boxes)
     assert len(pairs) == len(ref_scores)
     np.testing.assert_allclose([ours.scores[i] for i, _ in pairs], [ref_scores[j] for _, j in pairs], atol=1e-4)
+
+
+@pytest.mark.parametrize("seed", [900, 901])
+def test_boxes_and_scores_match_ultralytics_predict(detector, ultralytics_model, seed):
+    _assert_matches_predict(detector, ultralytics_model, seed, min_boxes=3)
+
+
+def test_yolov5u_checkpoint_matches_ultralytics_predict(tmp_path_factory):
+    """A YOLOv5 'u' model (ultralytics' yolov5n.yaml, what yolov5nu.pt is) is an ultralytics detection
+    checkpoint: probed as one, and giving ultralytics' own boxes and scores."""
+    from ultralytics import YOLO
+
+    from napari_cellseg import load_model
+    from napari_cellseg.backends import probe_backend
+    from tiny_detector import train_tiny_detector
+
+    checkpoint, _ = train_tiny_detector(tmp_path_factory.mktemp("yolov5u"), epochs=40, model_yaml="yolov5n.yaml")
+    reference = YOLO(str(checkpoint))
+    assert reference.model.yaml["yaml_file"] == "yolov5n.yaml"
+    assert probe_backend(checkpoint) == "yolo-detect"
+    detector = load_model(checkpoint, device="cpu")
+    assert detector.info.task == "detect"
+    for seed in (900, 901):
+        _assert_matches_predict(detector, reference, seed, min_boxes=1)
 
 
 def test_result_table_has_the_mask_columns(detector):

@@ -30,12 +30,13 @@ def write_disc_dataset(root: Path, n_train: int = 20, n_val: int = 4, n_test: in
     return write_yolo_box_dataset([s[:4] for s in samples], root, split_of=split_of, class_names=["nucleus"])
 
 
-def train_tiny_detector(workdir: Path, epochs: int = 60, batch: int = 4) -> tuple[Path, Path]:
+def train_tiny_detector(workdir: Path, epochs: int = 60, batch: int = 4,
+                        model_yaml: str = "yolo11n.yaml") -> tuple[Path, Path]:
     """(checkpoint, data.yaml)."""
     from ultralytics import YOLO
 
     data = write_disc_dataset(workdir / "data")
-    model = YOLO("yolo11n.yaml")
+    model = YOLO(model_yaml)
     model.train(
         data=str(data), imgsz=IMGSZ, epochs=epochs, batch=batch, device="cpu", workers=0, plots=False,
         project=str(workdir), name="run", exist_ok=True, pretrained=False, amp=False, verbose=False,
