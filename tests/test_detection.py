@@ -11,11 +11,11 @@ import pytest
 from napari_cellseg.core.box_metrics import BoxSample, evaluate_boxes, match_detections
 from napari_cellseg.core.datasets import (DatasetError, boxes_from_labels, read_coco_detection_dataset,
                                           read_detection_dataset, read_yolo_detection_dataset, write_yolo_box_dataset)
-from napari_cellseg.core.detection import DetectionResult, box_iou, merge_tile_boxes
+from napari_cellseg.core.detection import DetectionResult, merge_tile_boxes
 from napari_cellseg.core.result import OBJECT_COLUMNS
 
 from synthetic import disc_image
-from tiny_detector import IMGSZ, disc_samples
+from tiny_detector import IMGSZ, disc_samples, match_boxes, max_overlap_of_smaller
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -32,17 +32,6 @@ def ultralytics_model(tiny_detector):
     from ultralytics import YOLO
 
     return YOLO(str(tiny_detector[0]))
-
-
-def _match(boxes_a, boxes_b, min_iou=0.9):
-    """Pairs (i, j) of boxes matched one to one at IoU >= min_iou (greedy on IoU)."""
-    iou = box_iou(boxes_a, boxes_b)
-    pairs = []
-    while iou.size and iou.max() >= min_iou:
-        i, j = np.unravel_index(np.argmax(iou), iou.shape)
-        pairs.append((int(i), int(j)))
-        iou[i, :], iou[:, j] = -1, -1
-    return pairs
 
 
 def test_load_model_picks_the_detection_backend(tiny_detector, detector):
@@ -71,7 +60,7 @@ def _assert_matches_predict(detector, ultralytics_model, seed, min_boxes):
     assert isinstance(ours, DetectionResult)
     ref_boxes, ref_scores = theirs.boxes.xyxy.numpy(), theirs.boxes.conf.numpy()
     assert ours.n_objects == len(ref_scores) >= min_boxes
-    pairs = _match(ours.boxes, ref_boxes)
+    pairs = match_boxes(ours.boxes, ref_boxes)
     assert len(pairs) == len(ref_scores)
     np.testing.assert_allclose([ours.scores[i] for i, _ in pairs], [ref_scores[j] for _, j in pairs], atol=1e-4)
 
@@ -144,14 +133,9 @@ def test_large_image_is_tiled_at_full_resolution_and_counted_once(detector):
     parameters = result.metadata["parameters"]
     assert parameters["tile"] == IMGSZ and parameters["zoom"] == 1.0  # the segmentation backends' rule
     b = result.boxes
-    inter = np.clip(np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]), 0, None) * \
-        np.clip(np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]), 0, None)
-    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    ios = inter / np.minimum(area[:, None], area[None, :])
-    np.fill_diagonal(ios, 0)
-    assert ios.max(initial=0) < 0.5  # no object twice
+    assert max_overlap_of_smaller(b) < 0.5  # no object twice
     truth = boxes_from_labels(labels)
-    matched = len(_match(b, truth, min_iou=0.5))
+    matched = len(match_boxes(b, truth, min_iou=0.5))
     assert matched >= 0.6 * len(truth)  # the tiny model finds most nuclei, across tile borders too
 
 
@@ -340,6 +324,15 @@ def test_coco_boxes_and_instance_masks(tmp_path):
     assert len(list(read_detection_dataset(tmp_path))) == 1  # the folder with its one JSON
 
 
+def _finetune_detect_cli(tmp_path, out, *options):
+    """'napari-cellseg finetune --task detect' from yolo11n.yaml on the export in tmp_path, in a fresh process."""
+    env = {"PYTHONPATH": str(SRC), "YOLO_VERBOSE": "False", "PATH": "/usr/bin:/bin",
+           "YOLO_CONFIG_DIR": str(tmp_path / "cfg")}
+    return subprocess.run([sys.executable, "-m", "napari_cellseg.cli", "finetune", "--task", "detect", "--model",
+                           "yolo11n.yaml", "--data", str(tmp_path / "export"), "--out", str(out), "--batch", "4",
+                           "-q", *options], capture_output=True, text=True, env=env, timeout=600)
+
+
 def test_cli_finetune_detect_on_a_roboflow_export(tmp_path):
     """A detector trained by 'finetune --task detect' on a Roboflow-layout export, from scratch (no download):
     its best-F1 confidence on the val split is stored as its own threshold, the test split is scored."""
@@ -348,11 +341,7 @@ def test_cli_finetune_detect_on_a_roboflow_export(tmp_path):
 
     write_disc_dataset(tmp_path / "export", n_train=8, n_val=2, n_test=2)
     out = tmp_path / "det.pt"
-    env = {"PYTHONPATH": str(SRC), "YOLO_VERBOSE": "False", "PATH": "/usr/bin:/bin",
-           "YOLO_CONFIG_DIR": str(tmp_path / "cfg")}
-    done = subprocess.run([sys.executable, "-m", "napari_cellseg.cli", "finetune", "--task", "detect", "--model",
-                           "yolo11n.yaml", "--data", str(tmp_path / "export"), "--out", str(out), "--epochs", "3",
-                           "--batch", "4", "-q"], capture_output=True, text=True, env=env, timeout=600)
+    done = _finetune_detect_cli(tmp_path, out, "--epochs", "3")
     assert done.returncode == 0, done.stderr
     assert "stored as the model's own" in done.stdout and "test split" in done.stdout
     model = load_model(out, device="cpu")
@@ -431,12 +420,7 @@ def test_finetune_detect_with_a_zoom_trains_on_tiles_at_that_scale(tmp_path):
 
     write_disc_dataset(tmp_path / "export", n_train=4, n_val=2, n_test=0)
     out = tmp_path / "det.pt"
-    env = {"PYTHONPATH": str(SRC), "YOLO_VERBOSE": "False", "PATH": "/usr/bin:/bin",
-           "YOLO_CONFIG_DIR": str(tmp_path / "cfg")}
-    done = subprocess.run([sys.executable, "-m", "napari_cellseg.cli", "finetune", "--task", "detect", "--model",
-                           "yolo11n.yaml", "--data", str(tmp_path / "export"), "--out", str(out), "--epochs", "1",
-                           "--batch", "4", "--imgsz", "64", "--zoom", "2", "-q"],
-                          capture_output=True, text=True, env=env, timeout=600)
+    done = _finetune_detect_cli(tmp_path, out, "--epochs", "1", "--imgsz", "64", "--zoom", "2")
     assert done.returncode == 0, done.stderr
     model = load_model(out, device="cpu")
     assert model.info.train_imgsz == 64 and model.info.zoom == 2.0

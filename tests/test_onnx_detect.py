@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_cellseg.core.detection import DetectionResult, box_iou
+from napari_cellseg.core.detection import DetectionResult
 from napari_cellseg.core.result import OBJECT_COLUMNS
 
 from synthetic import disc_image
-from tiny_detector import IMGSZ, disc_samples
+from tiny_detector import IMGSZ, disc_samples, match_boxes, max_overlap_of_smaller
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 CONF = 0.05
@@ -62,19 +62,9 @@ def yolov6_export(tiny_detector, tmp_path_factory) -> Path:
     return path
 
 
-def _match(boxes_a, boxes_b, min_iou=0.99):
-    iou = box_iou(boxes_a, boxes_b)
-    pairs = []
-    while iou.size and iou.max() >= min_iou:
-        i, j = np.unravel_index(np.argmax(iou), iou.shape)
-        pairs.append((int(i), int(j)))
-        iou[i, :], iou[:, j] = -1, -1
-    return pairs
-
-
 def _assert_same_boxes(ours: DetectionResult, ref_boxes, ref_scores, box_atol, score_atol):
     assert ours.n_objects == len(ref_scores) >= 3
-    pairs = _match(ours.boxes, ref_boxes)
+    pairs = match_boxes(ours.boxes, ref_boxes, min_iou=0.99)
     assert len(pairs) == len(ref_scores)
     np.testing.assert_allclose([ours.boxes[i] for i, _ in pairs], [ref_boxes[j] for _, j in pairs], atol=box_atol)
     np.testing.assert_allclose([ours.scores[i] for i, _ in pairs], [ref_scores[j] for _, j in pairs],
@@ -163,14 +153,9 @@ def test_a_tile_larger_than_a_fixed_input_is_cut_into_windows(tiny_detector_onnx
     result = segment(rgb, model, conf=0.25, iou=0.5, tile=256)
     assert result.metadata["parameters"]["tile"] == 256
     b = result.boxes
-    inter = np.clip(np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]), 0, None) * \
-        np.clip(np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]), 0, None)
-    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    ios = inter / np.minimum(area[:, None], area[None, :])
-    np.fill_diagonal(ios, 0)
-    assert ios.max(initial=0) < 0.5
+    assert max_overlap_of_smaller(b) < 0.5  # no object twice
     truth = boxes_from_labels(labels)
-    assert len(_match(b, truth, min_iou=0.5)) >= 0.6 * len(truth)
+    assert len(match_boxes(b, truth, min_iou=0.5)) >= 0.6 * len(truth)
     plain = segment(rgb, model, conf=0.25, iou=0.5)  # tiles of 128: the same objects, near enough
     assert abs(plain.n_objects - result.n_objects) <= 0.1 * plain.n_objects + 1
 

@@ -43,3 +43,27 @@ def train_tiny_detector(workdir: Path, epochs: int = 60, batch: int = 4,
         mosaic=0.0, val=False, seed=0, deterministic=True, lr0=0.01, warmup_epochs=0,
     )
     return workdir / "run" / "weights" / "last.pt", data
+
+
+def match_boxes(boxes_a, boxes_b, min_iou=0.9):
+    """Pairs (i, j) of boxes matched one to one at IoU >= min_iou (greedy on IoU)."""
+    from napari_cellseg.core.detection import box_iou
+
+    iou = box_iou(boxes_a, boxes_b)
+    pairs = []
+    while iou.size and iou.max() >= min_iou:
+        i, j = np.unravel_index(np.argmax(iou), iou.shape)
+        pairs.append((int(i), int(j)))
+        iou[i, :], iou[:, j] = -1, -1
+    return pairs
+
+
+def max_overlap_of_smaller(boxes) -> float:
+    """The largest intersection over the smaller box of any two boxes (0 for fewer than two)."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    inter = np.clip(np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]), 0, None) * \
+        np.clip(np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]), 0, None)
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    ios = inter / np.maximum(np.minimum(area[:, None], area[None, :]), 1e-12)
+    np.fill_diagonal(ios, 0)
+    return float(ios.max(initial=0))

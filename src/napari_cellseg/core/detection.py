@@ -44,6 +44,44 @@ class TileBoxes:
         return len(self.scores)
 
 
+def zoomed(tile: np.ndarray, zoom: float) -> np.ndarray:
+    """``tile`` resized by ``zoom`` (bilinear, as the detectors were trained); the tile itself at zoom 1."""
+    h, w = tile.shape[:2]
+    zh, zw = max(1, round(h * zoom)), max(1, round(w * zoom))
+    if (zh, zw) == (h, w):
+        return tile
+    import cv2
+
+    return cv2.resize(tile, (zw, zh), interpolation=cv2.INTER_LINEAR)
+
+
+def padded_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``image`` padded bottom and right to (height, width) with YOLO's grey 114, so coordinates stay put
+    (ultralytics' letterbox centres instead; a detector's boxes are the same either way)."""
+    h, w = image.shape[:2]
+    if (h, w) == (height, width):
+        return np.ascontiguousarray(image)
+    padded = np.full((height, width, *image.shape[2:]), 114, np.uint8)
+    padded[:h, :w] = image
+    return padded
+
+
+def stride_multiple(size: int, stride: int) -> int:
+    """The smallest multiple of ``stride`` at least ``size``."""
+    return -(-size // stride) * stride
+
+
+def tile_boxes_from_network(boxes, scores, classes, zoom: float, tile_shape) -> TileBoxes:
+    """Network-pixel boxes of a tile resized by ``zoom``, back in tile pixels and clipped to the tile."""
+    if not len(scores):
+        return TileBoxes.empty()
+    h, w = tile_shape[:2]
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4) / zoom
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+    return TileBoxes(boxes, np.asarray(scores, np.float32), np.asarray(classes, np.int64))
+
+
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(len(a), len(b)) IoU of x0, y0, x1, y1 boxes."""
     inter = _intersection(a, b)

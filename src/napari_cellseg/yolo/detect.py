@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.backend import DEFAULT_CONF, InferenceSettings, ModelInfo, ModelLoadError, checkpoint_pickle, resolve_device
-from ..core.detection import TileBoxes
+from ..core.detection import TileBoxes, padded_to, stride_multiple, tile_boxes_from_network, zoomed
 from ..core.io import sha256_of
 
 NAME = "yolo-detect"
@@ -71,23 +71,12 @@ class YoloDetectBackend:
 
     def predict_boxes(self, tile: np.ndarray, settings: InferenceSettings) -> TileBoxes:
         """``tile``: (h, w, 3) uint8 RGB. Boxes in tile pixel coordinates."""
-        import cv2
-
-        h, w = tile.shape[:2]
-        zh, zw = max(1, round(h * settings.zoom)), max(1, round(w * settings.zoom))
-        net = tile if (zh, zw) == (h, w) else cv2.resize(tile, (zw, zh), interpolation=cv2.INTER_LINEAR)
-        ph, pw = -(-zh // STRIDE) * STRIDE, -(-zw // STRIDE) * STRIDE
-        if (ph, pw) == (zh, zw):
-            padded = np.ascontiguousarray(net[..., ::-1])
-        else:  # ultralytics' letterbox pads with grey 114 and centres; we pad bottom/right so coordinates stay put
-            padded = np.full((ph, pw, 3), 114, np.uint8)
-            padded[:zh, :zw] = net[..., ::-1]  # numpy input is BGR for ultralytics
+        net = zoomed(tile, settings.zoom)
+        zh, zw = net.shape[:2]
+        ph, pw = stride_multiple(zh, STRIDE), stride_multiple(zw, STRIDE)
+        padded = padded_to(net[..., ::-1], ph, pw)  # numpy input is BGR for ultralytics
         result = self._model.predict(padded, imgsz=[ph, pw], conf=settings.conf, iou=settings.iou,
                                      max_det=settings.max_det, device=self.device, verbose=False)[0]
-        if len(result.boxes) == 0:
-            return TileBoxes.empty()
-        boxes = result.boxes.xyxy.cpu().numpy().astype(np.float64) / settings.zoom
-        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
-        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
-        return TileBoxes(boxes, result.boxes.conf.cpu().numpy().astype(np.float32),
-                         result.boxes.cls.cpu().numpy().astype(np.int64))
+        found = result.boxes
+        return tile_boxes_from_network(found.xyxy.cpu().numpy(), found.conf.cpu().numpy(), found.cls.cpu().numpy(),
+                                       settings.zoom, tile.shape)

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from ..core.backend import DEFAULT_CONF, InferenceSettings, ModelInfo, ModelLoadError
-from ..core.detection import TileBoxes, cut_by_tile, merge_tile_boxes
+from ..core.detection import (TileBoxes, cut_by_tile, merge_tile_boxes, padded_to, stride_multiple,
+                              tile_boxes_from_network, zoomed)
 from ..core.io import sha256_of
 
 NAME = "onnx-detect"
@@ -229,18 +230,8 @@ class OnnxDetectBackend:
 
     def predict_boxes(self, tile: np.ndarray, settings: InferenceSettings) -> TileBoxes:
         """``tile``: (h, w, 3) uint8 RGB. Boxes in tile pixel coordinates."""
-        import cv2
-
-        h, w = tile.shape[:2]
-        zh, zw = max(1, round(h * settings.zoom)), max(1, round(w * settings.zoom))
-        net = tile if (zh, zw) == (h, w) else cv2.resize(tile, (zw, zh), interpolation=cv2.INTER_LINEAR)
-        boxes, scores, classes = self._network_boxes(np.ascontiguousarray(net), settings)
-        if not len(scores):
-            return TileBoxes.empty()
-        boxes = boxes.astype(np.float64) / settings.zoom
-        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
-        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
-        return TileBoxes(boxes, scores.astype(np.float32), classes.astype(np.int64))
+        boxes, scores, classes = self._network_boxes(np.ascontiguousarray(zoomed(tile, settings.zoom)), settings)
+        return tile_boxes_from_network(boxes, scores, classes, settings.zoom, tile.shape)
 
     def _network_boxes(self, net: np.ndarray, settings: InferenceSettings):
         """Boxes (network pixels), scores and classes of a network-scale RGB image."""
@@ -250,9 +241,8 @@ class OnnxDetectBackend:
             if zh > ph or zw > pw:
                 return self._windows(net, settings)
         else:
-            ph, pw = -(-zh // self.stride) * self.stride, -(-zw // self.stride) * self.stride
-        padded = np.full((ph, pw, 3), 114, np.uint8)
-        padded[:zh, :zw] = net
+            ph, pw = stride_multiple(zh, self.stride), stride_multiple(zw, self.stride)
+        padded = padded_to(net, ph, pw)
         x = padded.transpose(2, 0, 1)[None].astype(np.float32)
         x *= 1 / 255.0
         pred = self._session.run(None, {self._input: x})[0][0]

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.backend import DEFAULT_CONF, InferenceSettings, ModelInfo, ModelLoadError, checkpoint_pickle, resolve_device
-from ..core.detection import TileBoxes
+from ..core.detection import TileBoxes, padded_to, stride_multiple, tile_boxes_from_network, zoomed
 from ..core.io import sha256_of
 
 NAME = "yolov5"
@@ -113,16 +113,11 @@ class Yolov5Backend:
 
     def predict_boxes(self, tile: np.ndarray, settings: InferenceSettings) -> TileBoxes:
         """``tile``: (h, w, 3) uint8 RGB. Boxes in tile pixel coordinates."""
-        import cv2
-
         from .onnx_detect import decode
 
-        h, w = tile.shape[:2]
-        zh, zw = max(1, round(h * settings.zoom)), max(1, round(w * settings.zoom))
-        net = tile if (zh, zw) == (h, w) else cv2.resize(tile, (zw, zh), interpolation=cv2.INTER_LINEAR)
-        ph, pw = -(-zh // self.stride) * self.stride, -(-zw // self.stride) * self.stride
-        padded = np.full((ph, pw, 3), 114, np.uint8)
-        padded[:zh, :zw] = net
+        net = zoomed(tile, settings.zoom)
+        zh, zw = net.shape[:2]
+        padded = padded_to(net, stride_multiple(zh, self.stride), stride_multiple(zw, self.stride))
         torch = self._torch
         x = torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1))[None]).to(self.device).float() / 255
         with torch.no_grad():
@@ -131,9 +126,4 @@ class Yolov5Backend:
         pred = pred[0].float().cpu().numpy()
         n_classes = pred.shape[1] - 5
         boxes, scores, classes = decode(pred, "yolov6", n_classes, settings.conf, settings.iou, settings.max_det)
-        if not len(scores):
-            return TileBoxes.empty()
-        boxes = boxes.astype(np.float64) / settings.zoom
-        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
-        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
-        return TileBoxes(boxes, scores.astype(np.float32), classes.astype(np.int64))
+        return tile_boxes_from_network(boxes, scores, classes, settings.zoom, tile.shape)
