@@ -15,7 +15,7 @@ from napari_cellseg.core.detection import DetectionResult, merge_tile_boxes
 from napari_cellseg.core.result import OBJECT_COLUMNS
 
 from synthetic import disc_image
-from tiny_detector import IMGSZ, disc_samples, match_boxes, max_overlap_of_smaller
+from tiny_detector import IMGSZ, disc_samples, match_boxes, max_overlap_of_smaller, segment_cli_detections
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -149,18 +149,11 @@ def test_python_and_cli_segment_write_boxes_not_labels(tiny_detector, tmp_path):
     expected = segment(rgb, str(tiny_detector[0]), device="cpu")
     assert isinstance(expected, DetectionResult) and expected.n_objects > 0
     out = tmp_path / "out"
-    env = {"PYTHONPATH": str(SRC), "YOLO_VERBOSE": "False", "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-m", "napari_cellseg.cli", "segment", str(image_path), "--model",
-                           str(tiny_detector[0]), "--out", str(out), "--device", "cpu"],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert f"{expected.n_objects} detections" in done.stdout
-    assert not (out / "cells_labels.tif").exists()
+    rows = segment_cli_detections(image_path, tiny_detector[0], out, expected)
+    assert tuple(rows[0]) == OBJECT_COLUMNS
     import csv
 
-    rows = list(csv.DictReader(open(out / "cells_objects.csv")))
-    assert len(rows) == expected.n_objects and tuple(rows[0]) == OBJECT_COLUMNS
-    np.testing.assert_allclose([float(r["score"]) for r in rows], expected.scores, atol=1e-4)  # 4 decimals
+    env = {"PYTHONPATH": str(SRC), "YOLO_VERBOSE": "False", "PATH": "/usr/bin:/bin"}
     counts = list(csv.DictReader(open(out / "cells_counts.csv")))
     assert counts == [{"frame": "0", "count": str(expected.n_objects)}]
     provenance = json.loads((out / "cells_provenance.json").read_text())

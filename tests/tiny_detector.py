@@ -67,3 +67,25 @@ def max_overlap_of_smaller(boxes) -> float:
     ios = inter / np.maximum(np.minimum(area[:, None], area[None, :]), 1e-12)
     np.fill_diagonal(ios, 0)
     return float(ios.max(initial=0))
+
+
+def segment_cli_detections(image_path: Path, model_path: Path, out: Path, expected) -> list[dict]:
+    """Run 'napari-cellseg segment' on one image with a detector in a fresh process and check it wrote
+    ``expected``'s detections (a DetectionResult) as boxes, no label image; the rows of its objects CSV."""
+    import csv
+    import subprocess
+    import sys
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {"PYTHONPATH": str(src), "YOLO_VERBOSE": "False", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-m", "napari_cellseg.cli", "segment", str(image_path), "--model",
+                           str(model_path), "--out", str(out), "--device", "cpu"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"{expected.n_objects} detections" in done.stdout
+    assert not (out / f"{image_path.stem}_labels.tif").exists()
+    with open(out / f"{image_path.stem}_objects.csv") as table:
+        rows = list(csv.DictReader(table))
+    assert len(rows) == expected.n_objects
+    np.testing.assert_allclose([float(r["score"]) for r in rows], expected.scores, atol=1e-4)  # 4 decimals
+    return rows
