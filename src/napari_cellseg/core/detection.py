@@ -158,6 +158,24 @@ def merge_tile_boxes(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarra
             np.asarray(kept_classes, np.int64))
 
 
+def merge_tiles(found_per_tile, tiles, height: int, width: int,
+                iou: float = 0.7) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(boxes, scores, classes) in image coordinates, best score first, of the ``TileBoxes`` found in each of
+    ``tiles`` (core.tiling.Tile, of an image of ``height`` x ``width``): each object once (``merge_tile_boxes``,
+    boxes cut by a tile border marked by ``cut_by_tile``)."""
+    shifted = [np.asarray(f.boxes, np.float64).reshape(-1, 4) + np.array([t.x0, t.y0, t.x0, t.y0], np.float64)
+               for f, t in zip(found_per_tile, tiles)]
+    boxes = np.concatenate(shifted) if shifted else np.zeros((0, 4))
+    scores = np.concatenate([np.asarray(f.scores, np.float32) for f in found_per_tile] or [np.zeros(0, np.float32)])
+    classes = np.concatenate([np.asarray(f.class_ids, np.int64) for f in found_per_tile] or [np.zeros(0, np.int64)])
+    if len(shifted) > 1:
+        tile_index = np.concatenate([np.full(len(b), i) for i, b in enumerate(shifted)])
+        cut = np.concatenate([cut_by_tile(b, t, height, width) for b, t in zip(shifted, tiles)])
+        boxes, scores, classes = merge_tile_boxes(boxes, scores, classes, tile_index, cut, iou=iou)
+    order = np.argsort(-scores, kind="stable")
+    return boxes[order], scores[order], classes[order]
+
+
 @dataclass
 class DetectionResult:
     """The boxes of a detection run over a 2-D image or a stack (no label image: a detector draws no outlines).

@@ -14,7 +14,7 @@ from dataclasses import asdict
 import numpy as np
 
 from ..core.backend import InferenceSettings
-from ..core.detection import DetectionResult, cut_by_tile, merge_tile_boxes
+from ..core.detection import DetectionResult, merge_tiles
 from ..core.normalize import apply_ranges, as_rgb, channel_ranges, to_stack_of_frames
 from ..core.options import parse_diameter
 from ..core.progress import Progress
@@ -132,8 +132,8 @@ def _detect_frames(model, frames, n_frames: int, height: int, width: int, plan, 
     yield Progress(0, total, 0, n_frames, message or "starting")
     for f, frame in enumerate(frames):
         ranges = input_ranges(frame)
-        pooled = {"boxes": [], "scores": [], "classes": [], "tile": [], "cut": []}
-        for t_index, t in enumerate(tiles):
+        found_per_tile = []
+        for t in tiles:
             block = as_rgb(apply_ranges(frame[t.slices], ranges))
             found = model.predict_boxes(block, settings)
             if class_conf and len(found):
@@ -141,25 +141,14 @@ def _detect_frames(model, frames, n_frames: int, height: int, width: int, plan, 
                 found = type(found)(found.boxes[keep], found.scores[keep], found.class_ids[keep])
             if len(found) >= max_det:
                 warnings.append(f"frame {f}: a tile reached max_det={max_det} detections; raise max_det")
-            shifted = found.boxes + np.array([t.x0, t.y0, t.x0, t.y0], np.float64)
-            pooled["boxes"].append(shifted)
-            pooled["scores"].append(found.scores)
-            pooled["classes"].append(found.class_ids)
-            pooled["tile"].append(np.full(len(found), t_index))
-            pooled["cut"].append(cut_by_tile(shifted, t, height, width))
+            found_per_tile.append(found)
             done += 1
             yield Progress(done, total, f, n_frames, f"{prefix}frame {f + 1}/{n_frames}, tile {done}/{total}")
-        joined = {k: np.concatenate(v) if v else np.zeros(0) for k, v in pooled.items()}
-        if len(tiles) == 1:
-            boxes, scores, classes = joined["boxes"].reshape(-1, 4), joined["scores"], joined["classes"]
-        else:
-            boxes, scores, classes = merge_tile_boxes(joined["boxes"], joined["scores"], joined["classes"],
-                                                      joined["tile"], joined["cut"].astype(bool), iou=iou)
-        order = np.argsort(-np.asarray(scores), kind="stable")
-        all_boxes.append(np.asarray(boxes, np.float64).reshape(-1, 4)[order])
-        all_scores.append(np.asarray(scores, np.float32)[order])
-        all_classes.append(np.asarray(classes, np.int64)[order])
-        all_frames.append(np.full(len(order), f, np.int64))
+        boxes, scores, classes = merge_tiles(found_per_tile, tiles, height, width, iou=iou)
+        all_boxes.append(boxes)
+        all_scores.append(scores)
+        all_classes.append(classes)
+        all_frames.append(np.full(len(scores), f, np.int64))
     return (np.concatenate(all_boxes) if all_boxes else np.zeros((0, 4)),
             np.concatenate(all_scores) if all_scores else np.zeros(0, np.float32),
             np.concatenate(all_classes) if all_classes else np.zeros(0, np.int64),

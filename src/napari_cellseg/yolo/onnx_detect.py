@@ -29,14 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from ..core.backend import DEFAULT_CONF, InferenceSettings, ModelInfo, ModelLoadError
-from ..core.detection import (TileBoxes, cut_by_tile, merge_tile_boxes, padded_to, stride_multiple,
-                              tile_boxes_from_network, zoomed)
+from ..core.detection import TileBoxes, merge_tiles, padded_to, stride_multiple, tile_boxes_from_network, zoomed
 from ..core.io import sha256_of
 
 NAME = "onnx-detect"
 DEFAULT_STRIDE = 32
 LAYOUTS = ("ultralytics", "yolov6", "end2end")
-_OTHER_TASKS = ("segment", "pose", "obb", "classify")
 
 
 def probe(path: Path) -> bool:
@@ -176,7 +174,7 @@ class OnnxDetectBackend:
             raise ModelLoadError(f"{path}: a network napari-cellseg exported and caches for its own use; load the "
                                  "weights it was made from instead")
         task = meta.get("task")
-        if task in _OTHER_TASKS or (task and task != "detect"):
+        if task and task != "detect":  # segment, pose, obb, classify
             raise ModelLoadError(f"{path}: an ultralytics '{task}' export; the ONNX detection backend takes box "
                                  "detection exports (task 'detect')" +
                                  ("; load the segmentation checkpoint (.pt) itself" if task == "segment" else ""))
@@ -259,17 +257,6 @@ class OnnxDetectBackend:
         zh, zw = net.shape[:2]
         side = min(self.fixed)
         windows = tile_grid(zh, zw, side, side // 4)
-        pooled = {"boxes": [], "scores": [], "classes": [], "window": [], "cut": []}
-        for index, t in enumerate(windows):
-            boxes, scores, classes = self._network_boxes(np.ascontiguousarray(net[t.slices]), settings)
-            shifted = np.asarray(boxes, np.float64).reshape(-1, 4) + np.array([t.x0, t.y0, t.x0, t.y0], np.float64)
-            pooled["boxes"].append(shifted)
-            pooled["scores"].append(np.asarray(scores, np.float32))
-            pooled["classes"].append(np.asarray(classes, np.int64))
-            pooled["window"].append(np.full(len(scores), index))
-            pooled["cut"].append(cut_by_tile(shifted, t, zh, zw))
-        joined = {k: np.concatenate(v) for k, v in pooled.items()}
-        boxes, scores, classes = merge_tile_boxes(joined["boxes"], joined["scores"], joined["classes"],
-                                                  joined["window"], joined["cut"].astype(bool), iou=settings.iou)
-        order = np.argsort(-scores, kind="stable")[:settings.max_det]
-        return boxes[order], scores[order], classes[order]
+        found = [TileBoxes(*self._network_boxes(np.ascontiguousarray(net[t.slices]), settings)) for t in windows]
+        boxes, scores, classes = merge_tiles(found, windows, zh, zw, iou=settings.iou)
+        return boxes[:settings.max_det], scores[:settings.max_det], classes[:settings.max_det]
