@@ -101,6 +101,13 @@ class SegmentationBackend(Protocol):
     # before its tiles, for backends that need frame-level statistics.
 
 
+def names_yolov5_repository(pickle: bytes) -> bool:
+    """Whether a checkpoint's pickle (``checkpoint_pickle``) is of the original YOLOv5 repository: it names its
+    ``models.yolo`` classes and no ultralytics model class (not b"ultralytics" alone: YOLOv5 7.0 checkpoints
+    record their git remote, github.com/ultralytics/yolov5)."""
+    return b"models.yolo" in pickle and b"ultralytics.nn" not in pickle
+
+
 def checkpoint_pickle(path) -> bytes | None:
     """The pickle bytes of a torch zip checkpoint, read without unpickling (for cheap probes); else None."""
     import zipfile
@@ -150,7 +157,7 @@ def describe_file(path) -> str:
             return "a corrupted or truncated PyTorch checkpoint"
         if any(n.endswith("data.pkl") for n in names):
             data = checkpoint_pickle(path) or b""
-            if b"models.yolo" in data and b"ultralytics.nn" not in data:
+            if names_yolov5_repository(data):
                 return ("a checkpoint of the original YOLOv5 repository (models.yolo), which the ultralytics package "
                         "cannot open; backend 'yolov5' loads it (pip install \"napari-cellseg[yolov5]\"; docs/yolo.md, "
                         "'YOLOv5 and YOLOv6')")

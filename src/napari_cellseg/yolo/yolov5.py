@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.backend import DEFAULT_CONF, InferenceSettings, ModelInfo, ModelLoadError, checkpoint_pickle, resolve_device
+from ..core.backend import (DEFAULT_CONF, InferenceSettings, ModelInfo, ModelLoadError, checkpoint_pickle,
+                            names_yolov5_repository, resolve_device)
 from ..core.detection import TileBoxes, padded_to, stride_multiple, tile_boxes_from_network, zoomed
 from ..core.io import sha256_of
 
@@ -33,8 +34,7 @@ def probe(path: Path) -> bool:
     """True for a torch zip checkpoint whose pickle names the YOLOv5 repository's ``models.yolo`` classes and no
     ultralytics model class (read without unpickling)."""
     data = checkpoint_pickle(path)
-    # not b"ultralytics" alone: YOLOv5 7.0 checkpoints record their git remote, github.com/ultralytics/yolov5
-    return data is not None and b"models.yolo" in data and b"ultralytics.nn" not in data
+    return data is not None and names_yolov5_repository(data)
 
 
 def load(path: Path, device: str = "auto") -> "Yolov5Backend":
