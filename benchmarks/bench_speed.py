@@ -100,7 +100,9 @@ def bench_pipeline(engine: str, images, truths) -> dict:
         parameters = result.metadata["parameters"]
         rows.append({"wall": wall, "cpu": cpu, **stages, "dsb": scores["dsb_score"], "f1": scores["f1_50"],
                      "zoom": parameters.get("zoom"), "labels": result.labels})
-    refiner = getattr(model, "_companions", {}).get("nuclei-contours")
+    from napari_cellseg.pipeline.segment import companions_of
+
+    refiner = companions_of(model).get("nuclei-contours")
     return {"name": f"default pipeline, engine {engine}", "rows": rows, "load_and_warm_up": load_seconds,
             "engines": {"yolo": getattr(model, "engine", "torch"), "unet": getattr(refiner, "engine", "torch")}}
 

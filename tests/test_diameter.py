@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from napari_cellseg import load_model, segment
-from napari_cellseg.core.metrics import matching_stats
+from napari_cellseg.core.metrics import evaluate, matching_stats
 from napari_cellseg.pipeline.scale import AUTO_ZOOM_RANGE
 from napari_cellseg.core.tiling import tile_grid
 
@@ -176,3 +176,20 @@ def test_a_checkpoints_reference_diameter_is_read(tmp_path, tiny_yolo):
     assert load_model(tiny_yolo, device="cpu").info.object_diameter is None
     image, _ = disc_image((128, 128), n=6, seed=4)
     assert segment(image, model, diameter=18, conf=0.01).metadata["parameters"]["zoom"] == 2.0  # 128 / 64
+
+
+def test_the_default_overlap_holds_an_object_of_the_reference_size_and_segments_alike():
+    from napari_cellseg.pipeline.scale import plan_tiling
+
+    assert plan_tiling(RecordingModel(None)).overlap == 128 // 4  # no reference size: a quarter tile
+    sized = RecordingModel(object_diameter=20)
+    assert plan_tiling(sized).overlap == 24  # 20 px at zoom 1, rounded up to 8
+    assert plan_tiling(sized, zoom=2.0).overlap == 16  # 10 px: at least 16
+    assert plan_tiling(RecordingModel(object_diameter=60)).overlap == 32  # never more than a quarter tile
+    image, truth = disc_image((200, 330), n=24, radius=(7, 9), seed=4)  # 14-18 px across, under 24
+    narrow = segment(image, sized, zoom=1.0)
+    assert narrow.metadata["parameters"]["overlap"] == 24
+    quarter = segment(image, sized, zoom=1.0, overlap=32)
+    assert len(tile_grid(200, 330, 128, 24)) == 6 < len(tile_grid(200, 330, 128, 32)) == 8  # fewer tiles
+    assert evaluate(narrow.labels, quarter.labels, with_coco=False)["f1_50"] >= 0.99
+    assert evaluate(narrow.labels, truth, with_coco=False)["f1_50"] >= 0.95

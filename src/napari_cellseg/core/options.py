@@ -208,7 +208,9 @@ class SegmentOptions(Options):
         "Default: tiles whose network input is the network input size", label="tile size", unit="image pixels",
         min=32, max=8192, step=32, model_value=True))
     overlap: int | None = option(None, Spec(
-        "overlap of neighbouring tiles; auto: a quarter of the tile, at most 128", label="tile overlap",
+        "overlap of neighbouring tiles; auto: the model's reference object diameter at this scale (rounded up "
+        "to 8, at least 16) where it carries one and that is less than a quarter of the tile, else a quarter "
+        "of the tile, at most 128", label="tile overlap",
         unit="image pixels", min=0, max=1024, step=8, none_text="auto"))
     iou: float = option(0.7, Spec(
         "non-maximum suppression: of two detections overlapping more than this, the lower-scoring one is "

@@ -49,8 +49,24 @@ def plan_tiling(model, imgsz: int | None = None, tile: int | None = None,
     if not zoom > 0:
         raise ValueError(f"zoom must be a positive number of model pixels per image pixel (got {zoom})")
     tile = int(tile or max(32, round(imgsz / zoom)))
-    overlap = int(min(128, tile // 4) if overlap is None else overlap)
+    overlap = int(default_overlap(model, tile, zoom) if overlap is None else overlap)
     return TilingPlan(imgsz=imgsz, tile=tile, overlap=overlap, zoom=zoom, source=source)
+
+
+# neighbouring tiles share at least the model's reference object diameter (in image pixels), so that an
+# object of that size lies whole in one tile; larger ones are joined across the cut by the stitcher
+
+
+def default_overlap(model, tile: int, zoom: float) -> int:
+    """Tile overlap in image pixels: a quarter of the tile (at most 128), or, for a model that carries its
+    reference object diameter, that diameter at this zoom rounded up to 8 pixels (at least 16), when that
+    is less."""
+    quarter = min(128, tile // 4)
+    diameter = model.info.object_diameter
+    if not diameter:
+        return quarter
+    needed = 8 * int(np.ceil(float(diameter) / zoom / 8))
+    return int(min(quarter, max(16, needed)))
 
 
 def predict_geometry(model, height: int, width: int, imgsz: int | None = None,
