@@ -11,12 +11,12 @@ import argparse
 import os
 import sys
 
-from . import (classify, demo, distill, evaluate, export, finetune, segment, track, train_classifier,
-               train_unet)
+from . import (classify, demo, distill, evaluate, export, export_onnx, finetune, segment, track,
+               train_classifier, train_unet)
 from ._common import EXIT_BAD_INPUT, CliError
 
 # in the order ``--help`` lists them
-COMMANDS = (segment, evaluate, export, finetune, train_unet, distill, track, train_classifier, classify, demo)
+COMMANDS = (segment, evaluate, export, export_onnx, finetune, train_unet, distill, track, train_classifier, classify, demo)
 
 __all__ = ["COMMANDS", "EXIT_BAD_INPUT", "CliError", "build_parser", "main"]
 

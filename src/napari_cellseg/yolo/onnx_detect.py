@@ -20,6 +20,10 @@ Class names: the metadata's ``names`` (ultralytics, YOLOv5); for files without t
 ``<stem>.yaml`` or ``data.yaml`` beside the file, else "class 0", "class 1"... The network input size: the
 file's input shape when it is fixed, else the metadata's ``imgsz``, else 640 (``pipeline.scale.DEFAULT_IMGSZ``);
 ``imgsz=`` (``--imgsz``) sets it for a run.
+
+Scale and threshold: zoom 1 and ``DEFAULT_CONF``, except for an export written by ``napari-cellseg export-onnx``
+(``export_onnx.py``), whose ``napari_cellseg_calibration`` entry carries the ``.pt``'s zoom, calibrated conf and
+reference object size; a malformed entry is ignored with a note.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ import numpy as np
 from ..core.backend import DEFAULT_CONF, InferenceSettings, ModelInfo, ModelLoadError
 from ..core.detection import TileBoxes, merge_tiles, padded_to, stride_multiple, tile_boxes_from_network, zoomed
 from ..core.io import sha256_of
+from .export_onnx import CALIBRATION_KEY, read_calibration
 
 NAME = "onnx-detect"
 DEFAULT_STRIDE = 32
@@ -218,17 +223,35 @@ class OnnxDetectBackend:
             imgsz = max(imgsz)
         train_imgsz = min(self.fixed) if self.fixed else (int(imgsz) if imgsz else None)
         producer = "ultralytics" if "task" in meta else "yolov6" if self.layout == "yolov6" else "unknown"
+        # the calibration of a detector trained by napari-cellseg, where ``export-onnx`` wrote it
+        calibration, problem = read_calibration(meta.get(CALIBRATION_KEY))
+        if problem:
+            notes.append(f"its {CALIBRATION_KEY} entry is malformed ({problem}); zoom 1 and conf {DEFAULT_CONF} "
+                         "are used (give --zoom and --conf)")
+        calibrated = calibration or {}
         self.info = ModelInfo(
             backend=NAME, path=str(path.resolve()), sha256=sha256_of(path), task="detect", class_names=names,
-            train_imgsz=train_imgsz, conf=DEFAULT_CONF, notes=notes,
+            train_imgsz=train_imgsz, zoom=calibrated.get("zoom", 1.0), conf=calibrated.get("conf", DEFAULT_CONF),
+            object_diameter=calibrated.get("object_diameter"), notes=notes,
             extra={"layout": self.layout, "input_shape": list(inputs[0].shape), "stride": self.stride,
                    "producer": producer, "ultralytics_version": meta.get("version"),
-                   "class_names_from": str(names_file) if names_file else ("metadata" if meta.get("names") else None)},
+                   "class_names_from": str(names_file) if names_file else ("metadata" if meta.get("names") else None),
+                   "calibration_from": CALIBRATION_KEY if calibration else None,
+                   **({"calibration_source_sha256": calibration["source_sha256"],
+                       "calibration_plugin_version": calibration["plugin_version"]} if calibration else {})},
         )
 
     def predict_boxes(self, tile: np.ndarray, settings: InferenceSettings) -> TileBoxes:
         """``tile``: (h, w, 3) uint8 RGB. Boxes in tile pixel coordinates."""
-        boxes, scores, classes = self._network_boxes(np.ascontiguousarray(zoomed(tile, settings.zoom)), settings)
+        net = np.ascontiguousarray(zoomed(tile, settings.zoom))
+        boxes, scores, classes = self._network_boxes(net, settings)
+        # clipped to the network input the torch backend feeds (the zoomed tile padded to the stride), as
+        # ultralytics' predict clips them: where rounding makes the zoomed tile a little shorter than tile x zoom,
+        # a box at its edge ends where the .pt's does
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4).copy()
+        zh, zw = net.shape[:2]
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, stride_multiple(zw, self.stride))
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, stride_multiple(zh, self.stride))
         return tile_boxes_from_network(boxes, scores, classes, settings.zoom, tile.shape)
 
     def _network_boxes(self, net: np.ndarray, settings: InferenceSettings):
