@@ -53,14 +53,11 @@ def plan_tiling(model, imgsz: int | None = None, tile: int | None = None,
     return TilingPlan(imgsz=imgsz, tile=tile, overlap=overlap, zoom=zoom, source=source)
 
 
-# neighbouring tiles share at least the model's reference object diameter (in image pixels), so that an
-# object of that size lies whole in one tile; larger ones are joined across the cut by the stitcher
-
-
 def default_overlap(model, tile: int, zoom: float) -> int:
     """Tile overlap in image pixels: a quarter of the tile (at most 128), or, for a model that carries its
     reference object diameter, that diameter at this zoom rounded up to 8 pixels (at least 16), when that
-    is less."""
+    is less: an object of that size then lies whole in one tile; larger ones are joined across the cut by
+    the stitcher."""
     quarter = min(128, tile // 4)
     diameter = model.info.object_diameter
     if not diameter:
