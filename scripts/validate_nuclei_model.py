@@ -72,12 +72,13 @@ def main(argv=None):
     parser.add_argument("--diameter", type=parse_diameter, default="auto",
                         help="object diameter in pixels, 'auto' (default) or 'off' (the training scale)")
     parser.add_argument("--no-refine", action="store_true", help="keep the detector's outlines (no contour refinement)")
+    parser.add_argument("--refine", default="auto", help="the contour U-Net (name or checkpoint; default: the model's own)")
     parser.add_argument("--no-bright-field", action="store_true",
                         help="segment histology and bright-field images with the model itself, not its specialist")
     args = parser.parse_args(argv)
     options = {"tile": args.tile, "imgsz": args.imgsz, "tta": args.tta, "mask_erosion": args.mask_erosion,
                "mask_threshold": args.mask_threshold, "diameter": args.diameter,
-               "refine": None if args.no_refine else "auto", "bright_field": None if args.no_bright_field else "auto"}
+               "refine": None if args.no_refine else args.refine, "bright_field": None if args.no_bright_field else "auto"}
     model = load_model(args.model, device="cpu")
     conf = model.info.default_conf(args.tta) if args.conf is None else args.conf
     figures = {"settings": {**options, "conf": conf},

@@ -59,3 +59,18 @@ def test_multichannel_needs_an_explicit_channel():
 def test_bad_shapes_are_rejected_clearly(shape, message):
     with pytest.raises(ImageInputError, match=message):
         to_stack_of_frames(np.zeros(shape, np.uint8), rgb=False)
+
+
+@pytest.mark.parametrize("dtype, high", [(np.uint8, 1), (np.uint8, 255), (np.uint16, 4095), (np.uint16, 65535)])
+def test_integer_percentiles_match_numpy(dtype, high):
+    """8- and 16-bit channels take their percentiles from a histogram: the numbers np.percentile gives."""
+    from napari_cellseg.core.normalize import percentile_range
+
+    rng = np.random.default_rng(high)
+    for shape in [(1, 1), (7, 3), (97, 131)]:
+        channel = rng.integers(0, high + 1, size=shape).astype(dtype)
+        for percentiles in [(1.0, 99.8), (0.0, 100.0), (13.7, 61.2)]:
+            expected = np.percentile(channel.astype(np.float64), percentiles)
+            if expected[1] <= expected[0]:
+                expected = (channel.min(), channel.max())
+            assert percentile_range(channel, percentiles) == pytest.approx(tuple(map(float, expected)), abs=1e-9)

@@ -32,7 +32,13 @@ class ImageLayout:
 def percentile_range(channel: np.ndarray, percentiles=DEFAULT_PERCENTILES) -> tuple[float, float]:
     """Low/high intensity of one 2-D channel, ignoring NaN and inf."""
     step = max(1, int(np.ceil(np.sqrt(channel.size / _MAX_PIXELS_FOR_PERCENTILE))))
-    sample = np.asarray(channel[::step, ::step], dtype=np.float32)
+    sample = np.asarray(channel[::step, ::step])
+    if sample.dtype in (np.uint8, np.uint16) and sample.size:
+        lo, hi = _histogram_percentiles(sample, percentiles)
+        if hi > lo:
+            return lo, hi
+        return float(sample.min()), float(sample.max())
+    sample = sample.astype(np.float32, copy=False)
     finite = sample[np.isfinite(sample)]
     if finite.size == 0:
         raise ImageInputError("the image contains no finite values (all NaN or inf)")
@@ -40,6 +46,22 @@ def percentile_range(channel: np.ndarray, percentiles=DEFAULT_PERCENTILES) -> tu
     if hi <= lo:  # flat image or extreme sparsity: fall back to the full range
         lo, hi = float(finite.min()), float(finite.max())
     return float(lo), float(hi)
+
+
+def _histogram_percentiles(values: np.ndarray, percentiles) -> tuple[float, float]:
+    """``np.percentile(values, percentiles)`` (its default linear rule) of 8- or 16-bit integers, read from
+    their histogram: one counting pass instead of a partial sort per channel, and the same numbers."""
+    counts = np.bincount(values.ravel(), minlength=2)
+    cumulative = np.cumsum(counts)
+    n = int(cumulative[-1])
+    out = []
+    for q in percentiles:
+        position = q / 100 * (n - 1)
+        below = int(np.floor(position))
+        # the k-th smallest value (0-based) is the first value whose cumulative count exceeds k
+        v0, v1 = np.searchsorted(cumulative, [below, min(below + 1, n - 1)], side="right")
+        out.append(float(v0 + (position - below) * (int(v1) - int(v0))))
+    return out[0], out[1]
 
 
 def channel_ranges(frame, percentiles=DEFAULT_PERCENTILES) -> list[tuple[float, float]]:

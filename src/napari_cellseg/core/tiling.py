@@ -159,6 +159,8 @@ class InstanceStitcher:
         tile_labels = self.labels[tile.slices]
         tile_seen = self.seen[tile.slices]
         any_seen = bool(tile_seen.any())
+        # pixels of each label inside this tile, kept current as detections are painted (the IoU's denominator)
+        in_tile = np.bincount(tile_labels.ravel()) if any_seen else None
         created_here: set[int] = set()
         for i in order:
             mask = np.asarray(detections.masks[i], bool)
@@ -173,10 +175,11 @@ class InstanceStitcher:
             sub_labels = tile_labels[by, bx]
             target = 0
             if any_seen:
-                target = self._match(sub_mask, sub_labels, tile_seen[by, bx], tile_labels, created_here)
+                target = self._match(sub_mask, sub_labels, tile_seen[by, bx], in_tile, created_here)
             free = sub_mask & (sub_labels == 0)
             if target:
                 sub_labels[free] = target
+                in_tile[target] += int(free.sum())
                 self.scores[target] = max(self.scores[target], float(detections.scores[i]))
                 self._merge(target, tile, detections, i, box, sub_mask)
                 continue
@@ -216,16 +219,16 @@ class InstanceStitcher:
             return
         self.instances[index] = self.instances[index].union(part)
 
-    def _match(self, sub_mask, sub_labels, sub_seen, tile_labels, created_here) -> int:
+    def _match(self, sub_mask, sub_labels, sub_seen, in_tile, created_here) -> int:
         overlapping = sub_labels[sub_mask & sub_seen]
-        candidates = np.unique(overlapping[overlapping > 0])
+        intersections = np.bincount(overlapping)
         best, best_iou = 0, self.match_iou
-        new_in_seen = int((sub_mask & sub_seen).sum())
-        for label in candidates:
+        new_in_seen = int(overlapping.size)
+        for label in np.flatnonzero(intersections[1:]) + 1:
             if label in created_here:
                 continue
-            intersection = int((overlapping == label).sum())
-            old_in_tile = int((tile_labels == label).sum())  # earlier tiles only painted it where seen
+            intersection = int(intersections[label])
+            old_in_tile = int(in_tile[label])  # earlier tiles only painted it where seen
             iou = intersection / max(1, new_in_seen + old_in_tile - intersection)
             if iou >= best_iou:
                 best, best_iou = int(label), iou
