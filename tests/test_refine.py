@@ -236,3 +236,59 @@ def test_the_shipped_contour_unet_is_the_one_documented_with_the_settings_docume
     r = refiner.refinement
     assert f"`nuclei-contours`, {r.fg_threshold} / {r.reach} / {r.shrink} (chosen)" in card
     assert f"foreground threshold {r.fg_threshold},\nreach {r.reach} pixels, shrink {r.shrink} pixels" in card
+
+
+class RecordingRefiner(BrightPixelRefiner):
+    """The stand-in, recording the thread of each call; ``delay`` seconds per tile, ``fail`` raises."""
+
+    def __init__(self, delay=0.0, fail=False):
+        super().__init__()
+        self.threads, self.delay, self.fail = [], delay, fail
+
+    def probabilities(self, tile, augmented=False):
+        import threading
+        import time
+
+        self.threads.append(threading.current_thread().name)
+        time.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("the refiner broke")
+        return super().probabilities(tile, augmented)
+
+
+def test_the_first_frames_refiner_runs_beside_the_detector_with_the_same_result(monkeypatch):
+    import napari_cellseg.pipeline.segment as pipeline
+
+    frames = [disc_image((96, 128), n=5, radius=(6, 8), seed=s, gap=6) for s in (1, 2)]
+    stack = np.stack([f[0] for f in frames])
+    detector, settings = load_model("otsu-watershed"), ContourRefinement(min_agreement=0.5)
+    beside = RecordingRefiner()
+    result = segment(stack, detector, refine=beside, refinement=settings)
+    per_frame = beside.calls // 2
+    # frame 1 in the worker thread, frame 2 after the detector, in the caller's
+    assert beside.threads[:per_frame] == ["napari-cellseg-refiner"] * per_frame
+    assert "napari-cellseg-refiner" not in beside.threads[per_frame:]
+    monkeypatch.setattr(pipeline, "CONCURRENT_REFINER_MAX_PIXELS", 0)  # everything in turn, in the caller's thread
+    in_turn = RecordingRefiner()
+    sequential = segment(stack, detector, refine=in_turn, refinement=settings)
+    assert "napari-cellseg-refiner" not in in_turn.threads
+    np.testing.assert_array_equal(result.labels, sequential.labels)
+    assert result.metadata["parameters"]["refine"] == sequential.metadata["parameters"]["refine"]
+
+
+def test_cancelling_a_run_stops_its_refiner_worker_and_the_workers_errors_reach_the_caller():
+    import threading
+    import time
+
+    image, _ = disc_image((96, 128), n=5, radius=(6, 8), seed=1, gap=6)
+    slow = RecordingRefiner(delay=0.2)
+    runs = segment_iter(image, load_model("otsu-watershed"), refine=slow)
+    next(runs)  # the run has started: so has the worker, on its first tile while the detector waits
+    time.sleep(0.1)
+    assert slow.threads == ["napari-cellseg-refiner"]
+    runs.close()  # Cancel
+    assert not any(t.name == "napari-cellseg-refiner" for t in threading.enumerate())
+    time.sleep(0.5)
+    assert slow.calls == 1  # stopped after its current tile, not run to the end
+    with pytest.raises(RuntimeError, match="the refiner broke"):
+        segment(image, load_model("otsu-watershed"), refine=RecordingRefiner(fail=True))

@@ -18,6 +18,7 @@ the defaults below are those chosen for the distilled student.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, dataclass
 from typing import Generator
 
@@ -131,6 +132,57 @@ def foreground_iter(frame, ranges, refiner, tile: int, overlap: int,
         foreground[ry0:ry1, rx0:rx1] = fg[ry0 - t.y0:ry1 - t.y0, rx0 - t.x0:rx1 - t.x0]
         yield done
     return foreground
+
+
+class ForegroundWorker:
+    """``foreground_iter`` run in a worker thread, so the refiner's network works while the detector's does:
+    the detector's Python steps between its network calls leave a core idle, and both runtimes (ONNX Runtime,
+    torch) release the GIL while they compute. The map is the one ``foreground_iter`` returns.
+
+    ``wait()`` is a generator: it yields the tiles done while the worker runs (progress, and a point where
+    the caller can be cancelled) and returns the map, or raises what the worker raised. ``cancel()`` stops
+    the worker after its current tile; it returns at once when the worker is done.
+    """
+
+    POLL_SECONDS = 0.05
+
+    def __init__(self, frame, ranges, refiner, tile: int, overlap: int, augmented: bool = False):
+        self.done = 0
+        self._stop = threading.Event()
+        self._result: np.ndarray | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="napari-cellseg-refiner", daemon=True,
+                                        args=(foreground_iter(frame, ranges, refiner, tile, overlap, augmented),))
+        self._thread.start()
+
+    def _work(self, tiles) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.done = next(tiles)
+                except StopIteration as stop:
+                    self._result = stop.value
+                    return
+            tiles.close()
+        except BaseException as error:  # handed to the caller by wait()
+            self._error = error
+
+    def wait(self) -> Generator[int, None, np.ndarray]:
+        reported = -1
+        while self._thread.is_alive():
+            self._thread.join(self.POLL_SECONDS)
+            if self.done != reported:
+                reported = self.done
+                yield reported
+        if self._error is not None:
+            raise self._error
+        if self._result is None:
+            raise RuntimeError("the refiner's worker was cancelled")
+        return self._result
+
+    def cancel(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _owned_spans(length: int, spans: list[tuple[int, int]]) -> dict[tuple[int, int], tuple[int, int]]:

@@ -19,7 +19,7 @@ from ..core.fusion import fuse_detections, fuse_labels, predict_with_flips
 from ..core.normalize import (
     ImageLayout, apply_ranges, as_rgb, bright_background, channel_ranges, raw_uint8_ranges, to_stack_of_frames,
 )
-from ..core.refine import ContourRefinement, foreground_iter, refine_labels
+from ..core.refine import ContourRefinement, ForegroundWorker, foreground_iter, refine_labels
 from ..core.detection import DetectionResult
 from ..core.result import RunSummary, SegmentationResult, concat_tables, object_table
 from ..core.tiling import InstanceStitcher, tile_grid
@@ -154,90 +154,96 @@ def segment_iter(
     refinement = refinement or getattr(refiner, "refinement", None) or ContourRefinement()
     diameter = parse_diameter(diameter)
     started = time.perf_counter()
-    scale, member_summaries = {}, []
-    if members:
-        plan = None
-        member_options = dict(imgsz=imgsz, tile=tile, overlap=overlap, diameter=diameter, zoom=zoom, native=native,
-                              model_diameter=model_diameter, conf=conf, iou=iou, max_det=max_det,
-                              match_iou=match_iou, tta=tta, mask_erosion=mask_erosion,
-                              mask_threshold=mask_threshold, class_conf=class_conf, normalization=normalization,
-                              rgb=rgb, channel_axis=channel_axis, channel=channel, refine=None, bright_field=None)
-        member_results = []
-        for m, member in enumerate(members):
-            runs = segment_iter(image, member, **member_options)
-            label = f"model {m + 1}/{len(members)}"
-            while True:
-                try:
-                    progress = next(runs)
-                except StopIteration as stop:
-                    member_results.append(stop.value)
-                    break
-                yield replace(progress, message=f"{label}: {progress.message}")
-        member_summaries = [asdict(r.summary) for r in member_results]
-        result = fuse_member_results(member_results, layout, match_iou=match_iou, min_votes=min_agree,
-                                     class_names=model.info.class_names)
-    else:
-        plan, diameter = choose_scale(model, layout, zoom=zoom, native=native, diameter=diameter, imgsz=imgsz,
-                                      tile=tile, overlap=overlap)
-        reference = float(model_diameter) if model_diameter else model.info.object_diameter
-        if diameter == "auto" and not reference:
-            diameter = None  # a model without a reference size keeps its default scale
-        run_frames = partial(_segment_frames, model, conf=conf, iou=iou, max_det=max_det, match_iou=match_iou,
-                             tta=tta, mask_erosion=mask_erosion, mask_threshold=mask_threshold,
-                             class_conf=class_conf, normalization=normalization)
-        result = None
-        if diameter is not None:
-            if diameter != "auto" and not reference:
-                reference = getattr(model, "_measured_reference", None)
-                scale["reference_diameter_measured"] = True
-            if diameter == "auto" or not reference:
-                window, window_layout, cut = measuring_window(frames, layout)
-                # measuring needs no test-time augmentation: the first pass is plain
-                first_pass = yield from run_frames(window, window_layout, plan, tta=False,
-                                                   message="measuring object size")
-                # sized on confident objects only (at least the model's own threshold), whatever ``conf``
-                # keeps, and on whole ones: objects the window's cut edges truncate would bias the size down
-                objects = first_pass.objects
-                kept = ~(objects["score"] < max(conf, model.info.conf)) & ~touches(objects, window_layout, cut)
-                measured = median_diameter(objects["area"][kept])
-                scale["measured_diameter"] = measured
-            if diameter == "auto":
-                new_zoom = auto_zoom(plan.zoom, reference, measured)
-                scale["zoom_factor"] = new_zoom / plan.zoom
-                if new_zoom == plan.zoom and window_layout == layout and not tta:
-                    result = first_pass  # it saw the whole 2-D image at the scale wanted
-                elif new_zoom != plan.zoom:
-                    plan = plan_tiling(model, plan.imgsz, tile, overlap, zoom=new_zoom, source="auto")
-                if measured is None:
-                    warning = "too few objects to measure their size; segmented at the model's default scale"
-            else:
-                if not reference and scale.get("measured_diameter"):
-                    # the size at which this model found objects at its default scale, in model pixels:
-                    # measured once, kept with the loaded model for its later images
-                    reference = model._measured_reference = scale["measured_diameter"] * plan.zoom
-                if reference:
-                    default_zoom = plan.zoom
-                    plan = plan_tiling(model, plan.imgsz, tile, overlap, zoom=reference / diameter, source="diameter")
-                    scale["zoom_factor"] = plan.zoom / default_zoom
+    # the refiner needs only the frame: its network runs beside the detector's, in a worker thread
+    worker = _start_refiner(frames, layout, refiner, augmented=tta)
+    try:
+        scale, member_summaries = {}, []
+        if members:
+            plan = None
+            member_options = dict(imgsz=imgsz, tile=tile, overlap=overlap, diameter=diameter, zoom=zoom, native=native,
+                                  model_diameter=model_diameter, conf=conf, iou=iou, max_det=max_det,
+                                  match_iou=match_iou, tta=tta, mask_erosion=mask_erosion,
+                                  mask_threshold=mask_threshold, class_conf=class_conf, normalization=normalization,
+                                  rgb=rgb, channel_axis=channel_axis, channel=channel, refine=None, bright_field=None)
+            member_results = []
+            for m, member in enumerate(members):
+                runs = segment_iter(image, member, **member_options)
+                label = f"model {m + 1}/{len(members)}"
+                while True:
+                    try:
+                        progress = next(runs)
+                    except StopIteration as stop:
+                        member_results.append(stop.value)
+                        break
+                    yield replace(progress, message=f"{label}: {progress.message}")
+            member_summaries = [asdict(r.summary) for r in member_results]
+            result = fuse_member_results(member_results, layout, match_iou=match_iou, min_votes=min_agree,
+                                         class_names=model.info.class_names)
+        else:
+            plan, diameter = choose_scale(model, layout, zoom=zoom, native=native, diameter=diameter, imgsz=imgsz,
+                                          tile=tile, overlap=overlap)
+            reference = float(model_diameter) if model_diameter else model.info.object_diameter
+            if diameter == "auto" and not reference:
+                diameter = None  # a model without a reference size keeps its default scale
+            run_frames = partial(_segment_frames, model, conf=conf, iou=iou, max_det=max_det, match_iou=match_iou,
+                                 tta=tta, mask_erosion=mask_erosion, mask_threshold=mask_threshold,
+                                 class_conf=class_conf, normalization=normalization)
+            result = None
+            if diameter is not None:
+                if diameter != "auto" and not reference:
+                    reference = getattr(model, "_measured_reference", None)
+                    scale["reference_diameter_measured"] = True
+                if diameter == "auto" or not reference:
+                    window, window_layout, cut = measuring_window(frames, layout)
+                    # measuring needs no test-time augmentation: the first pass is plain
+                    first_pass = yield from run_frames(window, window_layout, plan, tta=False,
+                                                       message="measuring object size")
+                    # sized on confident objects only (at least the model's own threshold), whatever ``conf``
+                    # keeps, and on whole ones: objects the window's cut edges truncate would bias the size down
+                    objects = first_pass.objects
+                    kept = ~(objects["score"] < max(conf, model.info.conf)) & ~touches(objects, window_layout, cut)
+                    measured = median_diameter(objects["area"][kept])
+                    scale["measured_diameter"] = measured
+                if diameter == "auto":
+                    new_zoom = auto_zoom(plan.zoom, reference, measured)
+                    scale["zoom_factor"] = new_zoom / plan.zoom
+                    if new_zoom == plan.zoom and window_layout == layout and not tta:
+                        result = first_pass  # it saw the whole 2-D image at the scale wanted
+                    elif new_zoom != plan.zoom:
+                        plan = plan_tiling(model, plan.imgsz, tile, overlap, zoom=new_zoom, source="auto")
+                    if measured is None:
+                        warning = "too few objects to measure their size; segmented at the model's default scale"
                 else:
-                    warning = ("too few objects to measure the size this model segments best at its default scale; "
-                               "segmented at that scale (give model_diameter to set the scale from the diameter)")
-            scale["reference_diameter"] = reference
-        if result is None:
-            result = yield from run_frames(frames, layout, plan)
-        if diameter is not None and (diameter == "auto" and scale.get("measured_diameter") is None
-                                     or diameter != "auto" and not reference):
-            result.warnings.append(warning)
-        result.warnings.extend(large_image_warnings(plan, layout, result))
-    if model.info.wants_whole_frame and not members and plan.tile < max(layout.height, layout.width):
-        result.warnings.append(f"frames larger than {WHOLE_FRAME_MAX_SIDE} pixels a side are tiled, not handed "
-                               "to the model whole: results can differ from the model's own framework at tile seams")
-    # what loading the model found that the user should know comes first (CLI summary, status line)
-    result.warnings = list(dict.fromkeys([*model.info.notes, *result.warnings]))
-    refined = None
-    if refiner is not None:
-        result, refined = yield from _refine_frames(frames, layout, result, refiner, refinement,
-                                                    model.info.class_names, augmented=tta)
+                    if not reference and scale.get("measured_diameter"):
+                        # the size at which this model found objects at its default scale, in model pixels:
+                        # measured once, kept with the loaded model for its later images
+                        reference = model._measured_reference = scale["measured_diameter"] * plan.zoom
+                    if reference:
+                        default_zoom = plan.zoom
+                        plan = plan_tiling(model, plan.imgsz, tile, overlap, zoom=reference / diameter, source="diameter")
+                        scale["zoom_factor"] = plan.zoom / default_zoom
+                    else:
+                        warning = ("too few objects to measure the size this model segments best at its default scale; "
+                                   "segmented at that scale (give model_diameter to set the scale from the diameter)")
+                scale["reference_diameter"] = reference
+            if result is None:
+                result = yield from run_frames(frames, layout, plan)
+            if diameter is not None and (diameter == "auto" and scale.get("measured_diameter") is None
+                                         or diameter != "auto" and not reference):
+                result.warnings.append(warning)
+            result.warnings.extend(large_image_warnings(plan, layout, result))
+        if model.info.wants_whole_frame and not members and plan.tile < max(layout.height, layout.width):
+            result.warnings.append(f"frames larger than {WHOLE_FRAME_MAX_SIDE} pixels a side are tiled, not handed "
+                                   "to the model whole: results can differ from the model's own framework at tile seams")
+        # what loading the model found that the user should know comes first (CLI summary, status line)
+        result.warnings = list(dict.fromkeys([*model.info.notes, *result.warnings]))
+        refined = None
+        if refiner is not None:
+            result, refined = yield from _refine_frames(frames, layout, result, refiner, refinement,
+                                                        model.info.class_names, augmented=tta, worker=worker)
+    finally:
+        if worker is not None:
+            worker.cancel()  # a run cancelled or failed before refining stops the worker; once done, no-op
     if members:
         plan_record = {"imgsz": imgsz, "tile": tile, "overlap": overlap, "zoom": zoom, "min_agree": min_agree,
                        "members": [{k: r.metadata["parameters"][k] for k in
@@ -346,10 +352,11 @@ def contour_refiner(model: SegmentationBackend, refine) -> SegmentationBackend |
 
 
 def _refine_frames(frames, layout: ImageLayout, result: SegmentationResult, refiner, params: ContourRefinement,
-                   class_names: dict[int, str],
-                   augmented: bool = False) -> Generator[Progress, None, tuple[SegmentationResult, dict]]:
+                   class_names: dict[int, str], augmented: bool = False,
+                   worker: ForegroundWorker | None = None) -> Generator[Progress, None, tuple[SegmentationResult, dict]]:
     """Every frame's outlines redrawn from the refiner's foreground (see core.refine; ``augmented``: its
     maps averaged over four flips, with test-time augmentation); ids, scores and classes unchanged.
+    ``worker``: the first frame's foreground, already under way (``_start_refiner``).
     Returns the result and what was done, for the metadata."""
     plan = plan_tiling(refiner)
     per_frame = len(tile_grid(layout.height, layout.width, plan.tile, plan.overlap))
@@ -363,7 +370,10 @@ def _refine_frames(frames, layout: ImageLayout, result: SegmentationResult, refi
     yield Progress(0, total, 0, n_frames, "refining contours")
     for f, index in enumerate(np.ndindex(*layout.stack_shape)):
         frame = frames[index]
-        tiles = foreground_iter(frame, channel_ranges(frame), refiner, plan.tile, plan.overlap, augmented)
+        if f == 0 and worker is not None:
+            tiles = worker.wait()
+        else:
+            tiles = foreground_iter(frame, channel_ranges(frame), refiner, plan.tile, plan.overlap, augmented)
         while True:
             try:
                 done = next(tiles)
@@ -386,6 +396,19 @@ def _refine_frames(frames, layout: ImageLayout, result: SegmentationResult, refi
             **params.as_dict(), "augmented": augmented,
             "agreement_per_frame": agreements, "refined_frames": applied}
     return result, info
+
+
+# the first frame's foreground is computed beside the detector up to this size; larger frames one after the
+# other, keeping the peak memory of the largest images where it was
+CONCURRENT_REFINER_MAX_PIXELS = 4096 * 4096
+
+
+def _start_refiner(frames, layout: ImageLayout, refiner, augmented: bool) -> ForegroundWorker | None:
+    if refiner is None or layout.height * layout.width > CONCURRENT_REFINER_MAX_PIXELS:
+        return None
+    plan = plan_tiling(refiner)
+    frame = frames[(0,) * len(layout.stack_shape)]
+    return ForegroundWorker(frame, channel_ranges(frame), refiner, plan.tile, plan.overlap, augmented)
 
 
 MIN_OBJECTS_TO_MEASURE = 3
