@@ -1,6 +1,6 @@
 """Speed of the shipped default pipeline against ultralytics' plain predict of the same weights.
 
-    python benchmarks/bench_speed.py [--data ../shared/data/dsb2018] [--engines torch,onnx] [--cli]
+    python benchmarks/bench_speed.py [--data ../shared/data/dsb2018] [--engines torch,onnx] [--cli] [--paired ROUNDS]
 
 On the validation images of the model card's split (``scripts/train_nuclei_model.is_validation``) that
 are 520x696 fluorescence images (13 in ../shared/data), each model loaded once and warmed up on the
@@ -17,6 +17,10 @@ CPU seconds, which a machine shared with other work inflates less):
     retina_masks=True)`` on the same normalised 8-bit image (and, with ``--ultralytics-onnx``, the same
     call on the plugin's cached ONNX export), with the ratio (a)/(c);
 and the DSB score and F1@0.5 (mean over the images) of (a) and (c).
+
+``--paired ROUNDS`` adds (a) on the default engine and (c) run on each image in turn, ROUNDS times over the
+images, with the median of the pairs' wall ratios: on a machine whose speed drifts (a shared VM) the two
+halves of a pair see the same machine.
 
 ``--cli`` adds whole-process timings of ``napari-cellseg --help`` and of one 256x256 validation image
 segmented from a cold start (``python -m napari_cellseg.cli segment``, a new process each time, the
@@ -107,6 +111,39 @@ def bench_pipeline(engine: str, images, truths) -> dict:
             "engines": {"yolo": getattr(model, "engine", "torch"), "unet": getattr(refiner, "engine", "torch")}}
 
 
+def bench_paired(weights: str, images, images_rgb, conf: float, rounds: int, threads: int | None = None) -> dict:
+    """The pipeline (default engine) and ultralytics' predict on each image in turn, ``rounds`` times."""
+    from ultralytics import YOLO
+
+    from napari_cellseg import load_model
+
+    os.environ.pop("NAPARI_CELLSEG_ENGINE", None)
+    model = load_model("nuclei", device="cpu")
+    reference = YOLO(weights, task="segment")
+    kwargs = dict(imgsz=640, conf=conf, max_det=1000, retina_masks=True, device="cpu", verbose=False)
+    timed_segment(images[0], model)
+    reference.predict(np.ascontiguousarray(images_rgb[0][..., ::-1]), **kwargs)
+    reference_threads = _ultralytics_threads(threads)
+    pairs = []
+    for _ in range(rounds):
+        rows = []
+        for image, rgb in zip(images, images_rgb):
+            _, _, wall, cpu = timed_segment(image, model)
+            bgr = np.ascontiguousarray(rgb[..., ::-1])
+            wall0, cpu0 = time.perf_counter(), time.process_time()
+            reference.predict(bgr, **kwargs)
+            rows.append((wall, cpu, time.perf_counter() - wall0, time.process_time() - cpu0))
+        pairs.append(np.array(rows))
+
+    def summary(rows):
+        return {"pipeline_wall": float(np.median(rows[:, 0])), "pipeline_cpu": float(np.median(rows[:, 1])),
+                "ultralytics_wall": float(np.median(rows[:, 2])), "ultralytics_cpu": float(np.median(rows[:, 3])),
+                "ratio": float(np.median(rows[:, 0] / rows[:, 2]))}
+
+    return {"rounds": [summary(rows) for rows in pairs], **summary(np.concatenate(pairs)),
+            "ultralytics_torch_threads": reference_threads}
+
+
 def labels_from_ultralytics(result, shape) -> np.ndarray:
     labels = np.zeros(shape, np.int32)
     if result.masks is None or len(result.boxes) == 0:
@@ -118,7 +155,17 @@ def labels_from_ultralytics(result, shape) -> np.ndarray:
     return labels
 
 
-def bench_ultralytics(weights: str, images_rgb, truths, conf: float, label: str) -> dict:
+def _ultralytics_threads(threads: int | None) -> int:
+    """After ultralytics' first predict (its select_device sets torch's threads to CPU cores - 1, at most 8):
+    ``threads`` if given; the count the predict calls then run with."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def bench_ultralytics(weights: str, images_rgb, truths, conf: float, label: str, threads: int | None = None) -> dict:
     from ultralytics import YOLO
 
     from napari_cellseg.core.metrics import evaluate
@@ -126,6 +173,7 @@ def bench_ultralytics(weights: str, images_rgb, truths, conf: float, label: str)
     model = YOLO(weights, task="segment")
     kwargs = dict(imgsz=640, conf=conf, max_det=1000, retina_masks=True, device="cpu", verbose=False)
     model.predict(images_rgb[0][..., ::-1], **kwargs)  # warm-up
+    label = f"{label}, torch threads {_ultralytics_threads(threads)}"
     rows = []
     for rgb, truth in zip(images_rgb, truths):
         bgr = np.ascontiguousarray(rgb[..., ::-1])
@@ -199,6 +247,13 @@ def main(argv=None):
     parser.add_argument("--cli", action="store_true", help="also whole-process CLI timings")
     parser.add_argument("--cli-runs", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
+    parser.add_argument("--ultralytics-threads", type=int, default=None, metavar="N",
+                        help="torch threads for ultralytics' predict, set after its warm-up (default: what its "
+                             "select_device sets: CPU cores - 1, at most 8)")
+    parser.add_argument("--paired", type=int, default=0, metavar="ROUNDS",
+                        help="also ROUNDS rounds of the default engine's pipeline and ultralytics' predict on "
+                             "each image in turn, the ratio taken pair by pair (robust to a machine whose "
+                             "speed drifts)")
     args = parser.parse_args(argv)
 
     from napari_cellseg.backends import MODELS_DIR, NAMED_MODELS
@@ -218,7 +273,7 @@ def main(argv=None):
 
     conf = load_model("nuclei", device="cpu").info.conf
     reference = bench_ultralytics(str(weights), images_rgb, truths, conf,
-                                  f"ultralytics predict (torch), imgsz 640, conf {conf}")
+                                  f"ultralytics predict (torch), imgsz 640, conf {conf}", args.ultralytics_threads)
     others = [reference]
     if args.ultralytics_onnx:
         exported = sorted(weights.parent.glob(f"{weights.stem}.*.yolo.onnx"))
@@ -247,6 +302,19 @@ def main(argv=None):
                "runs": [{**{k: v for k, v in r.items() if k != "rows"},
                          "rows": [{k: v for k, v in row.items() if k != "labels"} for row in r["rows"]]}
                         for r in runs + others]}
+    if args.paired:
+        figures["paired"] = paired = bench_paired(str(weights), images, images_rgb, conf, args.paired,
+                                                  args.ultralytics_threads)
+        print(f"\npaired, image by image, {args.paired} rounds over {len(images)} images (pipeline, then "
+              f"ultralytics' predict with {paired['ultralytics_torch_threads']} torch threads, on each image in turn)")
+        print("| round | pipeline s/image (wall, median) | CPU | ultralytics s/image (wall, median) | CPU "
+              "| ratio (median of the pairs' wall ratios) |")
+        print("|---|---|---|---|---|---|")
+        for r, row in enumerate(paired["rounds"], 1):
+            print(f"| {r} | {row['pipeline_wall']:.3f} | {row['pipeline_cpu']:.3f} | {row['ultralytics_wall']:.3f} "
+                  f"| {row['ultralytics_cpu']:.3f} | {row['ratio']:.2f} |")
+        print(f"| all | {paired['pipeline_wall']:.3f} | {paired['pipeline_cpu']:.3f} | {paired['ultralytics_wall']:.3f} "
+              f"| {paired['ultralytics_cpu']:.3f} | {paired['ratio']:.2f} |")
     if args.cli:
         cli = bench_cli(args.data, args.cli_runs)
         figures["cli"] = cli
