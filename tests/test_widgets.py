@@ -126,6 +126,24 @@ def test_chosen_model_is_loaded_in_the_background_and_reused_by_the_run(qtbot, v
     assert widget.last_result.metadata["model"]["path"] == str(tiny_yolo.resolve())
 
 
+def test_a_superseded_preload_does_not_evict_the_model_chosen_after_it(monkeypatch):
+    """The user picks one model, then another before the first has loaded: the first loads nothing, in
+    whichever order the two loads get their turn, and the run finds the second ready."""
+    import napari_cellseg.backends as backends
+    from napari_cellseg.widgets._common import ModelCache
+
+    loads = []
+    monkeypatch.setattr(backends, "load_model", lambda name, device="auto": loads.append(name) or f"model {name}")
+    monkeypatch.setattr("napari_cellseg.pipeline.segment.warm_up", lambda model: None)
+    cache = ModelCache()
+    with cache._lock:  # neither load can start before both were asked for
+        first, second = cache.preload("first", "cpu"), cache.preload("second", "cpu")
+    first.join(10)
+    second.join(10)
+    assert loads == ["second"]
+    assert cache.get("second", "cpu") == "model second" and loads == ["second"]
+
+
 def test_a_model_that_fails_to_preload_is_reported_by_the_run(qtbot, make_napari_viewer, tmp_path, monkeypatch):
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((64, 64), np.uint8), name="blank")

@@ -57,7 +57,8 @@ class ModelCache:
     """Models loaded in worker threads, kept for re-runs (per widget, not global).
 
     Thread-safe: a run that asks for a model while ``preload`` is still loading it waits for
-    that load instead of starting a second one.
+    that load instead of starting a second one; a preload that a newer one has superseded (the user
+    changed the model or device again) loads nothing, so it cannot evict the newer choice.
     """
 
     def __init__(self):
@@ -65,13 +66,15 @@ class ModelCache:
 
         self._models: dict = {}
         self._lock = threading.Lock()
+        self._latest_preload = 0
 
     def get(self, model: str, device: str):
         return self._get(model, device)[0]
 
-    def _get(self, model, device: str, warm_up: bool = False):
+    def _get(self, model, device: str, warm_up: bool = False, preload: int | None = None):
         """(the loaded model, whether it was loaded just now); ``warm_up``: a newly loaded model
-        also makes one tiny inference."""
+        also makes one tiny inference; ``preload``: the preload asking, which gets (None, False)
+        once a newer preload was requested."""
         from ..backends import load_model
         from ..core.backend import resolve_device
         from ..pipeline.segment import warm_up as warm_up_model
@@ -86,6 +89,8 @@ class ModelCache:
                 stamps.append(None)  # a shipped name or a built-in
         key = (names, device, tuple(stamps))
         with self._lock:
+            if preload is not None and preload != self._latest_preload:
+                return None, False
             if key not in self._models:
                 if self._models:
                     release_frozen()  # the model dropped here may be frozen: let its cycles be freed
@@ -112,9 +117,12 @@ class ModelCache:
         """
         import threading
 
+        self._latest_preload += 1
+        ticket = self._latest_preload
+
         def load():
             try:
-                _, loaded_now = self._get(model, device, warm_up=True)
+                _, loaded_now = self._get(model, device, warm_up=True, preload=ticket)
             except Exception:  # noqa: BLE001 - the run reports the same error with context
                 return
             if loaded_now:
