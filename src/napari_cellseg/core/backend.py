@@ -77,6 +77,10 @@ class ModelInfo:
     notes: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
+    def notes_first(self, warnings) -> list[str]:
+        """A run's warnings with what loading the model found first (CLI summary, status line), each once."""
+        return list(dict.fromkeys([*self.notes, *warnings]))
+
     def default_conf(self, tta: bool = False) -> float:
         """The score threshold a run uses when the caller gives none."""
         return self.conf_tta if tta and self.conf_tta is not None else self.conf

@@ -34,15 +34,14 @@ def percentile_range(channel: np.ndarray, percentiles=DEFAULT_PERCENTILES) -> tu
     step = max(1, int(np.ceil(np.sqrt(channel.size / _MAX_PIXELS_FOR_PERCENTILE))))
     sample = np.asarray(channel[::step, ::step])
     if sample.dtype in (np.uint8, np.uint16) and sample.size:
+        finite = sample  # integers: every value counts
         lo, hi = _histogram_percentiles(sample, percentiles)
-        if hi > lo:
-            return lo, hi
-        return float(sample.min()), float(sample.max())
-    sample = sample.astype(np.float32, copy=False)
-    finite = sample[np.isfinite(sample)]
-    if finite.size == 0:
-        raise ImageInputError("the image contains no finite values (all NaN or inf)")
-    lo, hi = np.percentile(finite, percentiles)
+    else:
+        sample = sample.astype(np.float32, copy=False)
+        finite = sample[np.isfinite(sample)]
+        if finite.size == 0:
+            raise ImageInputError("the image contains no finite values (all NaN or inf)")
+        lo, hi = np.percentile(finite, percentiles)
     if hi <= lo:  # flat image or extreme sparsity: fall back to the full range
         lo, hi = float(finite.min()), float(finite.max())
     return float(lo), float(hi)

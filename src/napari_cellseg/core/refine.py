@@ -135,7 +135,7 @@ def foreground_iter(frame, ranges, refiner, tile: int, overlap: int,
 
 
 class ForegroundWorker:
-    """``foreground_iter`` run in a worker thread, so the refiner's network works while the detector's does:
+    """A ``foreground_iter`` generator run in a worker thread, so the refiner's network works while the detector's does:
     the detector's Python steps between its network calls leave a core idle, and both runtimes (ONNX Runtime,
     torch) release the GIL while they compute. The map is the one ``foreground_iter`` returns.
 
@@ -146,13 +146,12 @@ class ForegroundWorker:
 
     POLL_SECONDS = 0.05
 
-    def __init__(self, frame, ranges, refiner, tile: int, overlap: int, augmented: bool = False):
+    def __init__(self, tiles: Generator[int, None, np.ndarray]):
         self.done = 0
         self._stop = threading.Event()
         self._result: np.ndarray | None = None
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, name="napari-cellseg-refiner", daemon=True,
-                                        args=(foreground_iter(frame, ranges, refiner, tile, overlap, augmented),))
+        self._thread = threading.Thread(target=self._work, args=(tiles,), name="napari-cellseg-refiner", daemon=True)
         self._thread.start()
 
     def _work(self, tiles) -> None:

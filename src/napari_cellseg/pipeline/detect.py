@@ -92,8 +92,7 @@ def detect_iter(image, model, *, imgsz: int | None = None, tile: int | None = No
         model, flat, n_frames, layout.height, layout.width, plan, conf, iou, max_det, class_conf)
     result = DetectionResult(boxes, scores, classes, frame_of, layout.stack_shape + (layout.height, layout.width),
                              dict(model.info.class_names),
-                             # the model's load notes first, as for segmentation (ModelInfo.notes)
-                             warnings=list(dict.fromkeys([*model.info.notes, *sorted(set(warnings + tile_warnings))])))
+                             warnings=model.info.notes_first(sorted(set(warnings + tile_warnings))))
     result.metadata = {
         "task": "detect",
         "model": asdict(model.info),

@@ -235,8 +235,7 @@ def segment_iter(
         if model.info.wants_whole_frame and not members and plan.tile < max(layout.height, layout.width):
             result.warnings.append(f"frames larger than {WHOLE_FRAME_MAX_SIDE} pixels a side are tiled, not handed "
                                    "to the model whole: results can differ from the model's own framework at tile seams")
-        # what loading the model found that the user should know comes first (CLI summary, status line)
-        result.warnings = list(dict.fromkeys([*model.info.notes, *result.warnings]))
+        result.warnings = model.info.notes_first(result.warnings)
         refined = None
         if refiner is not None:
             result, refined = yield from _refine_frames(frames, layout, result, refiner, refinement,
@@ -370,10 +369,7 @@ def _refine_frames(frames, layout: ImageLayout, result: SegmentationResult, refi
     yield Progress(0, total, 0, n_frames, "refining contours")
     for f, index in enumerate(np.ndindex(*layout.stack_shape)):
         frame = frames[index]
-        if f == 0 and worker is not None:
-            tiles = worker.wait()
-        else:
-            tiles = foreground_iter(frame, channel_ranges(frame), refiner, plan.tile, plan.overlap, augmented)
+        tiles = worker.wait() if f == 0 and worker is not None else _foreground_tiles(frame, refiner, augmented)
         while True:
             try:
                 done = next(tiles)
@@ -406,9 +402,13 @@ CONCURRENT_REFINER_MAX_PIXELS = 4096 * 4096
 def _start_refiner(frames, layout: ImageLayout, refiner, augmented: bool) -> ForegroundWorker | None:
     if refiner is None or layout.height * layout.width > CONCURRENT_REFINER_MAX_PIXELS:
         return None
+    return ForegroundWorker(_foreground_tiles(frames[(0,) * len(layout.stack_shape)], refiner, augmented))
+
+
+def _foreground_tiles(frame, refiner, augmented: bool):
+    """The refiner's foreground of one frame, tile by tile at the refiner's own tiling (core.refine.foreground_iter)."""
     plan = plan_tiling(refiner)
-    frame = frames[(0,) * len(layout.stack_shape)]
-    return ForegroundWorker(frame, channel_ranges(frame), refiner, plan.tile, plan.overlap, augmented)
+    return foreground_iter(frame, channel_ranges(frame), refiner, plan.tile, plan.overlap, augmented)
 
 
 MIN_OBJECTS_TO_MEASURE = 3
