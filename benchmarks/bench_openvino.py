@@ -15,9 +15,7 @@ elsewhere OpenVINO computes in float32.
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -55,11 +53,6 @@ def use_openvino_for_yolo(precision: str) -> dict:
     return switch
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "dsb2018")
@@ -69,7 +62,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     switch = use_openvino_for_yolo(args.precision)
 
-    from bench_speed import validation_images
+    from bench_speed import timed_segment, validation_images
 
     from napari_cellseg import load_model, segment
     from napari_cellseg.core.io import read_image
@@ -92,13 +85,8 @@ def main(argv=None):
     for _ in range(args.rounds):
         for name, engine in zip(figures, (False, True)):
             switch["openvino"] = engine
-            walls, cpus = [], []
-            for image in images:
-                wall0, cpu0 = time.perf_counter(), cpu_seconds()
-                segment(image, model)
-                walls.append(time.perf_counter() - wall0)
-                cpus.append(cpu_seconds() - cpu0)
-            figures[name].append((float(np.median(walls)), float(np.median(cpus))))
+            times = np.array([timed_segment(image, model)[2:] for image in images])  # (wall, CPU) per image
+            figures[name].append((float(np.median(times[:, 0])), float(np.median(times[:, 1]))))
     print(f"\n{len(images)} images of 520x696, the whole default pipeline per image (the U-Net on ONNX Runtime in both)")
     print("| YOLO network on | wall s per round (median) | CPU s per round |")
     print("|---|---|---|")

@@ -111,6 +111,16 @@ def bench_pipeline(engine: str, images, truths) -> dict:
             "engines": {"yolo": getattr(model, "engine", "torch"), "unet": getattr(refiner, "engine", "torch")}}
 
 
+def timed_predict(model, rgb: np.ndarray, conf: float) -> tuple[object, float, float]:
+    """Ultralytics' own ``predict`` of one normalised RGB image (handed over as BGR, as OpenCV reads it), at the
+    geometry the tables compare against: its result, wall and CPU seconds."""
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    result = model.predict(bgr, imgsz=640, conf=conf, max_det=1000, retina_masks=True, device="cpu",
+                           verbose=False)[0]
+    return result, time.perf_counter() - wall0, time.process_time() - cpu0
+
+
 def bench_paired(weights: str, images, images_rgb, conf: float, rounds: int, threads: int | None = None) -> dict:
     """The pipeline (default engine) and ultralytics' predict on each image in turn, ``rounds`` times."""
     from ultralytics import YOLO
@@ -120,19 +130,15 @@ def bench_paired(weights: str, images, images_rgb, conf: float, rounds: int, thr
     os.environ.pop("NAPARI_CELLSEG_ENGINE", None)
     model = load_model("nuclei", device="cpu")
     reference = YOLO(weights, task="segment")
-    kwargs = dict(imgsz=640, conf=conf, max_det=1000, retina_masks=True, device="cpu", verbose=False)
     timed_segment(images[0], model)
-    reference.predict(np.ascontiguousarray(images_rgb[0][..., ::-1]), **kwargs)
+    timed_predict(reference, images_rgb[0], conf)
     reference_threads = _ultralytics_threads(threads)
     pairs = []
     for _ in range(rounds):
         rows = []
         for image, rgb in zip(images, images_rgb):
             _, _, wall, cpu = timed_segment(image, model)
-            bgr = np.ascontiguousarray(rgb[..., ::-1])
-            wall0, cpu0 = time.perf_counter(), time.process_time()
-            reference.predict(bgr, **kwargs)
-            rows.append((wall, cpu, time.perf_counter() - wall0, time.process_time() - cpu0))
+            rows.append((wall, cpu, *timed_predict(reference, rgb, conf)[1:]))
         pairs.append(np.array(rows))
 
     def summary(rows):
@@ -171,15 +177,11 @@ def bench_ultralytics(weights: str, images_rgb, truths, conf: float, label: str,
     from napari_cellseg.core.metrics import evaluate
 
     model = YOLO(weights, task="segment")
-    kwargs = dict(imgsz=640, conf=conf, max_det=1000, retina_masks=True, device="cpu", verbose=False)
-    model.predict(images_rgb[0][..., ::-1], **kwargs)  # warm-up
+    timed_predict(model, images_rgb[0], conf)  # warm-up
     label = f"{label}, torch threads {_ultralytics_threads(threads)}"
     rows = []
     for rgb, truth in zip(images_rgb, truths):
-        bgr = np.ascontiguousarray(rgb[..., ::-1])
-        wall0, cpu0 = time.perf_counter(), time.process_time()
-        result = model.predict(bgr, **kwargs)[0]
-        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        result, wall, cpu = timed_predict(model, rgb, conf)
         scores = evaluate(labels_from_ultralytics(result, truth.shape), truth, with_coco=False)
         rows.append({"wall": wall, "cpu": cpu, "dsb": scores["dsb_score"], "f1": scores["f1_50"]})
     return {"name": label, "rows": rows}
